@@ -1,0 +1,166 @@
+"""Checkpoints (SPEC section 7): safetensors only, never pickles.
+
+::
+
+    checkpoint/
+    ├── adapter_model.safetensors, adapter_config.json   # LoRA, loadable by PEFT
+    ├── schemabank.safetensors, schemabank_config.json   # banks (SchemaBank mode)
+    └── base_model.json                                  # base model name, path and sha256
+
+A checkpoint is written into a temporary folder beside its target and renamed into place, so a
+crash never leaves a half-written one. Loading checks that every file is there, that the base
+model's content hash matches the one recorded, and that the tensors have the expected shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import peft
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .attach import BankSet
+from .errors import CheckpointError, SchemaBankError
+from .models import BaseModelInfo, load_base_model, resolve_base_model
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+BANK_FILES = ("schemabank.safetensors", "schemabank_config.json")
+BASE_FILE = "base_model.json"
+FORMAT = "schemabank-checkpoint-v1"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temporary file, flush, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: Path, model: peft.PeftModel, banks: BankSet | None,
+                    base: BaseModelInfo) -> Path:
+    """Save the adapter into ``directory`` (replacing an older checkpoint only once complete)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
+        if banks is not None:
+            first = next(iter(banks))
+            save_file(banks.state_dict(), tmp / BANK_FILES[0], metadata={"format": FORMAT})
+            write_json(tmp / BANK_FILES[1], {
+                "format": FORMAT,
+                "num_schemas": first.num_schemas, "rank": first.rank, "topk": first.topk,
+                "attr_dim": first.attr_dim, "hidden_size": first.hidden_size,
+                "layers": list(banks.banks),
+            })
+        write_json(tmp / BASE_FILE, {"format": FORMAT, **base.to_dict()})
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def check_checkpoint_dir(directory: Path) -> bool:
+    """Check that a checkpoint folder is complete; return whether it holds banks."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    missing = [f for f in (*ADAPTER_FILES, BASE_FILE) if not (directory / f).is_file()]
+    has_banks = any((directory / f).is_file() for f in BANK_FILES)
+    if has_banks:
+        missing += [f for f in BANK_FILES if not (directory / f).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {directory} is missing {', '.join(missing)}")
+    return has_banks
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
+
+
+def load_checkpoint(directory: Path, device: torch.device, dtype: torch.dtype):
+    """Rebuild base model + LoRA (+ banks) from a checkpoint, for evaluation.
+
+    Returns ``(tokenizer, model, banks or None, BaseModelInfo)``.
+    """
+    directory = Path(directory)
+    has_banks = check_checkpoint_dir(directory)
+    recorded = _read_json(directory / BASE_FILE)
+    for key in ("name", "sha256"):
+        if not isinstance(recorded.get(key), str):
+            raise CheckpointError(f"{directory / BASE_FILE}: missing field {key!r}")
+    try:
+        info = resolve_base_model(recorded["name"])
+    except SchemaBankError:
+        if not recorded.get("path"):
+            raise
+        info = resolve_base_model(recorded["path"])
+    if info.sha256 != recorded["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on base model {recorded['name']!r} with sha256 "
+            f"{recorded['sha256'][:12]}..., but {info.path} has sha256 {info.sha256[:12]}...: refusing "
+            "to load it onto another base model"
+        )
+    _load_tensors(directory / ADAPTER_FILES[0])  # validates the file before PEFT reads it
+    tok, base = load_base_model(info, device, dtype)
+    try:
+        model = peft.PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"cannot load the LoRA adapter of {directory}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    banks = None
+    if has_banks:
+        bcfg = _read_json(directory / BANK_FILES[1])
+        try:
+            banks = BankSet.attach(model, bcfg["layers"], bcfg["num_schemas"], bcfg["rank"], bcfg["topk"],
+                                   bcfg["attr_dim"])
+            banks.load_state_dict(_load_tensors(directory / BANK_FILES[0]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"cannot load the banks of {directory}: {exc}") from None
+        for b in banks:
+            b.requires_grad_(False)
+    return tok, model, banks, info

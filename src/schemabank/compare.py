@@ -1,0 +1,53 @@
+"""Paired comparison of two runs evaluated on the same GSM8K problems.
+
+For strict and flexible accuracy: both accuracies, the exact McNemar test on the problems only one
+run solved, and the difference A − B with a paired-bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+from . import metrics
+from .errors import SchemaBankError
+from .results import load_results
+
+
+def _outcomes(results: dict, key: str) -> list[bool]:
+    return [bool(p[f"{key}_correct"]) for p in results["gsm8k"]["problems"]]
+
+
+def compare_results(a: dict, b: dict, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    pa, pb = a["gsm8k"]["problems"], b["gsm8k"]["problems"]
+    if [(p["index"], p["gold"]) for p in pa] != [(p["index"], p["gold"]) for p in pb]:
+        raise SchemaBankError(
+            f"the runs were not evaluated on the same problems ({len(pa)} vs {len(pb)}); "
+            "re-evaluate them with the same --limit"
+        )
+    out = {"n": len(pa), "a": a["experiment"], "b": b["experiment"]}
+    for key in ("strict", "flexible"):
+        xa, xb = _outcomes(a, key), _outcomes(b, key)
+        out[key] = {
+            "accuracy_a": a["gsm8k"][key]["accuracy"],
+            "accuracy_b": b["gsm8k"][key]["accuracy"],
+            "mcnemar": metrics.mcnemar_exact(xa, xb),
+            "bootstrap": metrics.paired_bootstrap(xa, xb, n_resamples=n_resamples, seed=seed),
+        }
+    return out
+
+
+def compare_runs(run_a: str, run_b: str) -> dict:
+    """Compare two run directories (or results.json files)."""
+    return compare_results(load_results(run_a), load_results(run_b))
+
+
+def format_comparison(c: dict) -> list[str]:
+    lines = [f"A = {c['a']['name']} ({c['a']['mode']}), B = {c['b']['name']} ({c['b']['mode']}), "
+             f"{c['n']} paired problems"]
+    for key in ("strict", "flexible"):
+        r = c[key]
+        m, bs = r["mcnemar"], r["bootstrap"]
+        lines.append(
+            f"  {key:9s} A {100 * r['accuracy_a']:.1f}%  B {100 * r['accuracy_b']:.1f}%  "
+            f"A-B {100 * bs['difference']:+.1f} pts (95% CI {100 * bs['ci95'][0]:+.1f} to {100 * bs['ci95'][1]:+.1f})  "
+            f"only A {m['only_a']}, only B {m['only_b']}, McNemar p = {m['p_value']:.4g}"
+        )
+    return lines

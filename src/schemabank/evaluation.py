@@ -1,0 +1,296 @@
+"""Evaluation (SPEC section 6): GSM8K accuracy, perplexity and routing statistics.
+
+GSM8K: batched greedy generation with left padding (prompts sorted by length, results put back in
+test-set order), at most ``max_new_tokens`` new tokens, stopping at EOS or ``Question:``. Routing is
+then read in one teacher-forced pass over each prompt plus its kept generation, recording every
+token's top-k schemas at every bank (the same routing the tokens got during generation, since the
+bank acts token by token on a causal model).
+
+Perplexity: token perplexity of WikiText-2 test text in disjoint windows (stride = window); each
+window predicts its tokens 2..W from the earlier ones in the window; the last window may be
+shorter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from . import metrics
+from .adapter import base_only
+from .attach import BankSet
+from .checkpoint import load_checkpoint
+from .config import Config, EvalConfig
+from .data import Problem, fewshot_prompt, load_gsm8k, load_wikitext, question_prompt
+from .models import load_base_model, resolve_base_model
+from .results import build_results
+from .runtime import autocast, environment, pick_device, use_bf16, weight_dtype
+from .stages import count_parameters
+from .tags import TAGS
+
+
+@dataclass
+class Generation:
+    """One problem's generation: prompt ids, kept generated ids and the decoded text."""
+
+    prompt_ids: list[int]
+    gen_ids: list[int]
+    text: str
+
+
+def build_prompts(problems: list[Problem], shots: list[Problem]) -> list[str]:
+    if shots:
+        return [fewshot_prompt(p.question, shots) for p in problems]
+    return [question_prompt(p.question) for p in problems]
+
+
+def _kept_tokens(tokenizer, ids: list[int], stop: str) -> tuple[list[int], str]:
+    """Generated ids up to EOS / the stop string, and their text (stop string cut off)."""
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if stop not in text:
+        return ids, text
+    cut = text.index(stop)
+    pieces = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=True)
+    n, pos = 0, 0
+    while n < len(ids) and pos + len(pieces[n]) <= cut:
+        pos += len(pieces[n])
+        n += 1
+    return ids[:n], text[:cut]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
+             device: torch.device, bf16: bool, desc: str = "gsm8k") -> list[Generation]:
+    """Greedy generations for ``prompts`` (in their order)."""
+    tokenizer.padding_side = "left"
+    encoded = [tokenizer(p).input_ids for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    gen_cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        stop_strings=[metrics.STOP_STRING],
+    )
+    out: list[Generation | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=desc, unit="problem", leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+        with autocast(device, bf16):
+            seqs = model.generate(**batch, generation_config=gen_cfg, tokenizer=tokenizer)
+        new = seqs[:, batch["input_ids"].shape[1]:].tolist()
+        for i, ids in zip(idx, new, strict=True):
+            kept, text = _kept_tokens(tokenizer, ids, metrics.STOP_STRING)
+            out[i] = Generation(encoded[i], kept, text)
+        bar.update(len(idx))
+    bar.close()
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def route_tokens(model, banks: BankSet, sequences: list[list[int]], pad_id: int, batch_size: int,
+                 device: torch.device, bf16: bool) -> dict[int, list[np.ndarray]]:
+    """Top-k schema ids of every token of each sequence, per bank: ``{layer: [(L_i, k) arrays]}``."""
+    out: dict[int, list[np.ndarray]] = {layer: [] for layer in banks.banks}
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        T = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), T), dtype=torch.long)
+        for i, s in enumerate(chunk):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        with banks.capturing(), autocast(device, bf16):
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
+            topk = [b.last_logits.topk(b.topk, dim=-1).indices.cpu().numpy() for b in banks]
+        for layer, t in zip(banks.banks, topk, strict=True):
+            out[layer].extend(t[i, : len(s)] for i, s in enumerate(chunk))
+    return out
+
+
+def step_top1(tokenizer, gen_ids: list[int], top1: np.ndarray) -> list[list[int]]:
+    """Split a generation's top-1 schema ids into steps (lines of the generated text)."""
+    pieces = tokenizer.batch_decode([[t] for t in gen_ids], skip_special_tokens=True)
+    steps: list[list[int]] = [[]]
+    for piece, s in zip(pieces, top1, strict=True):
+        if piece.strip():
+            steps[-1].append(int(s))
+        steps.extend([] for _ in range(piece.count("\n")))
+    return steps
+
+
+def routing_report(tokenizer, generations: list[Generation], routes: dict[int, list[np.ndarray]],
+                   problems: list[Problem], num_schemas: int) -> dict:
+    """Usage, entropy, reuse, tag x schema table and NMI per bank, and their means."""
+    tags = [p.tags for p in problems]
+    layers = {}
+    for layer, per_problem in routes.items():
+        usage = metrics.schema_usage(np.concatenate(per_problem), num_schemas)
+        solutions = [
+            step_top1(tokenizer, g.gen_ids, r[len(g.prompt_ids):, 0])
+            for g, r in zip(generations, per_problem, strict=True)
+        ]
+        dominant = [metrics.dominant(r[:, 0]) for r in per_problem]
+        layers[str(layer)] = {
+            **usage,
+            "schema_reuse": metrics.schema_reuse(solutions),
+            "tag_schema": {"tags": list(TAGS), "counts": metrics.tag_schema_table(tags, per_problem, TAGS, num_schemas)},
+            "dominant_schema": dominant,
+            "nmi_tags_dominant": metrics.tag_schema_nmi(tags, dominant),
+        }
+    keys = ("active", "dead", "entropy_bits", "schema_reuse", "nmi_tags_dominant")
+    summary = {k: float(np.mean([v[k] for v in layers.values()])) for k in keys}
+    return {"num_schemas": num_schemas, "summary": summary, "layers": layers}
+
+
+def evaluate_gsm8k(model, tokenizer, problems: list[Problem], shots: list[Problem], banks: BankSet | None,
+                   batch_size: int, max_new_tokens: int, device: torch.device, bf16: bool,
+                   num_samples: int = 10) -> dict:
+    """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
+    the routing report when banks are attached."""
+    t0 = time.perf_counter()
+    gens = generate(model, tokenizer, build_prompts(problems, shots), batch_size, max_new_tokens, device, bf16)
+    gen_time = time.perf_counter() - t0
+    scored = [metrics.score(g.text, p.gold) for g, p in zip(gens, problems, strict=True)]
+    result = {
+        "n": len(problems),
+        "shots": len(shots),
+        "max_new_tokens": max_new_tokens,
+        "strict": metrics.accuracy_summary([s["strict_correct"] for s in scored]),
+        "flexible": metrics.accuracy_summary([s["flexible_correct"] for s in scored]),
+        "problems": [{"index": i, "gold": metrics.normalize_number(p.gold), **s}
+                     for i, (p, s) in enumerate(zip(problems, scored, strict=True))],
+        "samples": [
+            {"index": i, "question": problems[i].question, "gold": problems[i].gold,
+             "output": gens[i].text, **scored[i]}
+            for i in range(min(num_samples, len(problems)))
+        ],
+        "generated_tokens": sum(len(g.gen_ids) for g in gens),
+        "generation_s": gen_time,
+    }
+    routing = None
+    if banks is not None:
+        routes = route_tokens(model, banks, [g.prompt_ids + g.gen_ids for g in gens], tokenizer.pad_token_id,
+                              batch_size, device, bf16)
+        routing = routing_report(tokenizer, gens, routes, problems, next(iter(banks)).num_schemas)
+    result["time_s"] = time.perf_counter() - t0
+    return {"gsm8k": result, "routing": routing}
+
+
+@torch.no_grad()
+def perplexity(model, token_ids: torch.Tensor, window: int, device: torch.device, bf16: bool,
+               tokens_per_batch: int = 8192) -> dict:
+    """Token perplexity over disjoint windows of ``window`` tokens of a 1-D id tensor."""
+    starts = [s for s in range(0, len(token_ids), window) if len(token_ids) - s >= 2]
+    nll, count = 0.0, 0
+    full = [s for s in starts if s + window <= len(token_ids)]
+    per_batch = max(1, tokens_per_batch // window)
+    batches = [full[i : i + per_batch] for i in range(0, len(full), per_batch)]
+    batches += [[s] for s in starts if s + window > len(token_ids)]
+    for group in tqdm(batches, desc=f"ppl@{window}", leave=False):
+        ids = torch.stack([token_ids[s : s + window] for s in group]).to(device)
+        with autocast(device, bf16):
+            logits = model(input_ids=ids).logits  # (B, W, V)
+        nll += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum").item()
+        count += ids[:, 1:].numel()
+    return {"ppl": float(np.exp(nll / count)) if count else float("nan"), "tokens": count, "windows": len(starts)}
+
+
+def evaluate_perplexity(model, tokenizer, text: str, windows: list[int], max_tokens: int | None,
+                        device: torch.device, bf16: bool, base_context=None) -> dict:
+    """PPL at each window size; with ``base_context`` (a context manager factory that turns the
+    adapter off) also the base model's, measured on the same tokens."""
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    out: dict = {"tokens": len(ids), "windows": {}}
+    for w in windows:
+        entry = perplexity(model, ids, w, device, bf16)
+        out[f"ppl_{w}"] = entry["ppl"]
+        if base_context is not None:
+            with base_context():
+                base = perplexity(model, ids, w, device, bf16)
+            out[f"base_ppl_{w}"] = base["ppl"]
+            entry["base_ppl"] = base["ppl"]
+            entry["ratio_to_base"] = entry["ppl"] / base["ppl"]
+        out["windows"][str(w)] = entry
+    return out
+
+
+def run_evaluation(model, tokenizer, banks: BankSet | None, test: list[Problem], shots: list[Problem],
+                   wikitext: str | None, ecfg, device: torch.device, bf16: bool, base_context=None) -> dict:
+    """GSM8K, routing and perplexity results for one model, as stored in results.json."""
+    model.eval()
+    t0 = time.perf_counter()
+    out = evaluate_gsm8k(model, tokenizer, test, shots, banks, ecfg.batch_size, ecfg.max_new_tokens, device,
+                         bf16, ecfg.num_samples)
+    out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
+    t1 = time.perf_counter()
+    out["perplexity"] = None
+    if wikitext is not None and ecfg.ppl_windows:
+        out["perplexity"] = evaluate_perplexity(
+            model, tokenizer, wikitext, ecfg.ppl_windows, ecfg.ppl_max_tokens, device, bf16,
+            base_context if ecfg.base_perplexity else None,
+        )
+    out["timings"] = {"gsm8k_s": t1 - t0, "perplexity_s": time.perf_counter() - t1}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluating a saved run, or a bare base model
+
+
+def load_eval_data(ecfg: EvalConfig, data_dir=None) -> tuple[list[Problem], list[Problem], str | None]:
+    """GSM8K test problems (the first ``limit``), the shots, and the WikiText-2 text (if needed)."""
+    test = load_gsm8k("test", data_dir)[: ecfg.limit]
+    shots = load_gsm8k("train", data_dir)[: ecfg.shots] if ecfg.shots else []
+    wikitext = load_wikitext(data_dir) if ecfg.ppl_windows else None
+    return test, shots, wikitext
+
+
+def evaluate_checkpoint(checkpoint: Path, cfg: Config, data_dir=None) -> dict:
+    """Re-evaluate a saved run without training; results of kind ``checkpoint-eval``.
+
+    ``cfg`` is the run's config.yaml (its eval section, device and precision are used).
+    """
+    t0 = time.perf_counter()
+    device = pick_device(cfg.training.device)
+    bf16 = use_bf16(cfg.training.precision, device)
+    test, shots, wikitext = load_eval_data(cfg.eval, data_dir)
+    tok, model, banks, info = load_checkpoint(checkpoint, device, weight_dtype(cfg.model.dtype, device))
+    t1 = time.perf_counter()
+    ev = run_evaluation(model, tok, banks, test, shots, wikitext, cfg.eval, device, bf16,
+                        lambda: base_only(model, banks))
+    lora = model.peft_config["default"]
+    params = {**count_parameters(model), "lora_rank": lora.r, "lora_target_modules": sorted(lora.target_modules)}
+    timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
+    return build_results(cfg=cfg, info=info, env=environment(device), evaluation=ev, parameters=params,
+                         training=None, timings=timings, kind="checkpoint-eval")
+
+
+def evaluate_base_model(name: str, ecfg: EvalConfig, data_dir=None, device_name: str = "auto",
+                        precision: str = "auto", dtype: str = "auto") -> dict:
+    """Evaluate a bare base model (k-shot, no adapter); results of kind ``base-eval``."""
+    t0 = time.perf_counter()
+    device = pick_device(device_name)
+    bf16 = use_bf16(precision, device)
+    test, shots, wikitext = load_eval_data(ecfg, data_dir)
+    info = resolve_base_model(name)
+    tok, model = load_base_model(info, device, weight_dtype(dtype, device))
+    t1 = time.perf_counter()
+    ev = run_evaluation(model, tok, None, test, shots, wikitext, ecfg, device, bf16, None)
+    timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
+    return build_results(cfg=None, info=info, env=environment(device), evaluation=ev, parameters=None,
+                         training=None, timings=timings, kind="base-eval",
+                         experiment={"name": f"base_{Path(name).stem}", "seed": None, "mode": "base",
+                                     "eval": dataclasses.asdict(ecfg)})

@@ -1,0 +1,216 @@
+"""Metrics of SPEC section 6 as pure functions over plain data (strings, lists, arrays).
+
+GSM8K scoring follows the lm-evaluation-harness ``gsm8k`` task: *strict-match* takes the first
+``#### <number>``; *flexible-extract* takes the last number-like match. Both sides are normalised by
+removing ``,`` and ``$`` and a trailing ``.``, then compared exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+STOP_STRING = "Question:"
+
+
+def normalize_number(text: str | None) -> str | None:
+    """Remove ``,`` and ``$`` and a trailing ``.``; None stays None."""
+    if text is None:
+        return None
+    out = text.replace(",", "").replace("$", "").strip()
+    return out[:-1] if out.endswith(".") else out
+
+
+def extract_strict(output: str) -> str | None:
+    """The number after the first ``#### `` in a generated solution, normalised."""
+    m = STRICT_RE.search(output)
+    return normalize_number(m.group(1)) if m else None
+
+
+def extract_flexible(output: str) -> str | None:
+    """The last number-like token of a generated solution, normalised."""
+    matches = FLEXIBLE_RE.findall(output)
+    if not matches:
+        return None
+    a, b = matches[-1]
+    return normalize_number(a or b)
+
+
+def truncate_at_stop(text: str, stop: str = STOP_STRING) -> str:
+    """Cut a generation where the model starts a new ``Question:``."""
+    i = text.find(stop)
+    return text if i < 0 else text[:i]
+
+
+def score(output: str, gold: str) -> dict:
+    """Both extractions of one generated solution and whether each matches the gold answer."""
+    gold_n = normalize_number(gold)
+    strict, flexible = extract_strict(output), extract_flexible(output)
+    return {
+        "strict_pred": strict,
+        "flexible_pred": flexible,
+        "strict_correct": strict is not None and strict == gold_n,
+        "flexible_correct": flexible is not None and flexible == gold_n,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion."""
+    if total == 0:
+        return (0.0, 1.0)
+    ci = stats.binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def accuracy_summary(correct: Sequence[bool]) -> dict:
+    """``{"correct", "total", "accuracy", "ci95": [lo, hi]}`` of a list of outcomes."""
+    k, n = int(sum(bool(c) for c in correct)), len(correct)
+    lo, hi = wilson_interval(k, n)
+    return {"correct": k, "total": n, "accuracy": k / n if n else 0.0, "ci95": [lo, hi]}
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact McNemar test of two paired lists of outcomes (two-sided binomial on discordant pairs).
+
+    ``b01``: problems only ``b`` solved; ``b10``: problems only ``a`` solved.
+    """
+    if len(a) != len(b):
+        raise ValueError("paired outcomes must have the same length")
+    b10 = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    b01 = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    n = b10 + b01
+    p = 1.0 if n == 0 else float(stats.binomtest(b10, n, 0.5).pvalue)
+    return {"only_a": b10, "only_b": b01, "discordant": n, "p_value": p}
+
+
+def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_resamples: int = 10_000,
+                     confidence: float = 0.95, seed: int = 0) -> dict:
+    """Accuracy difference ``a − b`` with a paired-bootstrap percentile interval."""
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean()) if len(x) else 0.0
+    if len(x) < 2 or np.all(x - y == (x - y)[0]):
+        return {"difference": diff, "ci95": [diff, diff]}
+    res = stats.bootstrap(
+        (x, y), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), paired=True, vectorized=True,
+        n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return {"difference": diff, "ci95": [float(res.confidence_interval.low), float(res.confidence_interval.high)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing
+
+
+def schema_usage(topk_ids: np.ndarray, num_schemas: int, active_threshold: float = 0.001, top: int = 5) -> dict:
+    """Usage of each schema as its share of all top-k routing slots.
+
+    ``topk_ids``: integer array (N, k) of the schemas chosen for N tokens. A schema is *active*
+    when its share is at least ``active_threshold`` (0.1%). Entropy is in bits (max log2 S).
+    """
+    counts = np.bincount(np.asarray(topk_ids).reshape(-1), minlength=num_schemas).astype(float)
+    share = counts / max(counts.sum(), 1.0)
+    active = int((share >= active_threshold).sum())
+    nz = share[share > 0]
+    entropy = float(-(nz * np.log2(nz)).sum())
+    order = np.argsort(-share, kind="stable")[:top]
+    return {
+        "share": [float(s) for s in share],
+        "active": active,
+        "dead": num_schemas - active,
+        "dead_schemas": [int(i) for i in np.flatnonzero(share < active_threshold)],
+        "top": [{"schema": int(i), "share": float(share[i])} for i in order],
+        "entropy_bits": entropy,
+        "max_entropy_bits": math.log2(num_schemas),
+        "tokens": int(np.asarray(topk_ids).shape[0]),
+    }
+
+
+def dominant(ids: Sequence[int]) -> int:
+    """The most frequent id (the smallest one on a tie)."""
+    counts = Counter(int(i) for i in ids)
+    best = max(counts.values())
+    return min(i for i, c in counts.items() if c == best)
+
+
+def reuse_count(step_top1: Sequence[Sequence[int]]) -> int:
+    """Steps of one solution whose dominant schema was already dominant in an earlier step.
+
+    ``step_top1``: for each step (line) of a generated solution, the top-1 schema of its tokens;
+    steps without tokens are skipped.
+    """
+    seen: set[int] = set()
+    reused = 0
+    for ids in step_top1:
+        if len(ids) == 0:
+            continue
+        d = dominant(ids)
+        reused += d in seen
+        seen.add(d)
+    return reused
+
+
+def schema_reuse(solutions: Sequence[Sequence[Sequence[int]]]) -> float:
+    """Mean reuse count per problem (:func:`reuse_count`); 0.0 for no problems."""
+    return float(np.mean([reuse_count(s) for s in solutions])) if len(solutions) else 0.0
+
+
+def tag_schema_table(problem_tags: Sequence[Sequence[str]], problem_topk: Sequence[np.ndarray],
+                     tags: Sequence[str], num_schemas: int) -> list[list[int]]:
+    """Tag x schema co-occurrence: routing slots to each schema from the tokens of problems with
+    each tag. ``problem_topk[i]``: (N_i, k) schema ids of problem i's tokens."""
+    table = np.zeros((len(tags), num_schemas), dtype=np.int64)
+    index = {t: j for j, t in enumerate(tags)}
+    for ptags, ids in zip(problem_tags, problem_topk, strict=True):
+        counts = np.bincount(np.asarray(ids).reshape(-1), minlength=num_schemas)
+        for t in ptags:
+            table[index[t]] += counts
+    return table.tolist()
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def normalized_mutual_info(x: Sequence, y: Sequence) -> float:
+    """NMI of two label sequences, ``I(X;Y) / mean(H(X), H(Y))`` (scikit-learn's default).
+
+    1.0 when one determines the other; 0.0 when independent or when both are constant.
+    """
+    if len(x) != len(y):
+        raise ValueError("label sequences must have the same length")
+    if len(x) == 0:
+        return 0.0
+    _, xi = np.unique(np.asarray(x, dtype=object).astype(str), return_inverse=True)
+    _, yi = np.unique(np.asarray(y, dtype=object).astype(str), return_inverse=True)
+    joint = np.zeros((xi.max() + 1, yi.max() + 1))
+    np.add.at(joint, (xi, yi), 1)
+    hx, hy = _entropy(joint.sum(1)), _entropy(joint.sum(0))
+    if hx == 0 and hy == 0:
+        return 1.0 if joint.shape == (1, 1) else 0.0
+    mi = hx + hy - _entropy(joint.reshape(-1))
+    denom = (hx + hy) / 2
+    return float(max(mi, 0.0) / denom) if denom > 0 else 0.0
+
+
+def tag_schema_nmi(problem_tags: Sequence[Sequence[str]], problem_dominant: Sequence[int]) -> float:
+    """NMI between a problem's tags and its dominant schema, over (problem, tag) pairs (a
+    problem with several tags counts once per tag; problems without tags are left out)."""
+    pairs = [(t, d) for tags, d in zip(problem_tags, problem_dominant, strict=True) for t in tags]
+    if not pairs:
+        return 0.0
+    x, y = zip(*pairs, strict=True)
+    return normalized_mutual_info(x, y)

@@ -1,0 +1,103 @@
+"""The schema of results.json, and its one-screen summary.
+
+Top-level keys (``format: schemabank-results-v1``):
+
+- ``experiment``: name, seed, mode;  ``kind``: ``train`` (a trained run), ``checkpoint-eval``
+  (a saved run re-evaluated) or ``base-eval`` (a bare base model, k-shot);
+- ``base_model``: name, source, path, sha256, model_type, layers, hidden size;
+- ``parameters``: trainable adapter parameters per group (``lora``, ``router``, ``schema``,
+  ``total``), ``lora_rank`` and ``lora_target_modules``;
+- ``gsm8k``: ``n``, ``shots``, ``strict`` and ``flexible`` (each ``correct``, ``total``,
+  ``accuracy``, ``ci95`` Wilson interval), ``problems`` (per problem: index, gold, predictions
+  and outcomes, for paired comparisons), ``samples`` (full generated text of the first few),
+  ``generated_tokens``, ``generation_s``, ``time_s``;
+- ``perplexity``: ``ppl_<W>`` and ``base_ppl_<W>`` for each window W (512 and 4096), ``tokens``,
+  ``windows`` (per window: ppl, base_ppl, ratio_to_base, tokens, windows); null when not measured;
+- ``schema_reuse``: mean reuse count per problem (0.0 without banks);
+- ``routing``: null without banks; else ``num_schemas``, ``summary`` (means over banks of
+  ``active``, ``dead``, ``entropy_bits``, ``schema_reuse``, ``nmi_tags_dominant``) and ``layers``
+  (per bank: ``share`` per schema, ``active``, ``dead``, ``dead_schemas``, ``top``,
+  ``entropy_bits``, ``max_entropy_bits``, ``tokens``, ``schema_reuse``, ``tag_schema`` table,
+  ``dominant_schema`` per problem, ``nmi_tags_dominant``);
+- ``training``: total steps, per stage (steps, learning rate, time, final loss), time; null for
+  evaluations;
+- ``timings``: seconds for setup, training, GSM8K, perplexity and the whole run;
+- ``environment``: python, torch, transformers, peft and schemabank versions, device, git commit;
+- ``config``: the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import Config
+from .errors import SchemaBankError
+from .models import BaseModelInfo
+
+FORMAT = "schemabank-results-v1"
+
+
+def build_results(*, cfg: Config | None, info: BaseModelInfo, env: dict, evaluation: dict,
+                  parameters: dict | None, training: dict | None, timings: dict, kind: str = "train",
+                  experiment: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "experiment": experiment or {
+            "name": cfg.experiment.name, "seed": cfg.experiment.seed, "mode": cfg.experiment.mode,
+        },
+        "base_model": info.to_dict(),
+        "parameters": parameters,
+        "gsm8k": evaluation["gsm8k"],
+        "perplexity": evaluation["perplexity"],
+        "schema_reuse": evaluation["schema_reuse"],
+        "routing": evaluation["routing"],
+        "training": training,
+        "timings": timings,
+        "environment": env,
+        "config": cfg.to_dict() if cfg is not None else None,
+    }
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a results.json (or the one inside a run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise SchemaBankError(f"results file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SchemaBankError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "gsm8k" not in data:
+        raise SchemaBankError(f"{path}: not a SchemaBank results file ({FORMAT})")
+    return data
+
+
+def summary_lines(results: dict) -> list[str]:
+    """A few human-readable lines about a results dict."""
+    g = results["gsm8k"]
+    exp = results["experiment"]
+    lines = [f"{exp['name']} (mode {exp['mode']}, seed {exp['seed']}), {g['n']} GSM8K problems, {g['shots']}-shot"]
+    for key in ("strict", "flexible"):
+        a = g[key]
+        lines.append(f"  {key:9s} {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% "
+                     f"(95% CI {100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})")
+    ppl = results.get("perplexity")
+    if ppl:
+        for w in ppl["windows"]:
+            base = ppl.get(f"base_ppl_{w}")
+            extra = f" (base {base:.2f})" if base is not None else ""
+            lines.append(f"  PPL_{w:<5s} {ppl[f'ppl_{w}']:.2f}{extra}")
+    r = results.get("routing")
+    if r:
+        s = r["summary"]
+        lines.append(f"  schemas   active {s['active']:.0f}/{r['num_schemas']}, entropy {s['entropy_bits']:.2f} bits, "
+                     f"reuse {s['schema_reuse']:.2f}, NMI {s['nmi_tags_dominant']:.3f}")
+    p = results.get("parameters")
+    if p:
+        lines.append(f"  trainable parameters {p['total']:,} (lora {p['lora']:,}, router {p['router']:,}, "
+                     f"schema {p['schema']:,})")
+    return lines
