@@ -19,7 +19,10 @@ def make_lora_config(lcfg: LoraConfig, r: int | None = None) -> peft.LoraConfig:
     r = r or lcfg.r
     alpha = lcfg.lora_alpha * r / lcfg.r  # keeps alpha / r when the rank is matched
     return peft.LoraConfig(
-        task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=lcfg.lora_dropout,
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=lcfg.lora_dropout,
         target_modules=lcfg.target_modules,
     )
 
@@ -32,7 +35,9 @@ def bank_parameter_count(hidden_size: int, bcfg: BankConfig, num_banks: int) -> 
 
 def lora_parameters_per_rank(base: nn.Module, lcfg: LoraConfig) -> int:
     """LoRA parameters at rank 1 (the count is linear in the rank)."""
-    probe_cfg = peft.LoraConfig(task_type="CAUSAL_LM", r=1, lora_alpha=1, target_modules=lcfg.target_modules)
+    probe_cfg = peft.LoraConfig(
+        task_type="CAUSAL_LM", r=1, lora_alpha=1, target_modules=lcfg.target_modules
+    )
     probe = peft.get_peft_model(base, probe_cfg)
     n = sum(p.numel() for name, p in probe.named_parameters() if "lora_" in name)
     probe.unload()
@@ -43,7 +48,9 @@ def matched_rank(base: nn.Module, cfg: Config) -> int:
     """The LoRA rank whose parameter count is closest to SchemaBank's (LoRA at lora.r + banks)."""
     per_rank = lora_parameters_per_rank(base, cfg.lora)
     n_banks = len(resolve_layers(cfg.schemabank.layers, len(decoder_layers(base))))
-    target = per_rank * cfg.lora.r + bank_parameter_count(base.config.hidden_size, cfg.schemabank, n_banks)
+    target = per_rank * cfg.lora.r + bank_parameter_count(
+        base.config.hidden_size, cfg.schemabank, n_banks
+    )
     return max(1, round(target / per_rank))
 
 
@@ -61,5 +68,5 @@ def build_adapter(base: nn.Module, cfg: Config) -> tuple[peft.PeftModel, BankSet
 @contextmanager
 def base_only(model: peft.PeftModel, banks: BankSet | None):
     """LoRA and banks off: the bare base model (for its perplexity beside the adapter's)."""
-    with model.disable_adapter(), (banks.disabled() if banks is not None else nullcontext()):
+    with model.disable_adapter(), banks.disabled() if banks is not None else nullcontext():
         yield

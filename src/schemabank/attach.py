@@ -64,13 +64,22 @@ class BankSet:
             self._handles.append(layers[i].register_forward_hook(_hook))
 
     @classmethod
-    def attach(cls, model: nn.Module, layers: list[int], num_schemas: int, rank: int, topk: int,
-               attr_dim: int) -> BankSet:
+    def attach(
+        cls,
+        model: nn.Module,
+        layers: list[int],
+        num_schemas: int,
+        rank: int,
+        topk: int,
+        attr_dim: int,
+    ) -> BankSet:
         """Create fresh banks (gain 0) on ``layers`` of ``model``, on its device, in float32."""
         hidden = model.config.hidden_size
         absolute = resolve_layers(layers, len(decoder_layers(model)))
         device = next(model.parameters()).device
-        banks = {i: SchemaBank(hidden, num_schemas, rank, topk, attr_dim).to(device) for i in absolute}
+        banks = {
+            i: SchemaBank(hidden, num_schemas, rank, topk, attr_dim).to(device) for i in absolute
+        }
         return cls(model, banks)
 
     def detach(self) -> None:
@@ -101,13 +110,19 @@ class BankSet:
         expected = self.state_dict()
         missing, extra = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
         if missing or extra:
-            raise ValueError(f"bank tensors do not match: missing {sorted(missing)}, unexpected {sorted(extra)}")
+            raise ValueError(
+                f"bank tensors do not match: missing {sorted(missing)}, unexpected {sorted(extra)}"
+            )
         for key, t in tensors.items():
             if t.shape != expected[key].shape:
-                raise ValueError(f"bank tensor {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}")
+                raise ValueError(
+                    f"bank tensor {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}"
+                )
         for i, bank in self.banks.items():
             prefix = f"layers.{i}."
-            bank.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            bank.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
 
     def ortho(self) -> torch.Tensor:
         """Orthonormality penalty averaged over banks."""

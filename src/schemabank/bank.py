@@ -33,12 +33,23 @@ class SchemaBank(nn.Module):
     ``A``, ``G`` and ``gain`` are the schema group (see :mod:`schemabank.stages`).
     """
 
-    def __init__(self, hidden_size: int, num_schemas: int = 32, rank: int = 16, topk: int = 2,
-                 attr_dim: int = 8):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_schemas: int = 32,
+        rank: int = 16,
+        topk: int = 2,
+        attr_dim: int = 8,
+    ):
         super().__init__()
         if not 1 <= topk <= num_schemas:
             raise ValueError(f"topk must be in [1, num_schemas], got {topk}")
-        self.hidden_size, self.num_schemas, self.rank, self.topk = hidden_size, num_schemas, rank, topk
+        self.hidden_size, self.num_schemas, self.rank, self.topk = (
+            hidden_size,
+            num_schemas,
+            rank,
+            topk,
+        )
         self.attr_dim = attr_dim
         self.router = nn.Linear(hidden_size, num_schemas, bias=False)
         self.U = nn.Parameter(torch.empty(num_schemas, hidden_size, rank))  # S x H x r
@@ -117,7 +128,9 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
 
 
-def routing_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def routing_ce(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Cross-entropy of the router's softmax against a per-example target distribution.
 
     ``logits``: (B, T, S); ``target``: (B, S), rows summing to 1; ``mask``: (B, T) non-padding.
@@ -135,7 +148,9 @@ def balance_loss(logits: torch.Tensor, topk: int, mask: torch.Tensor | None) -> 
     """
     S = logits.shape[-1]
     flat = logits.reshape(-1, S).float()
-    keep = torch.ones(flat.shape[0], device=flat.device) if mask is None else mask.reshape(-1).float()
+    keep = (
+        torch.ones(flat.shape[0], device=flat.device) if mask is None else mask.reshape(-1).float()
+    )
     n = keep.sum().clamp_min(1.0)
     probs = flat.softmax(-1)
     slots = torch.zeros_like(flat).scatter(-1, flat.topk(topk, -1).indices, 1.0)

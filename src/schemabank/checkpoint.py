@@ -58,8 +58,9 @@ def write_json(path: Path, data) -> None:
         raise
 
 
-def save_checkpoint(directory: Path, model: peft.PeftModel, banks: BankSet | None,
-                    base: BaseModelInfo) -> Path:
+def save_checkpoint(
+    directory: Path, model: peft.PeftModel, banks: BankSet | None, base: BaseModelInfo
+) -> Path:
     """Save the adapter into ``directory`` (replacing an older checkpoint only once complete)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -70,13 +71,21 @@ def save_checkpoint(directory: Path, model: peft.PeftModel, banks: BankSet | Non
         if banks is not None:
             first = next(iter(banks))
             save_file(banks.state_dict(), tmp / BANK_FILES[0], metadata={"format": FORMAT})
-            write_json(tmp / BANK_FILES[1], {
-                "format": FORMAT,
-                "num_schemas": first.num_schemas, "rank": first.rank, "topk": first.topk,
-                "attr_dim": first.attr_dim, "hidden_size": first.hidden_size,
-                "layers": list(banks.banks),
-            })
+            write_json(
+                tmp / BANK_FILES[1],
+                {
+                    "format": FORMAT,
+                    "num_schemas": first.num_schemas,
+                    "rank": first.rank,
+                    "topk": first.topk,
+                    "attr_dim": first.attr_dim,
+                    "hidden_size": first.hidden_size,
+                    "layers": list(banks.banks),
+                },
+            )
         write_json(tmp / BASE_FILE, {"format": FORMAT, **base.to_dict()})
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
         old = None
         if directory.exists():
@@ -150,14 +159,22 @@ def load_checkpoint(directory: Path, device: torch.device, dtype: torch.dtype):
     try:
         model = peft.PeftModel.from_pretrained(base, str(directory), is_trainable=False)
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        raise CheckpointError(f"cannot load the LoRA adapter of {directory}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"cannot load the LoRA adapter of {directory}: {str(exc).splitlines()[0]}"
+        ) from None
     model.eval()
     banks = None
     if has_banks:
         bcfg = _read_json(directory / BANK_FILES[1])
         try:
-            banks = BankSet.attach(model, bcfg["layers"], bcfg["num_schemas"], bcfg["rank"], bcfg["topk"],
-                                   bcfg["attr_dim"])
+            banks = BankSet.attach(
+                model,
+                bcfg["layers"],
+                bcfg["num_schemas"],
+                bcfg["rank"],
+                bcfg["topk"],
+                bcfg["attr_dim"],
+            )
             banks.load_state_dict(_load_tensors(directory / BANK_FILES[0]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"cannot load the banks of {directory}: {exc}") from None

@@ -7,7 +7,6 @@ mistakes exit with 2 (argparse).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,8 +15,11 @@ from .errors import ConfigError, SchemaBankError
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="folder with gsm8k/ and wikitext-2/ (default: $SCHEMABANK_DATA_DIR, "
-                   "then the Hugging Face hub)")
+    p.add_argument(
+        "--data-dir",
+        help="folder with gsm8k/ and wikitext-2/ (default: $SCHEMABANK_DATA_DIR, "
+        "then the Hugging Face hub)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,26 +28,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a baseline or SchemaBank run, then evaluate it")
     t.add_argument("--config", required=True, help="YAML config, e.g. configs/smoke.yaml")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set training.total_steps=100 (repeatable)")
-    t.add_argument("--output-dir", help="parent of the run directory (default: the config's output_dir)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.total_steps=100 (repeatable)",
+    )
+    t.add_argument(
+        "--output-dir", help="parent of the run directory (default: the config's output_dir)"
+    )
     _add_common(t)
 
     e = sub.add_parser("eval", help="evaluate a saved run (no training) or a bare base model")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a run's checkpoint/ directory (or the run directory)")
     src.add_argument("--base-model", help="a base model to evaluate k-shot without any adapter")
-    e.add_argument("--shots", type=int, help="few-shot examples (default: 5 for --base-model, the run's "
-                   "setting for --checkpoint)")
-    e.add_argument("--limit", type=int, help="evaluate the first N test problems (default: all 1,319)")
+    e.add_argument(
+        "--shots",
+        type=int,
+        help="few-shot examples (default: 5 for --base-model, the run's setting for --checkpoint)",
+    )
+    e.add_argument(
+        "--limit", type=int, help="evaluate the first N test problems (default: all 1,319)"
+    )
     e.add_argument("--batch-size", type=int, help="generation batch size")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the run's config (eval.*, training.device, ...)")
-    e.add_argument("--output", help="where to write the results JSON (default: <run>/eval_results.json, "
-                   "or results/<model>_<K>shot/results.json for --base-model)")
+    e.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the run's config (eval.*, training.device, ...)",
+    )
+    e.add_argument(
+        "--output",
+        help="where to write the results JSON (default: <run>/eval_results.json, "
+        "or results/<model>_<K>shot/results.json for --base-model)",
+    )
     _add_common(e)
 
-    c = sub.add_parser("compare", help="paired comparison of two evaluated runs (McNemar, bootstrap)")
+    c = sub.add_parser(
+        "compare", help="paired comparison of two evaluated runs (McNemar, bootstrap)"
+    )
     c.add_argument("run_a", help="run directory or results.json")
     c.add_argument("run_b", help="run directory or results.json")
     c.add_argument("--output", help="also write the comparison as JSON")
@@ -80,26 +106,43 @@ def cmd_eval(args) -> int:
     for flag in ("limit", "batch_size", "shots"):
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "shots" else 1):
-            raise ConfigError(f"--{flag.replace('_', '-')}: must be >= {0 if flag == 'shots' else 1}, got {value}")
-    extra = [f"eval.{k}={getattr(args, k)}" for k in ("limit", "batch_size", "shots") if getattr(args, k) is not None]
+            raise ConfigError(
+                f"--{flag.replace('_', '-')}: must be >= {0 if flag == 'shots' else 1}, got {value}"
+            )
+    extra = [
+        f"eval.{k}={getattr(args, k)}"
+        for k in ("limit", "batch_size", "shots")
+        if getattr(args, k) is not None
+    ]
     if args.checkpoint:
         run_dir, ckpt = _run_dir_of(Path(args.checkpoint))
         cfg_path = run_dir / "config.yaml"
         data = read_yaml(cfg_path) if cfg_path.is_file() else Config().to_dict()
         if not isinstance(data, dict):
             raise ConfigError(f"{cfg_path}: the top level must be a mapping of sections")
-        cfg = config_from_dict(apply_overrides(data, args.overrides + extra), source=f"config {cfg_path}")
+        cfg = config_from_dict(
+            apply_overrides(data, args.overrides + extra), source=f"config {cfg_path}"
+        )
         results = evaluate_checkpoint(ckpt, cfg, data_dir=args.data_dir or cfg.data.dir)
         output = Path(args.output) if args.output else run_dir / "eval_results.json"
     else:
         if args.shots is None:
             extra.append("eval.shots=5")
         cfg = config_from_dict(apply_overrides({}, args.overrides + extra), source="eval options")
-        results = evaluate_base_model(args.base_model, cfg.eval, data_dir=args.data_dir or cfg.data.dir,
-                                      device_name=cfg.training.device, precision=cfg.training.precision,
-                                      dtype=cfg.model.dtype)
+        results = evaluate_base_model(
+            args.base_model,
+            cfg.eval,
+            data_dir=args.data_dir or cfg.data.dir,
+            device_name=cfg.training.device,
+            precision=cfg.training.precision,
+            dtype=cfg.model.dtype,
+        )
         name = Path(args.base_model).stem.replace("/", "_")
-        output = Path(args.output) if args.output else Path("results") / f"{name}_{cfg.eval.shots}shot" / "results.json"
+        output = (
+            Path(args.output)
+            if args.output
+            else Path("results") / f"{name}_{cfg.eval.shots}shot" / "results.json"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output, results)
     print("\n".join(summary_lines(results)))

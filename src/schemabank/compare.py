@@ -40,8 +40,10 @@ def compare_runs(run_a: str, run_b: str) -> dict:
 
 
 def format_comparison(c: dict) -> list[str]:
-    lines = [f"A = {c['a']['name']} ({c['a']['mode']}), B = {c['b']['name']} ({c['b']['mode']}), "
-             f"{c['n']} paired problems"]
+    lines = [
+        f"A = {c['a']['name']} ({c['a']['mode']}), B = {c['b']['name']} ({c['b']['mode']}), "
+        f"{c['n']} paired problems"
+    ]
     for key in ("strict", "flexible"):
         r = c[key]
         m, bs = r["mcnemar"], r["bootstrap"]

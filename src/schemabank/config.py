@@ -10,6 +10,7 @@ The key names follow the original proof of concept (``experiment.mode``, ``lora.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,26 @@ from .errors import ConfigError
 from .tags import TAGS
 
 MODES = ("baseline", "schemabank")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; read it as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -212,13 +233,18 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        return (
+            "a list of "
+            + {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}[item]
+        )
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[tp]
 
 
 def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     if not isinstance(data, dict):
-        errors.append(f"{path or 'config'}: must be a mapping, got {type(data).__name__}")
+        where = path.rstrip(".") or "config"  # path ends with "." for a nested section
+        errors.append(f"{where}: must be a mapping, got {type(data).__name__}")
         return cls()
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -236,6 +262,8 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
         elif _type_ok(value, tp):
             if isinstance(value, int) and _admits(tp, float) and not _admits(tp, int):
                 value = float(value)  # YAML reads 1 as an int; the field is a float
+            elif isinstance(value, list) and typing.get_args(tp) == (float,):
+                value = [float(v) for v in value]
             kwargs[f.name] = value
         else:
             errors.append(f"{key}: must be {_type_name(tp)}, got {value!r}")
@@ -248,8 +276,10 @@ def validate(cfg: Config) -> list[str]:
     e, t, b, ev = cfg.experiment, cfg.training, cfg.schemabank, cfg.eval
     if e.mode not in MODES:
         p.append(f"experiment.mode: must be one of {', '.join(MODES)}, got {e.mode!r}")
-    if not e.name or "/" in e.name:
-        p.append(f"experiment.name: must be a non-empty name without '/', got {e.name!r}")
+    if not NAME_RE.match(e.name):
+        p.append(
+            f"experiment.name: must be letters, digits, '.', '_' or '-' (it names the run folder), got {e.name!r}"
+        )
     if not cfg.model.base_model:
         p.append("model.base_model: must not be empty")
     if cfg.model.dtype not in ("auto", "fp32", "bf16"):
@@ -271,7 +301,9 @@ def validate(cfg: Config) -> list[str]:
             f"got {b.num_schemas}"
         )
     if not 1 <= b.topk <= b.num_schemas:
-        p.append(f"schemabank.topk: must be between 1 and num_schemas ({b.num_schemas}), got {b.topk}")
+        p.append(
+            f"schemabank.topk: must be between 1 and num_schemas ({b.num_schemas}), got {b.topk}"
+        )
     if not b.layers:
         p.append("schemabank.layers: must list at least one decoder layer")
     elif len(set(b.layers)) != len(b.layers):
@@ -288,7 +320,9 @@ def validate(cfg: Config) -> list[str]:
     if t.weight_decay < 0:
         p.append(f"training.weight_decay: must be >= 0, got {t.weight_decay}")
     if t.lr_scheduler not in SCHEDULERS:
-        p.append(f"training.lr_scheduler: must be one of {', '.join(SCHEDULERS)}, got {t.lr_scheduler!r}")
+        p.append(
+            f"training.lr_scheduler: must be one of {', '.join(SCHEDULERS)}, got {t.lr_scheduler!r}"
+        )
     if not 0 <= t.warmup_steps <= t.total_steps:
         p.append(f"training.warmup_steps: must be between 0 and total_steps, got {t.warmup_steps}")
     if t.max_grad_norm <= 0:
@@ -321,7 +355,9 @@ def validate(cfg: Config) -> list[str]:
             p.append(f"{key}: has {len(sched)} phases but stage 1 has only {s1.steps} steps")
         for name, st in vars(t.stages).items():
             if st.learning_rate is not None and st.learning_rate <= 0:
-                p.append(f"training.stages.{name}.learning_rate: must be > 0, got {st.learning_rate}")
+                p.append(
+                    f"training.stages.{name}.learning_rate: must be > 0, got {st.learning_rate}"
+                )
     if ev.limit is not None and ev.limit < 1:
         p.append(f"eval.limit: must be >= 1 or null, got {ev.limit}")
     for key in ("batch_size", "max_new_tokens"):
@@ -355,7 +391,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. training.total_steps=100")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
     return key.strip().split("."), value
@@ -381,7 +417,7 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -63,11 +63,15 @@ def parse_gsm8k_jsonl(path: Path) -> list[Problem]:
     if not path.is_file():
         raise DataError(f"GSM8K file not found: {path}")
     problems = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not UTF-8 text (byte {exc.start})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -150,14 +154,18 @@ def fewshot_prompt(question: str, shots: list[Problem]) -> str:
 # Training batches
 
 
-def encode_example(tokenizer, problem: Problem, tags: list[str] | None, max_length: int) -> tuple[list[int], list[int]]:
+def encode_example(
+    tokenizer, problem: Problem, tags: list[str] | None, max_length: int
+) -> tuple[list[int], list[int]]:
     """Token ids and labels of one training example; labels are -100 outside the answer.
 
     The prompt and the answer are tokenised separately so the prompt's tokens are exactly those
     seen at evaluation time.
     """
     prompt = tokenizer(question_prompt(problem.question, tags)).input_ids
-    answer = tokenizer(" " + problem.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    answer = tokenizer(" " + problem.answer, add_special_tokens=False).input_ids + [
+        tokenizer.eos_token_id
+    ]
     ids = (prompt + answer)[:max_length]
     labels = ([-100] * len(prompt) + answer)[:max_length]
     return ids, labels

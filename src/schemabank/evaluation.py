@@ -70,25 +70,38 @@ def _kept_tokens(tokenizer, ids: list[int], stop: str) -> tuple[list[int], str]:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
-             device: torch.device, bf16: bool, desc: str = "gsm8k") -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int,
+    max_new_tokens: int,
+    device: torch.device,
+    bf16: bool,
+    desc: str = "gsm8k",
+) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     gen_cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         stop_strings=[metrics.STOP_STRING],
     )
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="problem", leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(
+            device
+        )
         with autocast(device, bf16):
             seqs = model.generate(**batch, generation_config=gen_cfg, tokenizer=tokenizer)
-        new = seqs[:, batch["input_ids"].shape[1]:].tolist()
+        new = seqs[:, batch["input_ids"].shape[1] :].tolist()
         for i, ids in zip(idx, new, strict=True):
             kept, text = _kept_tokens(tokenizer, ids, metrics.STOP_STRING)
             out[i] = Generation(encoded[i], kept, text)
@@ -98,8 +111,15 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
 
 
 @torch.no_grad()
-def route_tokens(model, banks: BankSet, sequences: list[list[int]], pad_id: int, batch_size: int,
-                 device: torch.device, bf16: bool) -> dict[int, list[np.ndarray]]:
+def route_tokens(
+    model,
+    banks: BankSet,
+    sequences: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+) -> dict[int, list[np.ndarray]]:
     """Top-k schema ids of every token of each sequence, per bank: ``{layer: [(L_i, k) arrays]}``."""
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in banks.banks}
     for start in range(0, len(sequences), batch_size):
@@ -129,22 +149,30 @@ def step_top1(tokenizer, gen_ids: list[int], top1: np.ndarray) -> list[list[int]
     return steps
 
 
-def routing_report(tokenizer, generations: list[Generation], routes: dict[int, list[np.ndarray]],
-                   problems: list[Problem], num_schemas: int) -> dict:
+def routing_report(
+    tokenizer,
+    generations: list[Generation],
+    routes: dict[int, list[np.ndarray]],
+    problems: list[Problem],
+    num_schemas: int,
+) -> dict:
     """Usage, entropy, reuse, tag x schema table and NMI per bank, and their means."""
     tags = [p.tags for p in problems]
     layers = {}
     for layer, per_problem in routes.items():
         usage = metrics.schema_usage(np.concatenate(per_problem), num_schemas)
         solutions = [
-            step_top1(tokenizer, g.gen_ids, r[len(g.prompt_ids):, 0])
+            step_top1(tokenizer, g.gen_ids, r[len(g.prompt_ids) :, 0])
             for g, r in zip(generations, per_problem, strict=True)
         ]
         dominant = [metrics.dominant(r[:, 0]) for r in per_problem]
         layers[str(layer)] = {
             **usage,
             "schema_reuse": metrics.schema_reuse(solutions),
-            "tag_schema": {"tags": list(TAGS), "counts": metrics.tag_schema_table(tags, per_problem, TAGS, num_schemas)},
+            "tag_schema": {
+                "tags": list(TAGS),
+                "counts": metrics.tag_schema_table(tags, per_problem, TAGS, num_schemas),
+            },
             "dominant_schema": dominant,
             "nmi_tags_dominant": metrics.tag_schema_nmi(tags, dominant),
         }
@@ -153,13 +181,24 @@ def routing_report(tokenizer, generations: list[Generation], routes: dict[int, l
     return {"num_schemas": num_schemas, "summary": summary, "layers": layers}
 
 
-def evaluate_gsm8k(model, tokenizer, problems: list[Problem], shots: list[Problem], banks: BankSet | None,
-                   batch_size: int, max_new_tokens: int, device: torch.device, bf16: bool,
-                   num_samples: int = 10) -> dict:
+def evaluate_gsm8k(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    shots: list[Problem],
+    banks: BankSet | None,
+    batch_size: int,
+    max_new_tokens: int,
+    device: torch.device,
+    bf16: bool,
+    num_samples: int = 10,
+) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached."""
     t0 = time.perf_counter()
-    gens = generate(model, tokenizer, build_prompts(problems, shots), batch_size, max_new_tokens, device, bf16)
+    gens = generate(
+        model, tokenizer, build_prompts(problems, shots), batch_size, max_new_tokens, device, bf16
+    )
     gen_time = time.perf_counter() - t0
     scored = [metrics.score(g.text, p.gold) for g, p in zip(gens, problems, strict=True)]
     result = {
@@ -168,11 +207,18 @@ def evaluate_gsm8k(model, tokenizer, problems: list[Problem], shots: list[Proble
         "max_new_tokens": max_new_tokens,
         "strict": metrics.accuracy_summary([s["strict_correct"] for s in scored]),
         "flexible": metrics.accuracy_summary([s["flexible_correct"] for s in scored]),
-        "problems": [{"index": i, "gold": metrics.normalize_number(p.gold), **s}
-                     for i, (p, s) in enumerate(zip(problems, scored, strict=True))],
+        "problems": [
+            {"index": i, "gold": metrics.normalize_number(p.gold), **s}
+            for i, (p, s) in enumerate(zip(problems, scored, strict=True))
+        ],
         "samples": [
-            {"index": i, "question": problems[i].question, "gold": problems[i].gold,
-             "output": gens[i].text, **scored[i]}
+            {
+                "index": i,
+                "question": problems[i].question,
+                "gold": problems[i].gold,
+                "output": gens[i].text,
+                **scored[i],
+            }
             for i in range(min(num_samples, len(problems)))
         ],
         "generated_tokens": sum(len(g.gen_ids) for g in gens),
@@ -180,16 +226,29 @@ def evaluate_gsm8k(model, tokenizer, problems: list[Problem], shots: list[Proble
     }
     routing = None
     if banks is not None:
-        routes = route_tokens(model, banks, [g.prompt_ids + g.gen_ids for g in gens], tokenizer.pad_token_id,
-                              batch_size, device, bf16)
+        routes = route_tokens(
+            model,
+            banks,
+            [g.prompt_ids + g.gen_ids for g in gens],
+            tokenizer.pad_token_id,
+            batch_size,
+            device,
+            bf16,
+        )
         routing = routing_report(tokenizer, gens, routes, problems, next(iter(banks)).num_schemas)
     result["time_s"] = time.perf_counter() - t0
     return {"gsm8k": result, "routing": routing}
 
 
 @torch.no_grad()
-def perplexity(model, token_ids: torch.Tensor, window: int, device: torch.device, bf16: bool,
-               tokens_per_batch: int = 8192) -> dict:
+def perplexity(
+    model,
+    token_ids: torch.Tensor,
+    window: int,
+    device: torch.device,
+    bf16: bool,
+    tokens_per_batch: int = 8192,
+) -> dict:
     """Token perplexity over disjoint windows of ``window`` tokens of a 1-D id tensor."""
     starts = [s for s in range(0, len(token_ids), window) if len(token_ids) - s >= 2]
     nll, count = 0.0, 0
@@ -201,13 +260,27 @@ def perplexity(model, token_ids: torch.Tensor, window: int, device: torch.device
         ids = torch.stack([token_ids[s : s + window] for s in group]).to(device)
         with autocast(device, bf16):
             logits = model(input_ids=ids).logits  # (B, W, V)
-        nll += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum").item()
+        nll += F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"
+        ).item()
         count += ids[:, 1:].numel()
-    return {"ppl": float(np.exp(nll / count)) if count else float("nan"), "tokens": count, "windows": len(starts)}
+    return {
+        "ppl": float(np.exp(nll / count)) if count else float("nan"),
+        "tokens": count,
+        "windows": len(starts),
+    }
 
 
-def evaluate_perplexity(model, tokenizer, text: str, windows: list[int], max_tokens: int | None,
-                        device: torch.device, bf16: bool, base_context=None) -> dict:
+def evaluate_perplexity(
+    model,
+    tokenizer,
+    text: str,
+    windows: list[int],
+    max_tokens: int | None,
+    device: torch.device,
+    bf16: bool,
+    base_context=None,
+) -> dict:
     """PPL at each window size; with ``base_context`` (a context manager factory that turns the
     adapter off) also the base model's, measured on the same tokens."""
     ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
@@ -227,19 +300,45 @@ def evaluate_perplexity(model, tokenizer, text: str, windows: list[int], max_tok
     return out
 
 
-def run_evaluation(model, tokenizer, banks: BankSet | None, test: list[Problem], shots: list[Problem],
-                   wikitext: str | None, ecfg, device: torch.device, bf16: bool, base_context=None) -> dict:
+def run_evaluation(
+    model,
+    tokenizer,
+    banks: BankSet | None,
+    test: list[Problem],
+    shots: list[Problem],
+    wikitext: str | None,
+    ecfg,
+    device: torch.device,
+    bf16: bool,
+    base_context=None,
+) -> dict:
     """GSM8K, routing and perplexity results for one model, as stored in results.json."""
     model.eval()
     t0 = time.perf_counter()
-    out = evaluate_gsm8k(model, tokenizer, test, shots, banks, ecfg.batch_size, ecfg.max_new_tokens, device,
-                         bf16, ecfg.num_samples)
+    out = evaluate_gsm8k(
+        model,
+        tokenizer,
+        test,
+        shots,
+        banks,
+        ecfg.batch_size,
+        ecfg.max_new_tokens,
+        device,
+        bf16,
+        ecfg.num_samples,
+    )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
     out["perplexity"] = None
     if wikitext is not None and ecfg.ppl_windows:
         out["perplexity"] = evaluate_perplexity(
-            model, tokenizer, wikitext, ecfg.ppl_windows, ecfg.ppl_max_tokens, device, bf16,
+            model,
+            tokenizer,
+            wikitext,
+            ecfg.ppl_windows,
+            ecfg.ppl_max_tokens,
+            device,
+            bf16,
             base_context if ecfg.base_perplexity else None,
         )
     out["timings"] = {"gsm8k_s": t1 - t0, "perplexity_s": time.perf_counter() - t1}
@@ -250,7 +349,9 @@ def run_evaluation(model, tokenizer, banks: BankSet | None, test: list[Problem],
 # Evaluating a saved run, or a bare base model
 
 
-def load_eval_data(ecfg: EvalConfig, data_dir=None) -> tuple[list[Problem], list[Problem], str | None]:
+def load_eval_data(
+    ecfg: EvalConfig, data_dir=None
+) -> tuple[list[Problem], list[Problem], str | None]:
     """GSM8K test problems (the first ``limit``), the shots, and the WikiText-2 text (if needed)."""
     test = load_gsm8k("test", data_dir)[: ecfg.limit]
     shots = load_gsm8k("train", data_dir)[: ecfg.shots] if ecfg.shots else []
@@ -267,19 +368,49 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, data_dir=None) -> dict:
     device = pick_device(cfg.training.device)
     bf16 = use_bf16(cfg.training.precision, device)
     test, shots, wikitext = load_eval_data(cfg.eval, data_dir)
-    tok, model, banks, info = load_checkpoint(checkpoint, device, weight_dtype(cfg.model.dtype, device))
+    tok, model, banks, info = load_checkpoint(
+        checkpoint, device, weight_dtype(cfg.model.dtype, device)
+    )
     t1 = time.perf_counter()
-    ev = run_evaluation(model, tok, banks, test, shots, wikitext, cfg.eval, device, bf16,
-                        lambda: base_only(model, banks))
+    ev = run_evaluation(
+        model,
+        tok,
+        banks,
+        test,
+        shots,
+        wikitext,
+        cfg.eval,
+        device,
+        bf16,
+        lambda: base_only(model, banks),
+    )
     lora = model.peft_config["default"]
-    params = {**count_parameters(model), "lora_rank": lora.r, "lora_target_modules": sorted(lora.target_modules)}
+    params = {
+        **count_parameters(model),
+        "lora_rank": lora.r,
+        "lora_target_modules": sorted(lora.target_modules),
+    }
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
-    return build_results(cfg=cfg, info=info, env=environment(device), evaluation=ev, parameters=params,
-                         training=None, timings=timings, kind="checkpoint-eval")
+    return build_results(
+        cfg=cfg,
+        info=info,
+        env=environment(device),
+        evaluation=ev,
+        parameters=params,
+        training=None,
+        timings=timings,
+        kind="checkpoint-eval",
+    )
 
 
-def evaluate_base_model(name: str, ecfg: EvalConfig, data_dir=None, device_name: str = "auto",
-                        precision: str = "auto", dtype: str = "auto") -> dict:
+def evaluate_base_model(
+    name: str,
+    ecfg: EvalConfig,
+    data_dir=None,
+    device_name: str = "auto",
+    precision: str = "auto",
+    dtype: str = "auto",
+) -> dict:
     """Evaluate a bare base model (k-shot, no adapter); results of kind ``base-eval``."""
     t0 = time.perf_counter()
     device = pick_device(device_name)
@@ -290,7 +421,19 @@ def evaluate_base_model(name: str, ecfg: EvalConfig, data_dir=None, device_name:
     t1 = time.perf_counter()
     ev = run_evaluation(model, tok, None, test, shots, wikitext, ecfg, device, bf16, None)
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
-    return build_results(cfg=None, info=info, env=environment(device), evaluation=ev, parameters=None,
-                         training=None, timings=timings, kind="base-eval",
-                         experiment={"name": f"base_{Path(name).stem}", "seed": None, "mode": "base",
-                                     "eval": dataclasses.asdict(ecfg)})
+    return build_results(
+        cfg=None,
+        info=info,
+        env=environment(device),
+        evaluation=ev,
+        parameters=None,
+        training=None,
+        timings=timings,
+        kind="base-eval",
+        experiment={
+            "name": f"base_{Path(name).stem}",
+            "seed": None,
+            "mode": "base",
+            "eval": dataclasses.asdict(ecfg),
+        },
+    )

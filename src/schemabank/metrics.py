@@ -94,8 +94,13 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
     return {"only_a": b10, "only_b": b01, "discordant": n, "p_value": p}
 
 
-def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_resamples: int = 10_000,
-                     confidence: float = 0.95, seed: int = 0) -> dict:
+def paired_bootstrap(
+    a: Sequence[bool],
+    b: Sequence[bool],
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """Accuracy difference ``a − b`` with a paired-bootstrap percentile interval."""
     x = np.asarray(a, dtype=float)
     y = np.asarray(b, dtype=float)
@@ -103,18 +108,28 @@ def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_resamples: int = 10
     if len(x) < 2 or np.all(x - y == (x - y)[0]):
         return {"difference": diff, "ci95": [diff, diff]}
     res = stats.bootstrap(
-        (x, y), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), paired=True, vectorized=True,
-        n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+        (x, y),
+        lambda u, v, axis=-1: u.mean(axis) - v.mean(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
         random_state=np.random.default_rng(seed),
     )
-    return {"difference": diff, "ci95": [float(res.confidence_interval.low), float(res.confidence_interval.high)]}
+    return {
+        "difference": diff,
+        "ci95": [float(res.confidence_interval.low), float(res.confidence_interval.high)],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Routing
 
 
-def schema_usage(topk_ids: np.ndarray, num_schemas: int, active_threshold: float = 0.001, top: int = 5) -> dict:
+def schema_usage(
+    topk_ids: np.ndarray, num_schemas: int, active_threshold: float = 0.001, top: int = 5
+) -> dict:
     """Usage of each schema as its share of all top-k routing slots.
 
     ``topk_ids``: integer array (N, k) of the schemas chosen for N tokens. A schema is *active*
@@ -125,7 +140,7 @@ def schema_usage(topk_ids: np.ndarray, num_schemas: int, active_threshold: float
     active = int((share >= active_threshold).sum())
     nz = share[share > 0]
     entropy = float(-(nz * np.log2(nz)).sum())
-    order = np.argsort(-share, kind="stable")[:top]
+    order = [i for i in np.argsort(-share, kind="stable")[:top] if share[i] > 0]
     return {
         "share": [float(s) for s in share],
         "active": active,
@@ -167,8 +182,12 @@ def schema_reuse(solutions: Sequence[Sequence[Sequence[int]]]) -> float:
     return float(np.mean([reuse_count(s) for s in solutions])) if len(solutions) else 0.0
 
 
-def tag_schema_table(problem_tags: Sequence[Sequence[str]], problem_topk: Sequence[np.ndarray],
-                     tags: Sequence[str], num_schemas: int) -> list[list[int]]:
+def tag_schema_table(
+    problem_tags: Sequence[Sequence[str]],
+    problem_topk: Sequence[np.ndarray],
+    tags: Sequence[str],
+    num_schemas: int,
+) -> list[list[int]]:
     """Tag x schema co-occurrence: routing slots to each schema from the tokens of problems with
     each tag. ``problem_topk[i]``: (N_i, k) schema ids of problem i's tokens."""
     table = np.zeros((len(tags), num_schemas), dtype=np.int64)
@@ -188,7 +207,8 @@ def _entropy(counts: np.ndarray) -> float:
 def normalized_mutual_info(x: Sequence, y: Sequence) -> float:
     """NMI of two label sequences, ``I(X;Y) / mean(H(X), H(Y))`` (scikit-learn's default).
 
-    1.0 when one determines the other; 0.0 when independent or when both are constant.
+    1.0 when each is a relabelling of the other (also when both are constant, as in
+    scikit-learn); 0.0 when they are independent (also when only one is constant).
     """
     if len(x) != len(y):
         raise ValueError("label sequences must have the same length")

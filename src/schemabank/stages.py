@@ -38,7 +38,12 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("stage1_router_pretrain", "router_pretrain", ("router",), ("route",), tagged=True),
     Stage("stage2_schema_train", "schema_train", ("schema", "lora"), ("lm", "ortho")),
-    Stage("stage3_joint_finetune", "joint_finetune", ("router", "schema", "lora"), ("lm", "ortho", "balance", "z")),
+    Stage(
+        "stage3_joint_finetune",
+        "joint_finetune",
+        ("router", "schema", "lora"),
+        ("lm", "ortho", "balance", "z"),
+    ),
 )
 BASELINE = Stage("baseline", "lora", ("lora",), ("lm",))
 

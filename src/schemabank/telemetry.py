@@ -13,8 +13,23 @@ import json
 import math
 from pathlib import Path
 
-LOG_FIELDS = ("step", "stage", "loss", "lm_loss", "route_loss", "ortho", "balance", "z_loss", "lr",
-              "tag_dropout", "grad_norm", "tokens_per_s", "tokens", "gain", "elapsed_s")
+LOG_FIELDS = (
+    "step",
+    "stage",
+    "loss",
+    "lm_loss",
+    "route_loss",
+    "ortho",
+    "balance",
+    "z_loss",
+    "lr",
+    "tag_dropout",
+    "grad_norm",
+    "tokens_per_s",
+    "tokens",
+    "gain",
+    "elapsed_s",
+)
 
 
 def _clean(v):
@@ -29,7 +44,7 @@ class JsonlLogger:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w", encoding="utf-8")
+        self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
 
     def log(self, record: dict) -> None:
         self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")

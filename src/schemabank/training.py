@@ -64,27 +64,42 @@ def stage_plan(cfg: Config) -> list[tuple[Stage, int, float]]:
 class Trainer:
     """Holds what a run needs between steps: model, banks, optimiser, data order and RNGs."""
 
-    def __init__(self, cfg: Config, model, banks, tokenizer, train_set: list[Problem], device: torch.device,
-                 bf16: bool):
+    def __init__(
+        self,
+        cfg: Config,
+        model,
+        banks,
+        tokenizer,
+        train_set: list[Problem],
+        device: torch.device,
+        bf16: bool,
+    ):
         self.cfg, self.model, self.banks, self.tok = cfg, model, banks, tokenizer
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         seed = cfg.experiment.seed
         self.order = DataOrder(len(train_set), cfg.training.batch_size, seed)
         self.tag_rng = torch.Generator().manual_seed(seed + 1)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.training.learning_rate,
-                                           weight_decay=cfg.training.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay
+        )
         self.step = 0  # global steps done
 
     def make_batch(self, stage: Stage, p_drop: float):
         """The next batch: tensors on the device, routing targets, and its non-padding tokens."""
-        problems = [self.train_set[i] for i in self.order.next_batch()]
         examples, targets = [], []
-        S = self.cfg.schemabank.num_schemas
-        for prob in problems:
+        S, max_length = self.cfg.schemabank.num_schemas, self.cfg.training.max_length
+        for i in self.order.next_batch():
+            prob = self.train_set[i]
             tags = prob.tags
             keep = stage.tagged and bool(torch.rand((), generator=self.tag_rng) >= p_drop)
-            examples.append(encode_example(self.tok, prob, tags if keep else None, self.cfg.training.max_length))
+            ids, labels = encode_example(self.tok, prob, tags if keep else None, max_length)
+            if "lm" in stage.losses and all(x == -100 for x in labels):
+                raise TrainingError(
+                    f"training.max_length: {max_length} tokens leave no answer tokens for training problem "
+                    f"{i} (its prompt is {len(ids)}+ tokens); raise training.max_length"
+                )
+            examples.append((ids, labels))
             targets.append(routing_target(tags, S))
         batch = collate(examples, self.tok.pad_token_id)
         n_tokens = int(batch["attention_mask"].sum())
@@ -100,7 +115,11 @@ class Trainer:
             if "lm" in stage.losses:
                 out["lm"] = self.model(**batch).loss
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
-                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+                self.model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    logits_to_keep=1,
+                )
             if self.banks is not None:
                 logits = self.banks.last_logits()
         if self.banks is None:
@@ -122,7 +141,13 @@ class Trainer:
 
     def total_loss(self, stage: Stage, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         b = self.cfg.schemabank
-        weights = {"lm": 1.0, "route": 1.0, "ortho": b.lambda_ortho, "balance": b.lambda_balance, "z": b.lambda_z}
+        weights = {
+            "lm": 1.0,
+            "route": 1.0,
+            "ortho": b.lambda_ortho,
+            "balance": b.lambda_balance,
+            "z": b.lambda_z,
+        }
         return sum(weights[k] * v for k, v in parts.items() if k in stage.losses)
 
     def train_stage(self, stage: Stage, steps: int, lr: float, logger: JsonlLogger, bar) -> dict:
@@ -153,20 +178,34 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             last = {
-                "step": self.step, "stage": stage.label, "loss": loss.item(),
-                "lm_loss": _item(parts.get("lm")), "route_loss": _item(parts.get("route")),
-                "ortho": _item(parts.get("ortho")), "balance": _item(parts.get("balance")),
-                "z_loss": _item(parts.get("z")), "lr": cur_lr, "tag_dropout": p_drop,
+                "step": self.step,
+                "stage": stage.label,
+                "loss": loss.item(),
+                "lm_loss": _item(parts.get("lm")),
+                "route_loss": _item(parts.get("route")),
+                "ortho": _item(parts.get("ortho")),
+                "balance": _item(parts.get("balance")),
+                "z_loss": _item(parts.get("z")),
+                "lr": cur_lr,
+                "tag_dropout": p_drop,
                 "grad_norm": grad_norm.item(),
             }
             dt = time.perf_counter() - t0
-            last.update(tokens_per_s=n_tokens / dt, tokens=n_tokens,
-                        gain=self.mean_gain(), elapsed_s=time.perf_counter() - t_stage)
+            last.update(
+                tokens_per_s=n_tokens / dt,
+                tokens=n_tokens,
+                gain=self.mean_gain(),
+                elapsed_s=time.perf_counter() - t_stage,
+            )
             logger.log(last)
             bar.set_postfix(stage=stage.label, loss=f"{last['loss']:.3f}")
             bar.update(1)
-        return {"steps": steps, "learning_rate": lr, "time_s": time.perf_counter() - t_stage,
-                "final_loss": last.get("loss")}
+        return {
+            "steps": steps,
+            "learning_rate": lr,
+            "time_s": time.perf_counter() - t_stage,
+            "final_loss": last.get("loss"),
+        }
 
     def mean_gain(self) -> float | None:
         if self.banks is None:
@@ -178,7 +217,9 @@ def _item(x: torch.Tensor | None) -> float | None:
     return None if x is None else x.item()
 
 
-def run(cfg: Config, output_dir: str | Path | None = None, data_dir: str | Path | None = None) -> Path:
+def run(
+    cfg: Config, output_dir: str | Path | None = None, data_dir: str | Path | None = None
+) -> Path:
     """Train and evaluate one configuration; return the run directory."""
     t_start = time.perf_counter()
     device = pick_device(cfg.training.device)
@@ -201,23 +242,45 @@ def run(cfg: Config, output_dir: str | Path | None = None, data_dir: str | Path 
     (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16)
     stages = {}
-    with JsonlLogger(run_dir / "training_log.jsonl") as logger, \
-            tqdm(total=cfg.training.total_steps, desc=cfg.run_name, unit="step") as bar:
+    with (
+        JsonlLogger(run_dir / "training_log.jsonl") as logger,
+        tqdm(total=cfg.training.total_steps, desc=cfg.run_name, unit="step") as bar,
+    ):
         for stage, steps, lr in stage_plan(cfg):
             stages[stage.label] = trainer.train_stage(stage, steps, lr, logger, bar)
     t_trained = time.perf_counter()
     set_trainable(model, ())
     save_checkpoint(run_dir / "checkpoint", model, banks, info)
 
-    evaluation = run_evaluation(model, tok, banks, test_set, shots, wikitext, cfg.eval, device, bf16,
-                                lambda: base_only(model, banks))
+    evaluation = run_evaluation(
+        model,
+        tok,
+        banks,
+        test_set,
+        shots,
+        wikitext,
+        cfg.eval,
+        device,
+        bf16,
+        lambda: base_only(model, banks),
+    )
     results = build_results(
-        cfg=cfg, info=info, env=environment(device), evaluation=evaluation,
-        parameters={**count_parameters(model), "lora_rank": lora_r,
-                    "lora_target_modules": sorted(model.peft_config["default"].target_modules)},
+        cfg=cfg,
+        info=info,
+        env=environment(device),
+        evaluation=evaluation,
+        parameters={
+            **count_parameters(model),
+            "lora_rank": lora_r,
+            "lora_target_modules": sorted(model.peft_config["default"].target_modules),
+        },
         training={"total_steps": trainer.step, "stages": stages, "time_s": t_trained - t_loaded},
-        timings={"setup_s": t_loaded - t_start, "train_s": t_trained - t_loaded,
-                 **evaluation.pop("timings"), "total_s": time.perf_counter() - t_start},
+        timings={
+            "setup_s": t_loaded - t_start,
+            "train_s": t_trained - t_loaded,
+            **evaluation.pop("timings"),
+            "total_s": time.perf_counter() - t_start,
+        },
     )
     write_json(run_dir / "results.json", results)
     return run_dir

@@ -1,0 +1,361 @@
+"""Loading, validating, overriding and dumping configs (SPEC section 4): the shipped YAML files,
+and every kind of invalid input, each of which must raise a one-line ConfigError naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemabank.config import Config, config_from_dict, dump_config, load_config
+from schemabank.errors import ConfigError, SchemaBankError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(REPO.glob("configs/**/*.yaml"))
+STAGE1 = "training.stages.stage1_router_pretrain"
+SCHEDULE_KEY = f"{STAGE1}.tag_curriculum.dropout_schedule"
+
+
+def config_id(path: Path) -> str:
+    return str(path.relative_to(REPO / "configs"))
+
+
+def seed_schemabank() -> dict:
+    return yaml.safe_load((REPO / "configs" / "schemabank.yaml").read_text())
+
+
+def write_yaml(tmp_path: Path, data, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def config_error(path, overrides=None) -> str:
+    """The message of the ConfigError that loading must raise; it must be one line."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped configs
+
+
+def test_config_files_found():
+    names = {config_id(p) for p in CONFIG_FILES}
+    assert {
+        "baseline.yaml",
+        "schemabank.yaml",
+        "smollm2/baseline.yaml",
+        "smollm2/schemabank.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=config_id)
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.experiment.mode in ("baseline", "schemabank")
+    if cfg.experiment.mode == "schemabank":
+        assert sum(cfg.stage_steps().values()) == cfg.training.total_steps
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=config_id)
+def test_every_config_round_trips_through_dump(path, tmp_path):
+    cfg = load_config(path)
+    text = dump_config(cfg)
+    again = load_config(write_yaml(tmp_path, text))
+    assert again == cfg
+    assert dump_config(again) == text
+
+
+def test_defaults_are_valid_and_match_the_seed():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.stage_steps() == {
+        "stage1_router_pretrain": 250,
+        "stage2_schema_train": 500,
+        "stage3_joint_finetune": 250,
+    }
+
+
+def test_seed_baseline_config():
+    cfg = load_config(REPO / "configs" / "baseline.yaml")
+    assert cfg.experiment.mode == "baseline"
+    assert cfg.model.base_model == "Qwen/Qwen2-0.5B"
+    assert (cfg.lora.r, cfg.lora.lora_alpha) == (8, 16)
+    t = cfg.training
+    assert (t.total_steps, t.batch_size, t.learning_rate) == (1000, 1, 1e-4)
+
+
+def test_seed_schemabank_config():
+    cfg = load_config(REPO / "configs" / "schemabank.yaml")
+    assert cfg.experiment.mode == "schemabank"
+    assert cfg.model.base_model == "Qwen/Qwen2-0.5B"
+    assert (cfg.lora.r, cfg.lora.lora_alpha) == (8, 16)
+    b = cfg.schemabank
+    assert (b.num_schemas, b.rank, b.topk) == (32, 16, 2)
+    assert (b.lambda_balance, b.lambda_z) == (0.0, 0.0)  # seed-faithful: no balance or z-loss
+    t = cfg.training
+    assert (t.total_steps, t.batch_size, t.learning_rate) == (1000, 1, 1e-4)
+    assert list(cfg.stage_steps().values()) == [250, 500, 250]
+    schedule = t.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule
+    assert schedule == [0.0, 0.75, 0.5, 0.25]
+
+
+def test_baseline_and_schemabank_share_lora_and_training():
+    base = load_config(REPO / "configs" / "baseline.yaml")
+    bank = load_config(REPO / "configs" / "schemabank.yaml")
+    assert base.lora == bank.lora
+    assert base.training == bank.training
+    assert base.experiment.seed == bank.experiment.seed
+
+
+@pytest.mark.parametrize("mode", ["baseline", "schemabank"])
+def test_smollm2_configs_are_the_seed_on_the_embedded_model(mode):
+    seed = load_config(REPO / "configs" / f"{mode}.yaml")
+    small = load_config(REPO / "configs" / "smollm2" / f"{mode}.yaml")
+    assert small.model.base_model == "smollm2-135m-instruct"
+    assert small.experiment.mode == mode
+    a, b = seed.to_dict(), small.to_dict()
+    for d in (a, b):
+        del d["experiment"]["name"], d["model"]["base_model"]
+    assert a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid configs
+
+
+def with_change(key: str, value) -> dict:
+    """The seed schemabank config with ``key`` (dotted) set to ``value``."""
+    data = copy.deepcopy(seed_schemabank())
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("trainig", {"total_steps": 10}, "trainig: unknown key"),
+        ("schemabank.num_schema", 32, "schemabank.num_schema: unknown key"),
+        (
+            "training.stages.stage2_schema_train.foo",
+            1,
+            "training.stages.stage2_schema_train.foo: unknown key",
+        ),
+        ("training.total_steps", "ten", "training.total_steps: must be an integer"),
+        ("training.total_steps", 10.5, "training.total_steps: must be an integer"),
+        ("schemabank.num_schemas", True, "schemabank.num_schemas: must be an integer"),
+        ("lora.r", False, "lora.r: must be an integer"),
+        ("training.learning_rate", True, "training.learning_rate: must be a number"),
+        ("training.learning_rate", "fast", "training.learning_rate: must be a number"),
+        ("experiment.name", 7, "experiment.name: must be a string"),
+        ("schemabank.layers", -1, "schemabank.layers: must be a list of integers"),
+        ("schemabank.layers", [-1, "x"], "schemabank.layers: must be a list of integers"),
+        ("training", 5, "training: must be a mapping"),
+        ("training.stages", [250, 500, 250], "training.stages: must be a mapping"),
+        ("schemabank.topk", 33, "schemabank.topk: must be between 1 and num_schemas (32)"),
+        ("schemabank.topk", 0, "schemabank.topk"),
+        ("schemabank.num_schemas", 4, "schemabank.num_schemas: must be >= 8"),
+        ("training.stages.stage2_schema_train.steps", 400, "stage steps must add up"),
+        ("training.total_steps", 999, "training.total_steps"),
+        (SCHEDULE_KEY, [0.0, 1.5], f"{SCHEDULE_KEY}: every probability must be in [0, 1]"),
+        (SCHEDULE_KEY, [-0.1, 0.5], f"{SCHEDULE_KEY}: every probability must be in [0, 1]"),
+        (SCHEDULE_KEY, [], f"{SCHEDULE_KEY}: must not be empty"),
+        (SCHEDULE_KEY, [0.0, "x"], f"{SCHEDULE_KEY}: must be a list of numbers"),
+        ("experiment.mode", "lora_only", "experiment.mode: must be one of baseline, schemabank"),
+        ("training.stages.stage1_router_pretrain.steps", -5, f"{STAGE1}.steps: must be >= 0"),
+        ("training.learning_rate", 0.0, "training.learning_rate: must be > 0"),
+        ("lora.lora_dropout", 1.0, "lora.lora_dropout"),
+        ("training.lr_scheduler", "step", "training.lr_scheduler"),
+        ("eval.limit", 0, "eval.limit"),
+    ],
+)
+def test_invalid_value_names_the_key(tmp_path, key, value, fragment):
+    message = config_error(write_yaml(tmp_path, with_change(key, value)))
+    assert fragment in message
+    assert "cfg.yaml" in message  # names the file too
+
+
+def test_stage_sum_message_shows_the_arithmetic(tmp_path):
+    data = with_change("training.stages.stage2_schema_train.steps", 400)
+    message = config_error(write_yaml(tmp_path, data))
+    assert "250 + 400 + 250 = 900" in message
+    assert "total_steps = 1000" in message
+
+
+def test_stage_sum_is_not_checked_in_baseline_mode(tmp_path):
+    cfg = load_config(REPO / "configs" / "baseline.yaml", ["training.total_steps=10"])
+    assert cfg.training.total_steps == 10
+
+
+def test_int_accepted_for_a_float_field(tmp_path):
+    cfg = load_config(write_yaml(tmp_path, with_change("training.learning_rate", 1)))
+    assert cfg.training.learning_rate == 1.0
+    assert isinstance(cfg.training.learning_rate, float)
+
+
+def test_several_problems_in_one_message(tmp_path):
+    data = with_change("schemabank.topk", 40)
+    data["lora"]["r"] = 0
+    data["training"]["stages"]["stage2_schema_train"]["steps"] = 1
+    data["training"]["stages"]["stage1_router_pretrain"]["tag_curriculum"] = {
+        "dropout_schedule": [0.0, 2.0]
+    }
+    message = config_error(write_yaml(tmp_path, data))
+    for key in ("lora.r", "schemabank.topk", "stage steps must add up", SCHEDULE_KEY):
+        assert key in message
+    assert message.count(";") == 3
+
+
+def test_bad_mode_skips_the_stage_checks(tmp_path):
+    # With an unknown mode, the schemabank-only checks (stage sum, schedule) do not pile up.
+    data = with_change("experiment.mode", "bad")
+    data["schemabank"]["topk"] = 40
+    data["training"]["total_steps"] = 7
+    message = config_error(write_yaml(tmp_path, data))
+    assert "experiment.mode" in message and "schemabank.topk" in message
+    assert "stage steps" not in message
+
+
+def test_several_structural_problems_in_one_message(tmp_path):
+    data = with_change("training.total_steps", "ten")
+    data["lora"]["rank"] = 8
+    data["bogus"] = {}
+    message = config_error(write_yaml(tmp_path, data))
+    for fragment in ("training.total_steps: must be", "lora.rank: unknown key", "bogus: unknown"):
+        assert fragment in message
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    message = config_error(path)
+    assert "not found" in message and str(path) in message
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    text = "experiment:\n  name: x\n  mode: [unclosed\ntraining:\n  total_steps: 3\n"
+    message = config_error(write_yaml(tmp_path, text))
+    assert "not valid YAML" in message
+    assert "line 4" in message
+
+
+def test_bad_indentation_names_the_line(tmp_path):
+    message = config_error(write_yaml(tmp_path, "experiment:\n  name: x\n   seed: 3\n"))
+    assert "line 3" in message
+
+
+def test_top_level_list_is_rejected(tmp_path):
+    message = config_error(write_yaml(tmp_path, "- experiment\n- training\n"))
+    assert "top level must be a mapping" in message
+
+
+def test_top_level_scalar_is_rejected(tmp_path):
+    assert "top level must be a mapping" in config_error(write_yaml(tmp_path, "42\n"))
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(write_yaml(tmp_path, "")) == Config()
+    assert load_config(write_yaml(tmp_path, "# only a comment\n")) == Config()
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("experiment:\n  name: caf\xe9\n".encode("latin-1"))
+    assert "UTF-8" in config_error(path)
+
+
+def test_config_error_is_a_schemabank_error():
+    assert issubclass(ConfigError, SchemaBankError)
+
+
+# ---------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def test_overrides_applied():
+    cfg = load_config(
+        REPO / "configs" / "schemabank.yaml",
+        [
+            "training.total_steps=10",
+            f"{STAGE1}.steps=4",
+            "training.stages.stage2_schema_train.steps=3",
+            "training.stages.stage3_joint_finetune.steps=3",
+            f"{STAGE1}.tag_curriculum.dropout_schedule=[0.0, 0.5]",
+            "schemabank.layers=[-1, -2]",
+            "eval.limit=null",
+            "experiment.name=run1",
+            "training.learning_rate=3.0e-4",
+        ],
+    )
+    assert cfg.training.total_steps == 10
+    assert list(cfg.stage_steps().values()) == [4, 3, 3]
+    assert cfg.training.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule == [0.0, 0.5]
+    assert cfg.schemabank.layers == [-1, -2]
+    assert cfg.eval.limit is None
+    assert cfg.experiment.name == "run1"
+    assert cfg.training.learning_rate == 3e-4
+
+
+def test_overrides_later_wins_and_create_sections():
+    cfg = load_config(None, ["eval.limit=5", "eval.limit=7", "data.dir=/tmp/x"])
+    assert cfg.eval.limit == 7
+    assert cfg.data.dir == "/tmp/x"
+
+
+def test_override_breaking_stage_sum_is_rejected():
+    message = config_error(REPO / "configs" / "schemabank.yaml", ["training.total_steps=10"])
+    assert "training.stages" in message and "total_steps = 10" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("nokey", "'nokey'"),
+        ("=5", "'=5'"),
+        ("training.foo=1", "training.foo: unknown key"),
+        ("newsection.x=1", "newsection: unknown key"),
+        ("training.total_steps=ten", "training.total_steps: must be an integer"),
+        ("lora.r.x=1", "lora.r is not a section"),
+        ("experiment.mode=[a", "not valid YAML"),
+    ],
+)
+def test_bad_override(override, fragment):
+    message = config_error(REPO / "configs" / "baseline.yaml", [override])
+    assert fragment in message
+
+
+def test_dump_round_trip_after_overrides(tmp_path):
+    cfg = load_config(
+        REPO / "configs" / "baseline.yaml",
+        ["eval.limit=50", "lora.target_modules=[q_proj, v_proj]", "data.dir=data"],
+    )
+    text = dump_config(cfg)
+    assert isinstance(yaml.safe_load(text), dict)
+    again = load_config(write_yaml(tmp_path, text))
+    assert again == cfg
+    assert again.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_exponent_without_dot_is_a_float(tmp_path):
+    """PyYAML (YAML 1.1) would read 1e-4 as a string; configs and --set read it as a number."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("training:\n  learning_rate: 3e-4\n")
+    assert load_config(path).training.learning_rate == 3e-4
+    assert load_config(path, ["training.learning_rate=1e-5"]).training.learning_rate == 1e-5
+
+
+def test_run_name_must_be_a_plain_folder_name(tmp_path):
+    for bad in ("a\nb", "../x", "a/b", ""):
+        with pytest.raises(ConfigError, match="experiment.name") as exc:
+            config_from_dict({"experiment": {"name": bad}})
+        assert "\n" not in str(exc.value)

@@ -1,0 +1,154 @@
+"""Evaluation: perplexity against a hand computation, greedy generation independent of the batch
+size, stop handling, and the routing report on constructed traces."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEST, TRAIN
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from schemabank.attach import BankSet
+from schemabank.data import Problem
+from schemabank.evaluation import (
+    Generation,
+    _kept_tokens,
+    build_prompts,
+    evaluate_gsm8k,
+    evaluate_perplexity,
+    generate,
+    perplexity,
+    routing_report,
+    step_top1,
+)
+
+CPU = torch.device("cpu")
+
+
+def load(path):
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def hand_perplexity(model, ids: list[int], window: int) -> float:
+    """exp(mean NLL) over disjoint windows, each scored position by position in float64."""
+    nll, n = 0.0, 0
+    for start in range(0, len(ids), window):
+        w = ids[start : start + window]
+        if len(w) < 2:
+            continue
+        with torch.no_grad():
+            logits = model(torch.tensor([w])).logits[0].double()
+        for t in range(1, len(w)):
+            row = logits[t - 1]
+            nll -= (row[w[t]] - torch.logsumexp(row, 0)).item()
+            n += 1
+    return math.exp(nll / n)
+
+
+@pytest.mark.parametrize("n_tokens,window", [(64, 16), (70, 16), (65, 16), (40, 64)])
+def test_perplexity_matches_hand_computation(tiny_llama, n_tokens, window):
+    tok, model = load(tiny_llama)
+    text = " ".join(q for q, _ in TRAIN)
+    ids = tok(text).input_ids[:n_tokens]
+    got = perplexity(model, torch.tensor(ids), window, CPU, False, tokens_per_batch=32)
+    assert got["ppl"] == pytest.approx(hand_perplexity(model, ids, window), rel=1e-5)
+    full, rest = divmod(n_tokens, window)
+    assert got["windows"] == full + (rest >= 2)
+    assert got["tokens"] == full * (window - 1) + (rest - 1 if rest >= 2 else 0)
+
+
+def test_perplexity_reports_base_beside_adapter(tiny_llama):
+    tok, model = load(tiny_llama)
+    banks = BankSet.attach(model, [-1], 8, 4, 2, 4)
+    with torch.no_grad():
+        next(iter(banks)).gain.fill_(3.0)
+    text = " ".join(a for _, a in TRAIN)
+    out = evaluate_perplexity(model, tok, text, [16, 32], 100, CPU, False, banks.disabled)
+    for w in (16, 32):
+        assert out[f"ppl_{w}"] != out[f"base_ppl_{w}"]
+        assert out["windows"][str(w)]["ratio_to_base"] == pytest.approx(
+            out[f"ppl_{w}"] / out[f"base_ppl_{w}"]
+        )
+    with banks.disabled():
+        plain = evaluate_perplexity(model, tok, text, [16], 100, CPU, False)
+    assert plain["ppl_16"] == pytest.approx(out["base_ppl_16"]) and "base_ppl_16" not in plain
+
+
+def test_greedy_generation_does_not_depend_on_batch_size(tiny_qwen2):
+    tok, model = load(tiny_qwen2)
+    prompts = [f"Question: {q}\nAnswer:" for q, _ in TRAIN[:5]]
+    one = generate(model, tok, prompts, 1, 10, CPU, False)
+    many = generate(model, tok, prompts, 4, 10, CPU, False)
+    assert [g.text for g in one] == [g.text for g in many]
+    assert [g.gen_ids for g in one] == [g.gen_ids for g in many]
+    assert one[0].prompt_ids == tok(prompts[0]).input_ids
+
+
+def test_kept_tokens_stop_at_eos_and_question(tiny_llama):
+    tok, _ = load(tiny_llama)
+    answer = tok(" 3+5=8\n#### 8\n\n", add_special_tokens=False).input_ids
+    more = tok("Question: next one", add_special_tokens=False).input_ids
+    ids, text = _kept_tokens(tok, answer + more, "Question:")
+    assert text == " 3+5=8\n#### 8\n\n" and ids == answer
+    ids, text = _kept_tokens(tok, answer + [tok.eos_token_id] + more, "Question:")
+    assert ids == answer and "Question" not in text
+
+
+class CharTok:
+    """A tokenizer stub with one character per token id (its code point)."""
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [chr(i[0]) for i in ids]
+
+
+def test_step_top1_splits_lines():
+    gen = [ord(c) for c in "ab\n\n cd\ne"]
+    top1 = np.arange(len(gen))
+    # whitespace-only tokens belong to no step; an empty line is an empty step
+    assert step_top1(CharTok(), gen, top1) == [[0, 1], [], [5, 6], [8]]
+
+
+def test_routing_report_on_a_constructed_trace():
+    problems = [Problem(q, a) for q, a in TEST[:2]]
+
+    text0, text1 = "ab\ncd\nef", "x\ny"
+    gens = [
+        Generation([1, 2], [ord(c) for c in text0], text0),
+        Generation([1], [ord(c) for c in text1], text1),
+    ]
+    # top-1 schema per token (prompt first); second column is the second choice
+    top1_0 = [0, 0, 5, 5, 9, 6, 6, 9, 5, 5]  # steps: ab->5, cd->6, ef->5 (reused once)
+    top1_1 = [1, 2, 9, 2]  # steps: x->2, y->2 (reused once)
+    routes = {3: [np.stack([top1_0, [7] * 10], 1), np.stack([top1_1, [7] * 4], 1)]}
+    rep = routing_report(CharTok(), gens, routes, problems, num_schemas=10)
+    layer = rep["layers"]["3"]
+    assert layer["schema_reuse"] == 1.0  # (1 + 1) / 2
+    assert layer["dominant_schema"] == [5, 2]
+    assert layer["tokens"] == 14
+    assert layer["share"][7] == pytest.approx(14 / 28)
+    assert sum(layer["share"]) == pytest.approx(1.0)
+    assert rep["summary"]["schema_reuse"] == 1.0
+    counts = np.array(layer["tag_schema"]["counts"])
+    # every tag of a problem gets all its routing slots: 10 tokens x 2 and 4 tokens x 2
+    assert counts.sum() == len(problems[0].tags) * 20 + len(problems[1].tags) * 8
+
+
+def test_evaluate_gsm8k_scores_and_routes(tiny_llama):
+    tok, model = load(tiny_llama)
+    banks = BankSet.attach(model, [0, 1], 8, 4, 2, 4)
+    problems = [Problem(q, a) for q, a in TEST]
+    shots = [Problem(q, a) for q, a in TRAIN[:2]]
+    out = evaluate_gsm8k(model, tok, problems, shots, banks, 3, 5, CPU, False, num_samples=2)
+    g = out["gsm8k"]
+    assert g["n"] == 4 and g["shots"] == 2 and len(g["problems"]) == 4 and len(g["samples"]) == 2
+    assert g["strict"]["total"] == 4 and g["problems"][3]["gold"] == "250"
+    assert g["samples"][0]["question"] == TEST[0][0]
+    assert set(out["routing"]["layers"]) == {"0", "1"}
+    prompt_tokens = sum(len(tok(p).input_ids) for p in build_prompts(problems, shots))
+    for layer in out["routing"]["layers"].values():
+        assert len(layer["dominant_schema"]) == 4
+        # every prompt token and every kept generated token (at most 5 a problem) is routed
+        assert prompt_tokens < layer["tokens"] <= prompt_tokens + 4 * 5

@@ -1,0 +1,169 @@
+"""Training stages: each step changes exactly the parameters its stage trains (SPEC section 4),
+the losses are the stage's, the data order is shared by both modes, and the schedule is right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from schemabank.adapter import build_adapter, matched_rank
+from schemabank.config import config_from_dict
+from schemabank.data import load_gsm8k
+from schemabank.stages import BASELINE, STAGES, count_parameters, param_group
+from schemabank.telemetry import JsonlLogger, read_jsonl
+from schemabank.training import Trainer, TrainingError, lr_factor, stage_plan
+
+
+class _Bar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+
+def make_trainer(base_path, data_dir, mode="schemabank", **sections):
+    cfg = config_from_dict(tiny_config(base_path, mode=mode, **sections))
+    tok = AutoTokenizer.from_pretrained(base_path)
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    base.requires_grad_(False)
+    torch.manual_seed(0)
+    model, banks, _ = build_adapter(base, cfg)
+    return Trainer(
+        cfg, model, banks, tok, load_gsm8k("train", data_dir), torch.device("cpu"), False
+    )
+
+
+def wake_up(trainer):
+    """Give every adapter parameter a non-zero gradient path: at init gain = 0 and LoRA B = 0
+    block the gradients of U, V, A, G and LoRA A, which would hide a wrong freeze."""
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if name.endswith("gain") or "lora_B" in name:
+                p.fill_(0.5)
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.key)
+def test_each_stage_changes_exactly_its_parameters(stage, tiny_model, data_dir, tmp_path):
+    trainer = make_trainer(
+        tiny_model, data_dir, schemabank={"lambda_balance": 0.1, "lambda_z": 0.1}
+    )
+    wake_up(trainer)
+    before = snapshot(trainer.model)
+    with JsonlLogger(tmp_path / "log.jsonl") as log:
+        trainer.train_stage(stage, 1, 1e-2, log, _Bar())
+    after = snapshot(trainer.model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    expected = {n for n in before if param_group(n) in stage.trainable}
+    assert expected, "the stage must have parameters to train"
+    assert changed == expected
+    (line,) = read_jsonl(tmp_path / "log.jsonl")
+    assert line["stage"] == stage.label
+    assert (line["route_loss"] is not None) == ("route" in stage.losses)
+    assert (line["lm_loss"] is not None) == ("lm" in stage.losses)
+    if stage.key == "stage3_joint_finetune":
+        assert line["balance"] is not None and line["z_loss"] is not None
+        assert line["loss"] == pytest.approx(
+            line["lm_loss"] + 0.1 * line["ortho"] + 0.1 * line["balance"] + 0.1 * line["z_loss"],
+            rel=1e-5,
+        )
+
+
+def test_baseline_changes_only_lora(tiny_llama, data_dir, tmp_path):
+    trainer = make_trainer(tiny_llama, data_dir, mode="baseline")
+    assert trainer.banks is None
+    wake_up(trainer)
+    before = snapshot(trainer.model)
+    with JsonlLogger(tmp_path / "log.jsonl") as log:
+        trainer.train_stage(BASELINE, 2, 1e-2, log, _Bar())
+    after = snapshot(trainer.model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {n for n in before if "lora_" in n}
+    lines = read_jsonl(tmp_path / "log.jsonl")
+    assert [x["step"] for x in lines] == [1, 2] and all(x["route_loss"] is None for x in lines)
+
+
+def test_both_modes_share_data_order_and_lora_init(tiny_llama, data_dir):
+    a = make_trainer(tiny_llama, data_dir, mode="schemabank")
+    b = make_trainer(tiny_llama, data_dir, mode="baseline")
+    lora_a = {n: p for n, p in a.model.named_parameters() if "lora_" in n}
+    lora_b = {n: p for n, p in b.model.named_parameters() if "lora_" in n}
+    assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[n], lora_b[n]) for n in lora_a)
+    # tag dropout draws from its own generator, so both modes see the same problems in order
+    for stage_a, p_drop in ((STAGES[0], 1.0), (STAGES[0], 0.5), (STAGES[1], 1.0), (STAGES[2], 1.0)):
+        batch_a, _, _ = a.make_batch(stage_a, p_drop)
+        batch_b, _, _ = b.make_batch(BASELINE, 1.0)
+        if p_drop == 1.0:  # no tag line: identical inputs
+            assert torch.equal(batch_a["input_ids"], batch_b["input_ids"])
+
+
+def test_stage1_targets_follow_tags(tiny_llama, data_dir):
+    trainer = make_trainer(tiny_llama, data_dir)
+    batch, targets, n_tokens = trainer.make_batch(STAGES[0], 0.0)
+    assert targets.shape == (2, 8)
+    torch.testing.assert_close(targets.sum(-1), torch.ones(2))
+    assert n_tokens == int(batch["attention_mask"].sum())
+    text = trainer.tok.decode(batch["input_ids"][0])
+    assert text.startswith("Tags: ")  # p = 0 keeps every tag line
+
+
+def test_lr_schedules():
+    assert [lr_factor(s, 10, 0, "constant") for s in (0, 9)] == [1.0, 1.0]
+    assert [lr_factor(s, 10, 2, "constant") for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert lr_factor(0, 10, 0, "linear") == 1.0 and lr_factor(5, 10, 0, "linear") == 0.5
+    assert lr_factor(5, 10, 0, "cosine") == pytest.approx(0.5)
+    assert lr_factor(10, 10, 0, "cosine") == pytest.approx(0.0)
+
+
+def test_stage_plan_uses_stage_learning_rates(tiny_llama):
+    sections = {"training": {**tiny_config(tiny_llama)["training"]}}
+    sections["training"]["stages"]["stage1_router_pretrain"]["learning_rate"] = 0.5
+    cfg = config_from_dict(tiny_config(tiny_llama, **sections))
+    plan = stage_plan(cfg)
+    assert [(s.key, n) for s, n, _ in plan] == [(s.key, 2) for s in STAGES]
+    assert [lr for _, _, lr in plan] == [0.5, 1e-2, 1e-2]
+    base = config_from_dict(tiny_config(tiny_llama, mode="baseline"))
+    assert [(s.key, n) for s, n, _ in stage_plan(base)] == [("baseline", 6)]
+
+
+def test_parameter_matched_baseline(tiny_llama):
+    cfg = config_from_dict(tiny_config(tiny_llama, mode="baseline", lora={"match_params": True}))
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    r = matched_rank(base, cfg)
+    sb_cfg = config_from_dict(tiny_config(tiny_llama))
+    sb_model, _, _ = build_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama), sb_cfg)
+    target = count_parameters(sb_model)["total"]
+    model, banks, rank = build_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama), cfg)
+    assert banks is None and rank == r > cfg.lora.r
+    got = count_parameters(model)["total"]
+    per_rank = got // r
+    assert abs(got - target) <= per_rank / 2  # the closest rank
+    assert model.peft_config["default"].lora_alpha == pytest.approx(
+        cfg.lora.lora_alpha * r / cfg.lora.r
+    )
+
+
+def test_non_finite_loss_stops_with_step_and_stage(tiny_llama, data_dir, tmp_path):
+    trainer = make_trainer(tiny_llama, data_dir)
+    with torch.no_grad():
+        next(iter(trainer.banks)).router.weight.fill_(float("nan"))
+    with (
+        JsonlLogger(tmp_path / "log.jsonl") as log,
+        pytest.raises(TrainingError, match=r"step 1 \(stage router_pretrain\)"),
+    ):
+        trainer.train_stage(STAGES[0], 2, 1e-2, log, _Bar())
+
+
+def test_max_length_without_answer_tokens_is_an_error(tiny_llama, data_dir, tmp_path):
+    trainer = make_trainer(tiny_llama, data_dir, training={"max_length": 16})
+    with (
+        JsonlLogger(tmp_path / "log.jsonl") as log,
+        pytest.raises(TrainingError, match="training.max_length"),
+    ):
+        trainer.train_stage(STAGES[1], 1, 1e-2, log, _Bar())
