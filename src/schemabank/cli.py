@@ -85,12 +85,24 @@ def _run_dir_of(checkpoint: Path) -> tuple[Path, Path]:
     return checkpoint.parent, checkpoint
 
 
+def _quiet_libraries() -> None:
+    """Keep transformers' advice and deprecation notes out of the run's output."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def cmd_train(args) -> int:
     from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
+    _quiet_libraries()
     from .results import load_results, summary_lines
     from .training import run
 
-    cfg = load_config(args.config, args.overrides)
     run_dir = run(cfg, output_dir=args.output_dir, data_dir=args.data_dir)
     print("\n".join(summary_lines(load_results(run_dir))))
     print(f"wrote {run_dir}")
@@ -98,10 +110,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import write_json
     from .config import Config, apply_overrides, config_from_dict, read_yaml
-    from .evaluation import evaluate_base_model, evaluate_checkpoint
-    from .results import summary_lines
 
     for flag in ("limit", "batch_size", "shots"):
         value = getattr(args, flag)
@@ -123,12 +132,18 @@ def cmd_eval(args) -> int:
         cfg = config_from_dict(
             apply_overrides(data, args.overrides + extra), source=f"config {cfg_path}"
         )
+        _quiet_libraries()
+        from .evaluation import evaluate_checkpoint
+
         results = evaluate_checkpoint(ckpt, cfg, data_dir=args.data_dir or cfg.data.dir)
         output = Path(args.output) if args.output else run_dir / "eval_results.json"
     else:
         if args.shots is None:
             extra.append("eval.shots=5")
         cfg = config_from_dict(apply_overrides({}, args.overrides + extra), source="eval options")
+        _quiet_libraries()
+        from .evaluation import evaluate_base_model
+
         results = evaluate_base_model(
             args.base_model,
             cfg.eval,
@@ -143,6 +158,9 @@ def cmd_eval(args) -> int:
             if args.output
             else Path("results") / f"{name}_{cfg.eval.shots}shot" / "results.json"
         )
+    from .checkpoint import write_json
+    from .results import summary_lines
+
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output, results)
     print("\n".join(summary_lines(results)))
@@ -165,12 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
         return {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare}[args.command](args)
     except SchemaBankError as exc:
-        print(f"schemabank: error: {exc}", file=sys.stderr)
+        message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
+        print(f"schemabank: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("schemabank: interrupted", file=sys.stderr)

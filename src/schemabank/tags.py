@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 TAGS: tuple[str, ...] = ("add", "sub", "mul", "div", "percent", "fraction", "money", "multistep")
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
@@ -69,8 +67,13 @@ def owned_schemas(tag: str, num_schemas: int) -> range:
     return range(i * block, (i + 1) * block)
 
 
-def routing_target(tags: list[str], num_schemas: int) -> torch.Tensor:
-    """Uniform distribution over the schemas owned by ``tags``; uniform over all without tags."""
+def routing_target(tags: list[str], num_schemas: int):
+    """Uniform distribution over the schemas owned by ``tags``; uniform over all without tags.
+
+    Returns a float tensor of shape (S,).
+    """
+    import torch  # here, so that reading a config does not pay for importing torch
+
     target = torch.zeros(num_schemas)
     for t in tags:
         target[list(owned_schemas(t, num_schemas))] = 1.0
