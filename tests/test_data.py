@@ -344,3 +344,23 @@ def test_data_order_batch_larger_than_dataset():
     assert all(len(b) == 5 for b in batches)
     for epoch in range(5):
         assert sorted(flat[epoch * 3 : (epoch + 1) * 3]) == [0, 1, 2]
+
+
+def test_no_local_data_and_no_hub_is_a_clear_error(monkeypatch):
+    """Without a data folder the loaders fall back to the hub; without the datasets package (or a
+    network) that is a one-line DataError saying what to do."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delenv("SCHEMABANK_DATA_DIR", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    for load in (lambda: load_gsm8k("test"), load_wikitext):
+        with pytest.raises(DataError, match="--data-dir") as exc:
+            load()
+        assert "\n" not in str(exc.value)

@@ -1,8 +1,9 @@
 """Telemetry: one flushed JSON object per training step in ``training_log.jsonl``.
 
 Fields of a line (SPEC section 7): ``step`` (1-based), ``stage``, ``loss`` (the optimised total),
-``lm_loss``, ``route_loss``, ``ortho``, ``balance``, ``z_loss`` (null when a stage does not compute
-it), ``lr``, ``tag_dropout``, ``grad_norm`` (before clipping), ``tokens_per_s`` (non-padding
+``lm_loss`` and ``route_loss`` (null in stages that do not use them), ``ortho``, ``balance``,
+``z_loss`` (logged at every SchemaBank step, optimised only where the stage uses them with a
+non-zero weight; null for the baseline), ``lr``, ``tag_dropout``, ``grad_norm`` (before clipping), ``tokens_per_s`` (non-padding
 tokens of the step over its wall time), ``tokens``, ``gain`` (mean bank gain; null for the
 baseline) and ``elapsed_s``.
 """

@@ -125,18 +125,24 @@ class Trainer:
         if self.banks is None:
             return out
         mask = batch["attention_mask"].bool()
-        mean = lambda xs: torch.stack(xs).mean()  # noqa: E731  (average over banks)
+
+        def mean(xs):  # average over banks
+            return torch.stack(xs).mean()
+
         if "route" in stage.losses:
             out["route"] = mean([routing_ce(lg, targets, mask) for lg in logits])
-        if "ortho" in stage.losses:
-            out["ortho"] = self.banks.ortho()
-        else:
-            with torch.no_grad():
-                out["ortho"] = self.banks.ortho()
-        if "balance" in stage.losses and b.lambda_balance > 0:
-            out["balance"] = mean([balance_loss(lg, b.topk, mask) for lg in logits])
-        if "z" in stage.losses and b.lambda_z > 0:
-            out["z"] = mean([z_loss(lg, mask) for lg in logits])
+        # Regularisers are logged at every step; they carry gradients only where optimised.
+        regularisers = {
+            "ortho": (b.lambda_ortho, self.banks.ortho),
+            "balance": (
+                b.lambda_balance,
+                lambda: mean([balance_loss(lg, b.topk, mask) for lg in logits]),
+            ),
+            "z": (b.lambda_z, lambda: mean([z_loss(lg, mask) for lg in logits])),
+        }
+        for name, (weight, fn) in regularisers.items():
+            with torch.set_grad_enabled(name in stage.losses and weight > 0):
+                out[name] = fn()
         return out
 
     def total_loss(self, stage: Stage, parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -148,7 +154,7 @@ class Trainer:
             "balance": b.lambda_balance,
             "z": b.lambda_z,
         }
-        return sum(weights[k] * v for k, v in parts.items() if k in stage.losses)
+        return sum(weights[k] * v for k, v in parts.items() if k in stage.losses and weights[k] > 0)
 
     def train_stage(self, stage: Stage, steps: int, lr: float, logger: JsonlLogger, bar) -> dict:
         """Run one stage; returns its summary for results.json."""
