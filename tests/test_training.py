@@ -167,3 +167,57 @@ def test_max_length_without_answer_tokens_is_an_error(tiny_llama, data_dir, tmp_
         pytest.raises(TrainingError, match="training.max_length"),
     ):
         trainer.train_stage(STAGES[1], 1, 1e-2, log, _Bar())
+
+
+def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
+    """The fast loss (vocabulary projection on answer positions only, chunked) is the Hugging Face
+    causal-LM loss, with LoRA and banks active."""
+    from schemabank.training import answer_loss
+
+    trainer = make_trainer(tiny_model, data_dir)
+    wake_up(trainer)
+    batch, _, _ = trainer.make_batch(STAGES[1], 1.0)
+    expected = trainer.model(**batch).loss
+    for chunk in (8192, 7):
+        torch.testing.assert_close(
+            answer_loss(trainer.model, batch, chunk=chunk), expected, rtol=1e-5, atol=1e-6
+        )
+    grads = []
+    for fn in (
+        lambda: trainer.model(**batch).loss,
+        lambda: answer_loss(trainer.model, batch, chunk=5),
+    ):
+        trainer.model.zero_grad()
+        fn().backward()
+        grads.append(
+            {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        )
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage", [STAGES[0], STAGES[1], BASELINE], ids=lambda s: s.key)
+def test_micro_batches_give_the_same_step_as_one_batch(stage, tiny_llama, data_dir):
+    """Gradient accumulation over length-grouped micro-batches is the full batch's step."""
+    mode = "baseline" if stage is BASELINE else "schemabank"
+    results = []
+    for micro in (None, 1, 2):
+        trainer = make_trainer(
+            tiny_llama, data_dir, mode=mode, training={"batch_size": 4, "micro_batch_size": micro}
+        )
+        wake_up(trainer)
+        trainer.enter_stage(stage)
+        record = trainer.train_step(stage, 1e-2, 0.5)
+        params = {
+            n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad
+        }
+        results.append((record, params))
+    (ref, ref_params), others = results[0], results[1:]
+    for record, params in others:
+        for key in ("loss", "lm_loss", "route_loss", "ortho", "grad_norm"):
+            if ref[key] is not None:
+                torch.testing.assert_close(record[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+        assert record["tokens"] == ref["tokens"] and record["padded_tokens"] <= ref["padded_tokens"]
+        for n in ref_params:
+            torch.testing.assert_close(params[n], ref_params[n], rtol=1e-5, atol=1e-6, msg=n)

@@ -69,6 +69,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(e)
 
+    b = sub.add_parser("bench", help="measure training and evaluation throughput on this device")
+    b.add_argument(
+        "--config",
+        default="configs/smollm2/schemabank.yaml",
+        help="config whose model, adapter and eval settings are measured",
+    )
+    b.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.batch_size=64",
+    )
+    b.add_argument("--steps", type=int, default=20, help="timed training steps per mode")
+    b.add_argument("--warmup", type=int, default=5, help="untimed training steps first")
+    b.add_argument(
+        "--limit", type=int, help="GSM8K test problems to generate for (default: all 1,319)"
+    )
+    b.add_argument(
+        "--checkpoint", help="time the evaluation of this trained run instead of a fresh adapter"
+    )
+    b.add_argument(
+        "--only", choices=["train", "eval"], help="measure only training or only evaluation"
+    )
+    b.add_argument("--output", help="write the figures as JSON here")
+    _add_common(b)
+
     c = sub.add_parser(
         "compare", help="paired comparison of two evaluated runs (McNemar, bootstrap)"
     )
@@ -168,6 +196,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .config import load_config
+
+    for flag in ("steps", "limit"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag}: must be >= 1, got {value}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup: must be >= 0, got {args.warmup}")
+    cfg = load_config(args.config, args.overrides)
+    _quiet_libraries()
+    from .bench import format_bench, run_bench
+    from .checkpoint import write_json
+
+    parts = (args.only,) if args.only else ("train", "eval")
+    result = run_bench(
+        cfg,
+        data_dir=args.data_dir or cfg.data.dir,
+        steps=args.steps,
+        warmup=args.warmup,
+        limit=args.limit,
+        checkpoint=args.checkpoint,
+        parts=parts,
+    )
+    print("\n".join(format_bench(result)))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.output), result)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .checkpoint import write_json
     from .compare import compare_runs, format_comparison
@@ -183,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench}[
+            args.command
+        ](args)
     except SchemaBankError as exc:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
         print(f"schemabank: error: {message}", file=sys.stderr)

@@ -132,6 +132,10 @@ class StagesConfig:
 class TrainingConfig:
     total_steps: int = 1000
     batch_size: int = 1
+    """Examples per optimiser step (the effective batch)."""
+    micro_batch_size: int | None = None
+    """Split each batch into micro-batches of this many examples, grouped by length, and
+    accumulate gradients: less padding and memory, the same step. ``null``: one micro-batch."""
     learning_rate: float = 1.0e-4
     weight_decay: float = 0.0
     lr_scheduler: str = "constant"
@@ -151,7 +155,8 @@ class TrainingConfig:
 class EvalConfig:
     limit: int | None = None
     """Evaluate the first N GSM8K test problems; ``null`` means all 1,319."""
-    batch_size: int = 64
+    batch_size: int | None = None
+    """Generation batch size; ``null``: 512 on CUDA (measured fastest on an H200), 16 on CPU."""
     max_new_tokens: int = 256
     shots: int = 0
     """Few-shot examples in the prompt (0 for fine-tuned runs; the base model uses 5)."""
@@ -162,6 +167,8 @@ class EvalConfig:
     """Also measure the base model's perplexity (adapter off) for comparison."""
     num_samples: int = 10
     """Sample predictions stored in results.json."""
+    static_cache: bool = False
+    """Preallocate the KV cache for generation (transformers compiles the decoding step on CUDA)."""
 
 
 @dataclass
@@ -315,6 +322,10 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"training.total_steps: must be >= 1, got {t.total_steps}")
     if t.batch_size < 1:
         p.append(f"training.batch_size: must be >= 1, got {t.batch_size}")
+    if t.micro_batch_size is not None and not 1 <= t.micro_batch_size <= t.batch_size:
+        p.append(
+            f"training.micro_batch_size: must be between 1 and batch_size ({t.batch_size}) or null, got {t.micro_batch_size}"
+        )
     if t.learning_rate <= 0:
         p.append(f"training.learning_rate: must be > 0, got {t.learning_rate}")
     if t.weight_decay < 0:
@@ -360,9 +371,10 @@ def validate(cfg: Config) -> list[str]:
                 )
     if ev.limit is not None and ev.limit < 1:
         p.append(f"eval.limit: must be >= 1 or null, got {ev.limit}")
-    for key in ("batch_size", "max_new_tokens"):
-        if getattr(ev, key) < 1:
-            p.append(f"eval.{key}: must be >= 1, got {getattr(ev, key)}")
+    if ev.batch_size is not None and ev.batch_size < 1:
+        p.append(f"eval.batch_size: must be >= 1 or null, got {ev.batch_size}")
+    if ev.max_new_tokens < 1:
+        p.append(f"eval.max_new_tokens: must be >= 1, got {ev.max_new_tokens}")
     if ev.shots < 0:
         p.append(f"eval.shots: must be >= 0, got {ev.shots}")
     if any(w < 2 for w in ev.ppl_windows):

@@ -14,13 +14,27 @@ import torch
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device to run on (``auto``: CUDA when available); sets the CUDA defaults below."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import ConfigError
 
         raise ConfigError("training.device: cuda was asked for but no CUDA device is available")
+    if name == "cuda":
+        configure_cuda()
     return torch.device(name)
+
+
+def configure_cuda() -> None:
+    """Turn off cuDNN's attention backend for SDPA.
+
+    Measured on an H200 with torch 2.11: cuDNN attention spent about 1.3 ms of host time per call
+    forward and 1.7 ms backward (it builds an execution plan for every new sequence length), so
+    a 30-layer model lost ~90 ms a training step and ~40 ms a generated token to it. SDPA then
+    uses the flash or memory-efficient kernels, with the same results up to rounding.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .adapter import base_only, build_adapter
@@ -29,7 +30,7 @@ from .results import build_results
 from .runtime import autocast, environment, pick_device, seed_everything, use_bf16, weight_dtype
 from .stages import BASELINE, STAGES, Stage, count_parameters, grouped_parameters, set_trainable
 from .tags import dropout_for_step, routing_target
-from .telemetry import JsonlLogger
+from .telemetry import LOG_FIELDS, JsonlLogger
 
 
 class TrainingError(SchemaBankError):
@@ -62,7 +63,12 @@ def stage_plan(cfg: Config) -> list[tuple[Stage, int, float]]:
 
 
 class Trainer:
-    """Holds what a run needs between steps: model, banks, optimiser, data order and RNGs."""
+    """Holds what a run needs between steps: model, banks, optimiser, data order and RNGs.
+
+    The step never waits for the GPU: losses stay on the device and a step's log line is written
+    once the next step has been queued (:meth:`_emit`), which is also where a non-finite loss is
+    caught.
+    """
 
     def __init__(
         self,
@@ -81,39 +87,65 @@ class Trainer:
         self.tag_rng = torch.Generator().manual_seed(seed + 1)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay
+            params,
+            lr=cfg.training.learning_rate,
+            weight_decay=cfg.training.weight_decay,
+            fused=device.type == "cuda",
         )
         self.step = 0  # global steps done
+        self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
 
-    def make_batch(self, stage: Stage, p_drop: float):
-        """The next batch: tensors on the device, routing targets, and its non-padding tokens."""
+    def encode(self, i: int, tagged: bool) -> tuple[list[int], list[int]]:
+        """Token ids and labels of training problem ``i`` (memoised: epochs repeat them)."""
+        key = (i, tagged)
+        if key not in self._encoded:
+            prob = self.train_set[i]
+            tags = prob.tags if tagged else None
+            self._encoded[key] = encode_example(self.tok, prob, tags, self.cfg.training.max_length)
+        return self._encoded[key]
+
+    def next_examples(self, stage: Stage, p_drop: float):
+        """The next batch's (ids, labels) pairs and routing targets (B, S), on the host."""
         examples, targets = [], []
         S, max_length = self.cfg.schemabank.num_schemas, self.cfg.training.max_length
         for i in self.order.next_batch():
-            prob = self.train_set[i]
-            tags = prob.tags
             keep = stage.tagged and bool(torch.rand((), generator=self.tag_rng) >= p_drop)
-            ids, labels = encode_example(self.tok, prob, tags if keep else None, max_length)
+            ids, labels = self.encode(i, keep)
             if "lm" in stage.losses and all(x == -100 for x in labels):
                 raise TrainingError(
                     f"training.max_length: {max_length} tokens leave no answer tokens for training problem "
                     f"{i} (its prompt is {len(ids)}+ tokens); raise training.max_length"
                 )
             examples.append((ids, labels))
-            targets.append(routing_target(tags, S))
+            targets.append(routing_target(self.train_set[i].tags, S))
+        return examples, torch.stack(targets)
+
+    def to_device(self, examples, targets: torch.Tensor):
         batch = collate(examples, self.tok.pad_token_id)
-        n_tokens = int(batch["attention_mask"].sum())
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        return batch, torch.stack(targets).to(self.device), n_tokens
+        return batch, targets.to(self.device, non_blocking=True)
+
+    def make_batch(self, stage: Stage, p_drop: float):
+        """The next batch as one padded batch on the device, its targets and non-padding tokens."""
+        examples, targets = self.next_examples(stage, p_drop)
+        batch, targets = self.to_device(examples, targets)
+        return batch, targets, sum(len(ids) for ids, _ in examples)
+
+    def micro_batches(self, examples) -> list[list[int]]:
+        """Split a batch into micro-batches of similar length (indices sorted by length), so that
+        each is padded only to its own longest example."""
+        size = self.cfg.training.micro_batch_size or len(examples)
+        order = sorted(range(len(examples)), key=lambda j: len(examples[j][0]))
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
     def losses(self, stage: Stage, batch: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward pass; every loss the stage uses (and ortho for the log)."""
+        """Forward pass; every loss the stage uses, and the regularisers for the log."""
         b = self.cfg.schemabank
         out: dict[str, torch.Tensor] = {}
         capture = self.banks.capturing() if self.banks is not None else nullcontext()
         with capture, autocast(self.device, self.bf16):
             if "lm" in stage.losses:
-                out["lm"] = self.model(**batch).loss
+                out["lm"] = answer_loss(self.model, batch)
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
                 self.model(
                     input_ids=batch["input_ids"],
@@ -156,71 +188,134 @@ class Trainer:
         }
         return sum(weights[k] * v for k, v in parts.items() if k in stage.losses and weights[k] > 0)
 
+    def train_step(self, stage: Stage, lr: float, p_drop: float) -> dict:
+        """One optimiser step over the configured batch, accumulated over micro-batches.
+
+        Each micro-batch's losses are weighted by its share of the batch's tokens (answer tokens
+        for the LM loss), so the gradient is that of the whole batch. Returns the step's log
+        record with its values still on the device.
+        """
+        t = self.cfg.training
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        examples, targets = self.next_examples(stage, p_drop)
+        chunks = self.micro_batches(examples)
+        n_tok = [len(ids) for ids, _ in examples]
+        n_ans = [sum(x != -100 for x in labels[1:]) for _, labels in examples]
+        tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
+        totals: dict[str, torch.Tensor] = {}
+        padded = 0
+        for chunk in chunks:
+            batch, chunk_targets = self.to_device([examples[j] for j in chunk], targets[chunk])
+            padded += batch["input_ids"].numel()
+            w_tok = sum(n_tok[j] for j in chunk) / tok_total
+            share = {
+                "lm": sum(n_ans[j] for j in chunk) / ans_total,
+                "route": w_tok,
+                "balance": w_tok,
+                "z": w_tok,
+                "ortho": 1 / len(chunks),
+            }
+            parts = {k: v * share[k] for k, v in self.losses(stage, batch, chunk_targets).items()}
+            loss = self.total_loss(stage, parts)
+            loss.backward()
+            for k, v in [("loss", loss), *parts.items()]:
+                totals[k] = totals[k] + v.detach() if k in totals else v.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, t.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        gain = None
+        if self.banks is not None:
+            gain = torch.stack([b.gain.detach() for b in self.banks]).mean()
+        return {
+            "step": self.step,
+            "stage": stage.label,
+            "loss": totals["loss"],
+            "lm_loss": totals.get("lm"),
+            "route_loss": totals.get("route"),
+            "ortho": totals.get("ortho"),
+            "balance": totals.get("balance"),
+            "z_loss": totals.get("z"),
+            "lr": lr,
+            "tag_dropout": p_drop,
+            "grad_norm": grad_norm.detach(),
+            "tokens": tok_total,
+            "padded_tokens": padded,
+            "gain": gain,
+        }
+
+    def _emit(self, record: dict, logger: JsonlLogger, bar, t_prev: float, t_stage: float) -> float:
+        """Bring a step's values to the host (waiting for that step only), check the loss, log."""
+        line = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        now = time.perf_counter()
+        if not math.isfinite(line["loss"]):
+            raise TrainingError(
+                f"loss is {line['loss']} at step {line['step']} (stage {line['stage']}); stopping. "
+                "Lower the learning rate or check the data."
+            )
+        line["tokens_per_s"] = line["tokens"] / max(now - t_prev, 1e-9)
+        line["elapsed_s"] = now - t_stage
+        logger.log({k: line.get(k) for k in LOG_FIELDS})
+        bar.set_postfix(stage=line["stage"], loss=f"{line['loss']:.3f}")
+        bar.update(1)
+        self.last_line = line
+        return now
+
+    def enter_stage(self, stage: Stage) -> None:
+        """Unfreeze exactly the stage's parameter groups; training mode."""
+        set_trainable(self.model, stage.trainable)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.train()
+
     def train_stage(self, stage: Stage, steps: int, lr: float, logger: JsonlLogger, bar) -> dict:
         """Run one stage; returns its summary for results.json."""
         t = self.cfg.training
-        set_trainable(self.model, stage.trainable)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.enter_stage(stage)
         schedule = self.cfg.training.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule
-        self.model.train()
-        t_stage, last = time.perf_counter(), {}
+        t_stage = t_prev = time.perf_counter()
+        self.last_line: dict = {}
+        pending = None
         for i in range(steps):
-            t0 = time.perf_counter()
             p_drop = dropout_for_step(i, steps, schedule) if stage.tagged else 1.0
             cur_lr = lr * lr_factor(self.step, t.total_steps, t.warmup_steps, t.lr_scheduler)
-            for group in self.optimizer.param_groups:
-                group["lr"] = cur_lr
-            batch, targets, n_tokens = self.make_batch(stage, p_drop)
-            parts = self.losses(stage, batch, targets)
-            loss = self.total_loss(stage, parts)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {loss.item()} at step {self.step + 1} (stage {stage.label}); stopping. "
-                    "Lower the learning rate or check the data."
-                )
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            last = {
-                "step": self.step,
-                "stage": stage.label,
-                "loss": loss.item(),
-                "lm_loss": _item(parts.get("lm")),
-                "route_loss": _item(parts.get("route")),
-                "ortho": _item(parts.get("ortho")),
-                "balance": _item(parts.get("balance")),
-                "z_loss": _item(parts.get("z")),
-                "lr": cur_lr,
-                "tag_dropout": p_drop,
-                "grad_norm": grad_norm.item(),
-            }
-            dt = time.perf_counter() - t0
-            last.update(
-                tokens_per_s=n_tokens / dt,
-                tokens=n_tokens,
-                gain=self.mean_gain(),
-                elapsed_s=time.perf_counter() - t_stage,
-            )
-            logger.log(last)
-            bar.set_postfix(stage=stage.label, loss=f"{last['loss']:.3f}")
-            bar.update(1)
+            record = self.train_step(stage, cur_lr, p_drop)
+            if pending is not None:
+                t_prev = self._emit(pending, logger, bar, t_prev, t_stage)
+            pending = record
+        if pending is not None:
+            self._emit(pending, logger, bar, t_prev, t_stage)
         return {
             "steps": steps,
             "learning_rate": lr,
             "time_s": time.perf_counter() - t_stage,
-            "final_loss": last.get("loss"),
+            "final_loss": self.last_line.get("loss"),
         }
 
-    def mean_gain(self) -> float | None:
-        if self.banks is None:
-            return None
-        return float(torch.stack([b.gain.detach() for b in self.banks]).mean())
 
+def answer_loss(model, batch: dict, chunk: int = 8192) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels != -100).
 
-def _item(x: torch.Tensor | None) -> float | None:
-    return None if x is None else x.item()
+    Equal to the Hugging Face causal-LM loss, but the vocabulary projection runs only on the
+    positions that predict an answer token, in chunks, so the (B, T, V) logits never exist.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
+        return model(**batch).loss  # the head does more than a projection: use the model's loss
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state  # (B, T, H)
+    labels = batch["labels"][:, 1:]  # position t predicts token t + 1
+    keep = labels != -100
+    h = hidden[:, :-1][keep]  # (N, H)
+    y = labels[keep]  # (N,)
+    head = base.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk):
+        logits = head(h[s : s + chunk]).float()  # (n, V)
+        total = total + F.cross_entropy(logits, y[s : s + chunk], reduction="sum")
+    return total / keep.sum().clamp_min(1)
 
 
 def run(
