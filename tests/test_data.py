@@ -364,3 +364,18 @@ def test_no_local_data_and_no_hub_is_a_clear_error(monkeypatch):
         with pytest.raises(DataError, match="--data-dir") as exc:
             load()
         assert "\n" not in str(exc.value)
+
+
+def test_group_by_length_batches_similar_lengths_and_covers_the_epoch():
+    lengths = [(i * 37) % 101 for i in range(400)]
+    plain = DataOrder(400, 8, seed=3)
+    grouped = DataOrder(400, 8, seed=3, lengths=lengths, group_factor=10)
+    epoch = [grouped.next_batch() for _ in range(50)]
+    assert sorted(i for b in epoch for i in b) == list(range(400))
+
+    def spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+
+    assert spread(epoch) < spread([plain.next_batch() for _ in range(50)]) / 4
+    again = DataOrder(400, 8, seed=3, lengths=lengths, group_factor=10)
+    assert [again.next_batch() for _ in range(50)] == epoch

@@ -188,19 +188,43 @@ class DataOrder:
     """The sequence of training-problem indices: seeded epochs of random permutations.
 
     Both modes draw the same order for the same seed; it is independent of the tag dropout.
+    With ``lengths`` (group by length), each epoch's permutation is cut into mega-batches of
+    ``group_factor`` batches whose problems are sorted by length before being split into batches,
+    and the batches of the epoch are shuffled: batches of similar lengths, so little padding, in
+    a still random order (as Hugging Face's ``group_by_length``).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        lengths: list[int] | None = None,
+        group_factor: int = 50,
+    ):
         self.n, self.batch_size = n, batch_size
         self.gen = torch.Generator().manual_seed(seed)
+        self.lengths, self.group_factor = lengths, group_factor
         self.perm: list[int] = []
         self.pos = 0
+
+    def _epoch(self) -> list[int]:
+        perm = torch.randperm(self.n, generator=self.gen).tolist()
+        if self.lengths is None:
+            return perm
+        size = self.batch_size * self.group_factor
+        batches = []
+        for m in range(0, len(perm), size):
+            mega = sorted(perm[m : m + size], key=lambda i: -self.lengths[i])
+            batches += [mega[b : b + self.batch_size] for b in range(0, len(mega), self.batch_size)]
+        order = torch.randperm(len(batches), generator=self.gen).tolist()
+        return [i for b in order for i in batches[b]]
 
     def next_batch(self) -> list[int]:
         out = []
         while len(out) < self.batch_size:
             if self.pos >= len(self.perm):
-                self.perm = torch.randperm(self.n, generator=self.gen).tolist()
+                self.perm = self._epoch()
                 self.pos = 0
             out.append(self.perm[self.pos])
             self.pos += 1

@@ -202,7 +202,8 @@ def evaluate_gsm8k(
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached. ``batch_size`` None picks one for the device."""
-    batch_size = batch_size or (512 if device.type == "cuda" else 16)
+    # One batch of the whole test set was fastest on an H200 (20 s for 1,319 vs 34 s in batches of 512).
+    batch_size = batch_size or (1536 if device.type == "cuda" else 16)
     t0 = time.perf_counter()
     prompts = build_prompts(problems, shots)
     gens = generate(

@@ -83,7 +83,10 @@ class Trainer:
         self.cfg, self.model, self.banks, self.tok = cfg, model, banks, tokenizer
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         seed = cfg.experiment.seed
-        self.order = DataOrder(len(train_set), cfg.training.batch_size, seed)
+        lengths = None
+        if cfg.training.group_by_length:
+            lengths = [len(p.question) + len(p.answer) for p in train_set]  # characters ~ tokens
+        self.order = DataOrder(len(train_set), cfg.training.batch_size, seed, lengths)
         self.tag_rng = torch.Generator().manual_seed(seed + 1)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
         self.optimizer = torch.optim.AdamW(
