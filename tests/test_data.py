@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tokenizer
+from conftest import TRAIN, make_tokenizer
 
 from schemabank.data import (
     ENV_DATA_DIR,
     DataOrder,
     Problem,
     collate,
+    encode_all,
     encode_example,
     fewshot_prompt,
     load_gsm8k,
@@ -379,3 +380,9 @@ def test_group_by_length_batches_similar_lengths_and_covers_the_epoch():
     assert spread(epoch) < spread([plain.next_batch() for _ in range(50)]) / 4
     again = DataOrder(400, 8, seed=3, lengths=lengths, group_factor=10)
     assert [again.next_batch() for _ in range(50)] == epoch
+
+
+def test_encode_all_equals_encode_example():
+    tok = make_tokenizer()
+    problems = [Problem(q, a) for q, a in TRAIN]
+    assert encode_all(tok, problems, 40) == [encode_example(tok, p, None, 40) for p in problems]

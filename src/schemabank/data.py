@@ -154,6 +154,12 @@ def fewshot_prompt(question: str, shots: list[Problem]) -> str:
 # Training batches
 
 
+def _join(prompt: list[int], answer: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    ids = (prompt + answer)[:max_length]
+    labels = ([-100] * len(prompt) + answer)[:max_length]
+    return ids, labels
+
+
 def encode_example(
     tokenizer, problem: Problem, tags: list[str] | None, max_length: int
 ) -> tuple[list[int], list[int]]:
@@ -163,12 +169,18 @@ def encode_example(
     seen at evaluation time.
     """
     prompt = tokenizer(question_prompt(problem.question, tags)).input_ids
-    answer = tokenizer(" " + problem.answer, add_special_tokens=False).input_ids + [
-        tokenizer.eos_token_id
-    ]
-    ids = (prompt + answer)[:max_length]
-    labels = ([-100] * len(prompt) + answer)[:max_length]
-    return ids, labels
+    answer = tokenizer(" " + problem.answer, add_special_tokens=False).input_ids
+    return _join(prompt, answer + [tokenizer.eos_token_id], max_length)
+
+
+def encode_all(
+    tokenizer, problems: list[Problem], max_length: int
+) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_example` without tags for many problems, in two batched tokenizer calls."""
+    prompts = tokenizer([question_prompt(p.question) for p in problems]).input_ids
+    answers = tokenizer([" " + p.answer for p in problems], add_special_tokens=False).input_ids
+    eos = [tokenizer.eos_token_id]
+    return [_join(p, a + eos, max_length) for p, a in zip(prompts, answers, strict=True)]
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -188,7 +200,8 @@ class DataOrder:
     """The sequence of training-problem indices: seeded epochs of random permutations.
 
     Both modes draw the same order for the same seed; it is independent of the tag dropout.
-    With ``lengths`` (group by length), each epoch's permutation is cut into mega-batches of
+    With ``lengths`` (group by length: token counts, since characters predict them too poorly),
+    each epoch's permutation is cut into mega-batches of
     ``group_factor`` batches whose problems are sorted by length before being split into batches,
     and the batches of the epoch are shuffled: batches of similar lengths, so little padding, in
     a still random order (as Hugging Face's ``group_by_length``).

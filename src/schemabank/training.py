@@ -22,7 +22,7 @@ from .adapter import base_only, build_adapter
 from .bank import balance_loss, routing_ce, z_loss
 from .checkpoint import save_checkpoint, write_json
 from .config import Config, dump_config
-from .data import DataOrder, Problem, collate, encode_example, load_gsm8k, load_wikitext
+from .data import DataOrder, Problem, collate, encode_all, encode_example, load_gsm8k, load_wikitext
 from .errors import SchemaBankError
 from .evaluation import run_evaluation
 from .models import load_base_model, resolve_base_model
@@ -83,9 +83,12 @@ class Trainer:
         self.cfg, self.model, self.banks, self.tok = cfg, model, banks, tokenizer
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         seed = cfg.experiment.seed
+        self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
         lengths = None
         if cfg.training.group_by_length:
-            lengths = [len(p.question) + len(p.answer) for p in train_set]  # characters ~ tokens
+            encoded = encode_all(tokenizer, train_set, cfg.training.max_length)
+            self._encoded = {(i, False): e for i, e in enumerate(encoded)}
+            lengths = [len(ids) for ids, _ in encoded]
         self.order = DataOrder(len(train_set), cfg.training.batch_size, seed, lengths)
         self.tag_rng = torch.Generator().manual_seed(seed + 1)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
@@ -96,7 +99,6 @@ class Trainer:
             fused=device.type == "cuda",
         )
         self.step = 0  # global steps done
-        self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
 
     def encode(self, i: int, tagged: bool) -> tuple[list[int], list[int]]:
         """Token ids and labels of training problem ``i`` (memoised: epochs repeat them)."""
