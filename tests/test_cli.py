@@ -792,3 +792,18 @@ def test_failed_train_keeps_the_finished_run(capsys, tmp_path, runs, data_dir, b
     code, err = call_main(capsys, "train", "--config", sb.config_path, "--output-dir", out, *extra)
     assert_user_error(code, err, *needles)
     assert snapshot(out) == before
+
+
+def test_out_of_gpu_memory_is_a_one_line_error(monkeypatch, capsys):
+    """CUDA OOM (torch.OutOfMemoryError) ends in a one-line hint, not a traceback."""
+    import torch
+
+    from schemabank import cli
+
+    def boom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+
+    monkeypatch.setattr(cli, "cmd_train", boom)
+    assert cli.main(["train", "--config", "x.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of GPU memory" in err and "training.batch_size" in err

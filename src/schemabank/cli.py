@@ -240,6 +240,8 @@ def cmd_compare(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Variable-length batches fragment PyTorch's CUDA cache; expandable segments avoid that.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     args = build_parser().parse_args(argv)
     try:
         return {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench}[
@@ -248,6 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaBankError as exc:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
         print(f"schemabank: error: {message}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # torch.OutOfMemoryError, named so that torch need not be imported
+        if type(exc).__name__ != "OutOfMemoryError":
+            raise
+        print(
+            "schemabank: error: out of GPU memory; lower training.batch_size or set "
+            "training.micro_batch_size (eval.batch_size when evaluating)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("schemabank: interrupted", file=sys.stderr)
