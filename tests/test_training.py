@@ -221,22 +221,3 @@ def test_micro_batches_give_the_same_step_as_one_batch(stage, tiny_llama, data_d
         assert record["tokens"] == ref["tokens"] and record["padded_tokens"] <= ref["padded_tokens"]
         for n in ref_params:
             torch.testing.assert_close(params[n], ref_params[n], rtol=1e-5, atol=1e-6, msg=n)
-
-
-def test_compiled_decoder_gives_the_same_step(tiny_llama, data_dir):
-    """training.compile traces the decoder (LoRA, bank hooks, captured router logits included)
-    without changing the step. The test uses the aot_eager backend: the same graph capture as
-    inductor, without the C++ build."""
-    from schemabank.training import compiled_decoder
-
-    records = []
-    for enabled in (False, True):
-        trainer = make_trainer(tiny_llama, data_dir, schemabank={"lambda_balance": 0.1})
-        wake_up(trainer)
-        trainer.enter_stage(STAGES[2])
-        with compiled_decoder(trainer.model, enabled, backend="aot_eager"):
-            records.append([trainer.train_step(STAGES[2], 1e-2, 1.0) for _ in range(2)])
-        assert "forward" not in vars(trainer.model.get_base_model().get_decoder())
-    for plain, compiled in zip(*records, strict=True):
-        for key in ("loss", "lm_loss", "ortho", "balance", "grad_norm"):
-            torch.testing.assert_close(compiled[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -8,7 +8,6 @@ perplexities. Prints a table and returns a JSON-able dict with the device, versi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 
@@ -21,7 +20,7 @@ from .evaluation import evaluate_gsm8k, evaluate_perplexity
 from .models import load_base_model, resolve_base_model
 from .runtime import environment, pick_device, seed_everything, use_bf16, weight_dtype
 from .stages import BASELINE, STAGES
-from .training import Trainer, compiled_decoder
+from .training import Trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -47,7 +46,6 @@ def bench_training(
     batches in the same order, so that neither gains from running second.
     """
     runs = {}
-    compiled = contextlib.ExitStack()
     for mode, stage in (("baseline", BASELINE), ("schemabank_stage3", STAGES[2])):
         c = dataclasses.replace(
             cfg, experiment=dataclasses.replace(cfg.experiment, mode=mode.split("_")[0])
@@ -56,7 +54,6 @@ def bench_training(
         seed_everything(c.experiment.seed)
         model, banks, _ = build_adapter(base, c)
         trainer = Trainer(c, model, banks, tok, train_set, device, bf16)
-        compiled.enter_context(compiled_decoder(model, c.training.compile))
         trainer.enter_stage(stage)
         for _ in range(warmup):
             trainer.train_step(stage, c.training.learning_rate, 1.0)
@@ -80,7 +77,6 @@ def bench_training(
             acc["time"] += time.perf_counter() - t0
             acc["steps"] += per_block
             acc["peak"] = max(acc["peak"], _peak_gib(device) or 0.0)
-    compiled.close()
     out = {}
     for mode, (trainer, _, acc) in runs.items():
         t = trainer.cfg.training
@@ -130,7 +126,6 @@ def bench_evaluation(
         device,
         bf16,
         0,
-        static_cache=cfg.eval.static_cache,
     )
     _sync(device)
     t_gsm = time.perf_counter() - t0
@@ -191,7 +186,6 @@ def run_bench(
             "weight_dtype": str(weight_dtype(cfg.model.dtype, device)),
             "train_batch_size": cfg.training.batch_size,
             "group_by_length": cfg.training.group_by_length,
-            "compile": cfg.training.compile,
             "max_length": cfg.training.max_length,
             "steps": steps,
             "warmup": warmup,

@@ -139,9 +139,6 @@ class TrainingConfig:
     group_by_length: bool = False
     """Build batches of problems of similar length (less padding; a different but still random
     order, the same in both modes)."""
-    compile: bool = False
-    """``torch.compile`` the decoder for training (dynamic shapes). The first steps wait for the
-    compiler; later ones launch fewer, fused kernels. Evaluation runs uncompiled."""
     learning_rate: float = 1.0e-4
     weight_decay: float = 0.0
     lr_scheduler: str = "constant"
@@ -173,8 +170,6 @@ class EvalConfig:
     """Also measure the base model's perplexity (adapter off) for comparison."""
     num_samples: int = 10
     """Sample predictions stored in results.json."""
-    static_cache: bool = False
-    """Preallocate the KV cache for generation (transformers compiles the decoding step on CUDA)."""
 
 
 @dataclass

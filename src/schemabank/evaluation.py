@@ -79,13 +79,8 @@ def generate(
     device: torch.device,
     bf16: bool,
     desc: str = "gsm8k",
-    static_cache: bool = False,
 ) -> list[Generation]:
-    """Greedy generations for ``prompts`` (in their order).
-
-    ``static_cache`` preallocates the KV cache (transformers then compiles the decoding step on
-    CUDA); the tokens are the same.
-    """
+    """Greedy generations for ``prompts`` (in their order)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
@@ -96,7 +91,6 @@ def generate(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=[metrics.STOP_STRING],
-        cache_implementation="static" if static_cache else None,
     )
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="problem", leave=False)
@@ -198,7 +192,6 @@ def evaluate_gsm8k(
     device: torch.device,
     bf16: bool,
     num_samples: int = 10,
-    static_cache: bool = False,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached. ``batch_size`` None picks one for the device."""
@@ -214,7 +207,6 @@ def evaluate_gsm8k(
         max_new_tokens,
         device,
         bf16,
-        static_cache=static_cache,
     )
     gen_time = time.perf_counter() - t0
     scored = [metrics.score(g.text, p.gold) for g, p in zip(gens, problems, strict=True)]
@@ -344,7 +336,6 @@ def run_evaluation(
         device,
         bf16,
         ecfg.num_samples,
-        static_cache=ecfg.static_cache,
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -298,21 +298,6 @@ class Trainer:
         }
 
 
-@contextmanager
-def compiled_decoder(model, enabled: bool = True, backend: str = "inductor"):
-    """Run the model's decoder stack through ``torch.compile`` inside the context."""
-    if not enabled:
-        yield
-        return
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder()
-    decoder.forward = torch.compile(decoder.forward, dynamic=True, backend=backend)
-    try:
-        yield
-    finally:
-        del decoder.forward  # back to the class's forward
-
-
 def answer_loss(model, batch: dict, chunk: int = 8192) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens (labels != -100).
 
@@ -364,7 +349,6 @@ def run(
     trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16)
     stages = {}
     with (
-        compiled_decoder(model, cfg.training.compile),
         JsonlLogger(run_dir / "training_log.jsonl") as logger,
         tqdm(total=cfg.training.total_steps, desc=cfg.run_name, unit="step") as bar,
     ):
