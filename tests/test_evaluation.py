@@ -152,3 +152,14 @@ def test_evaluate_gsm8k_scores_and_routes(tiny_llama):
         assert len(layer["dominant_schema"]) == 4
         # every prompt token and every kept generated token (at most 5 a problem) is routed
         assert prompt_tokens < layer["tokens"] <= prompt_tokens + 4 * 5
+
+
+def test_samples_carry_per_token_routing(tiny_llama):
+    tok, model = load(tiny_llama)
+    banks = BankSet.attach(model, [1], 8, 4, 2, 4)
+    problems = [Problem(q, a) for q, a in TEST[:2]]
+    out = evaluate_gsm8k(model, tok, problems, [], banks, 2, 6, CPU, False, num_samples=2)
+    for sample in out["gsm8k"]["samples"]:
+        assert "".join(sample["tokens"]) == sample["output"]
+        assert len(sample["top1"]["1"]) == len(sample["tokens"])
+        assert all(0 <= s < 8 for s in sample["top1"]["1"])

@@ -246,6 +246,13 @@ def evaluate_gsm8k(
             bf16,
         )
         routing = routing_report(tokenizer, gens, routes, problems, next(iter(banks)).num_schemas)
+        for sample in result["samples"]:  # per generated token: its text and top-1 schema per bank
+            g = gens[sample["index"]]
+            sample["tokens"] = tokenizer.batch_decode([[t] for t in g.gen_ids])
+            sample["top1"] = {
+                str(layer): routes[layer][sample["index"]][len(g.prompt_ids) :, 0].tolist()
+                for layer in routes
+            }
     result["time_s"] = time.perf_counter() - t0
     return {"gsm8k": result, "routing": routing}
 

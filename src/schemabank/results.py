@@ -9,7 +9,8 @@ Top-level keys (``format: schemabank-results-v1``):
   ``total``), ``lora_rank`` and ``lora_target_modules``;
 - ``gsm8k``: ``n``, ``shots``, ``strict`` and ``flexible`` (each ``correct``, ``total``,
   ``accuracy``, ``ci95`` Wilson interval), ``problems`` (per problem: index, gold, predictions
-  and outcomes, for paired comparisons), ``samples`` (full generated text of the first few),
+  and outcomes, for paired comparisons), ``samples`` (full generated text of the first few; with banks also ``tokens``, the
+  generated tokens' text, and ``top1``, each token's top-1 schema per bank),
   ``generated_tokens``, ``generation_s``, ``time_s``;
 - ``perplexity``: ``ppl_<W>`` and ``base_ppl_<W>`` for each window W (512 and 4096), ``tokens``,
   ``windows`` (per window: ppl, base_ppl, ratio_to_base, tokens, windows); null when not measured;
