@@ -789,8 +789,23 @@ def test_failed_train_keeps_the_finished_run(capsys, tmp_path, runs, data_dir, b
     else:
         needles = ["model not found", "absent_model"]
         extra = ["--data-dir", data_dir, "--set", f"model.base_model={tmp_path / 'absent_model'}"]
-    code, err = call_main(capsys, "train", "--config", sb.config_path, "--output-dir", out, *extra)
+    code, err = call_main(
+        capsys, "train", "--config", sb.config_path, "--output-dir", out, "--overwrite", *extra
+    )
     assert_user_error(code, err, *needles)
+    assert snapshot(out) == before
+
+
+def test_rerunning_a_finished_run_is_refused(capsys, tmp_path, runs, data_dir):
+    """Without --resume or --overwrite, an existing run is never started over."""
+    sb = runs["schemabank"]
+    out = tmp_path / "results"
+    shutil.copytree(sb.dir, out / sb.dir.name)
+    before = snapshot(out)
+    code, err = call_main(
+        capsys, "train", "--config", sb.config_path, "--output-dir", out, "--data-dir", data_dir
+    )
+    assert_user_error(code, err, "already holds a run", "--resume", "--overwrite")
     assert snapshot(out) == before
 
 

@@ -41,14 +41,13 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temporary file, flush, fsync, rename)."""
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: temporary file in the same folder, flush, fsync, rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
@@ -56,6 +55,11 @@ def write_json(path: Path, data) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (see :func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_checkpoint(

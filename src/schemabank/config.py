@@ -10,6 +10,7 @@ The key names follow the original proof of concept (``experiment.mode``, ``lora.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -147,6 +148,9 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512
     """Training sequences are truncated to this many tokens."""
+    checkpoint_every: int = 100
+    """Save the resumable training state (adapter, optimiser, RNGs, data position) every this many
+    steps to ``<run>/state``; 0 saves it only on SIGINT/SIGTERM."""
     precision: str = "auto"
     """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
     device: str = "auto"
@@ -267,15 +271,22 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
         key = f"{path}{f.name}"
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = _build(tp, value, key + ".", errors)
-        elif _type_ok(value, tp):
+        elif _type_ok(value, tp) and not _has_non_finite(value):
             if isinstance(value, int) and _admits(tp, float) and not _admits(tp, int):
                 value = float(value)  # YAML reads 1 as an int; the field is a float
             elif isinstance(value, list) and typing.get_args(tp) == (float,):
                 value = [float(v) for v in value]
             kwargs[f.name] = value
+        elif _type_ok(value, tp):
+            errors.append(f"{key}: must be finite, got {value!r}")
         else:
             errors.append(f"{key}: must be {_type_name(tp)}, got {value!r}")
     return cls(**kwargs)
+
+
+def _has_non_finite(value: Any) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, float) and not math.isfinite(v) for v in values)
 
 
 def validate(cfg: Config) -> list[str]:
@@ -339,6 +350,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"training.warmup_steps: must be between 0 and total_steps, got {t.warmup_steps}")
     if t.max_grad_norm <= 0:
         p.append(f"training.max_grad_norm: must be > 0, got {t.max_grad_norm}")
+    if t.checkpoint_every < 0:
+        p.append(f"training.checkpoint_every: must be >= 0, got {t.checkpoint_every}")
     if t.max_length < 16:
         p.append(f"training.max_length: must be >= 16, got {t.max_length}")
     if t.precision not in PRECISIONS:

@@ -10,8 +10,10 @@ One AdamW optimiser holds every adapter parameter; a stage freezes what it does 
 from __future__ import annotations
 
 import math
+import shutil
+import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -20,21 +22,30 @@ from tqdm.auto import tqdm
 
 from .adapter import base_only, build_adapter
 from .bank import balance_loss, routing_ce, z_loss
-from .checkpoint import save_checkpoint, write_json
+from .checkpoint import atomic_write_text, save_checkpoint, write_json
 from .config import Config, dump_config
 from .data import DataOrder, Problem, collate, encode_all, encode_example, load_gsm8k, load_wikitext
-from .errors import SchemaBankError
+from .errors import CheckpointError, SchemaBankError
 from .evaluation import run_evaluation
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, pick_device, seed_everything, use_bf16, weight_dtype
 from .stages import BASELINE, STAGES, Stage, count_parameters, grouped_parameters, set_trainable
+from .state import STATE_DIR, load_state, read_state_meta, save_state
 from .tags import dropout_for_step, routing_target
 from .telemetry import LOG_FIELDS, JsonlLogger
 
 
 class TrainingError(SchemaBankError):
     """Training cannot go on (a non-finite loss)."""
+
+
+class TrainingInterrupted(SchemaBankError):
+    """SIGINT or SIGTERM arrived; the state was saved. ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -99,6 +110,11 @@ class Trainer:
             fused=device.type == "cuda",
         )
         self.step = 0  # global steps done
+        self.last_line: dict = {}  # the last step's log line
+        self.stage_summary: dict[str, dict] = {}  # per stage label: time_s, final_loss
+        self.stop_signal = 0  # set (to the signal number) by run()'s SIGINT/SIGTERM handler
+        self.run_dir: Path | None = None
+        self.last_saved_step: int | None = None
 
     def encode(self, i: int, tagged: bool) -> tuple[list[int], list[int]]:
         """Token ids and labels of training problem ``i`` (memoised: epochs repeat them)."""
@@ -254,10 +270,16 @@ class Trainer:
         """Bring a step's values to the host (waiting for that step only), check the loss, log."""
         line = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
         now = time.perf_counter()
-        if not math.isfinite(line["loss"]):
+        if not (math.isfinite(line["loss"]) and math.isfinite(line["grad_norm"])):
+            what = "loss" if not math.isfinite(line["loss"]) else "gradient norm"
+            kept = (
+                f"the last good training state (step {self.last_saved_step}) is in {self.run_dir}/state"
+                if self.last_saved_step is not None
+                else "no training state was saved before it"
+            )
             raise TrainingError(
-                f"loss is {line['loss']} at step {line['step']} (stage {line['stage']}); stopping. "
-                "Lower the learning rate or check the data."
+                f"{what} is {line['loss'] if what == 'loss' else line['grad_norm']} at step {line['step']} "
+                f"(stage {line['stage']}); stopping: {kept}. Lower the learning rate or check the data."
             )
         line["tokens_per_s"] = line["tokens"] / max(now - t_prev, 1e-9)
         line["elapsed_s"] = now - t_stage
@@ -273,29 +295,67 @@ class Trainer:
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
 
-    def train_stage(self, stage: Stage, steps: int, lr: float, logger: JsonlLogger, bar) -> dict:
-        """Run one stage; returns its summary for results.json."""
+    def train_stage(
+        self,
+        stage: Stage,
+        steps: int,
+        lr: float,
+        logger: JsonlLogger,
+        bar,
+        start: int = 0,
+        checkpoint=None,
+    ) -> dict:
+        """Run steps ``start..steps-1`` of one stage; returns the stage's summary.
+
+        ``checkpoint`` (a callable) saves the training state; it is called every
+        ``training.checkpoint_every`` global steps and when a stop signal arrived
+        (:attr:`stop_signal`, set by a signal handler), after which this raises
+        :class:`TrainingInterrupted`.
+        """
         t = self.cfg.training
+        every = t.checkpoint_every
         self.enter_stage(stage)
-        schedule = self.cfg.training.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule
+        schedule = t.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule
         t_stage = t_prev = time.perf_counter()
-        self.last_line: dict = {}
         pending = None
-        for i in range(steps):
+        for i in range(start, steps):
             p_drop = dropout_for_step(i, steps, schedule) if stage.tagged else 1.0
             cur_lr = lr * lr_factor(self.step, t.total_steps, t.warmup_steps, t.lr_scheduler)
             record = self.train_step(stage, cur_lr, p_drop)
             if pending is not None:
                 t_prev = self._emit(pending, logger, bar, t_prev, t_stage)
             pending = record
+            if (every and self.step % every == 0) or self.stop_signal:
+                t_prev = self._emit(pending, logger, bar, t_prev, t_stage)  # checked before saving
+                pending = None
+                self._note_stage(stage, t_stage)
+                t_stage = time.perf_counter()
+                if checkpoint is not None:
+                    checkpoint()
+                if self.stop_signal:
+                    self._interrupted(stage)
         if pending is not None:
             self._emit(pending, logger, bar, t_prev, t_stage)
-        return {
-            "steps": steps,
-            "learning_rate": lr,
-            "time_s": time.perf_counter() - t_stage,
-            "final_loss": self.last_line.get("loss"),
-        }
+        self._note_stage(stage, t_stage)
+        return {"steps": steps, "learning_rate": lr, **self.stage_summary[stage.label]}
+
+    def _note_stage(self, stage: Stage, t_stage: float) -> None:
+        entry = self.stage_summary.setdefault(stage.label, {"time_s": 0.0, "final_loss": None})
+        entry["time_s"] += time.perf_counter() - t_stage
+        if self.last_line:
+            entry["final_loss"] = self.last_line["loss"]
+
+    def _interrupted(self, stage: Stage):
+        name = signal.Signals(self.stop_signal).name
+        where = (
+            f" to {self.run_dir}/state; continue with: schemabank train --resume {self.run_dir}"
+            if self.run_dir
+            else ""
+        )
+        raise TrainingInterrupted(
+            f"{name} at step {self.step} (stage {stage.label}): saved the training state{where}",
+            128 + self.stop_signal,
+        )
 
 
 def answer_loss(model, batch: dict, chunk: int = 8192) -> torch.Tensor:
@@ -323,15 +383,84 @@ def answer_loss(model, batch: dict, chunk: int = 8192) -> torch.Tensor:
     return total / keep.sum().clamp_min(1)
 
 
+RUN_FILES = (
+    "config.yaml",
+    "training_log.jsonl",
+    "results.json",
+    "eval_results.json",
+    "checkpoint",
+    STATE_DIR,
+)
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse to start over an existing run unless asked to; return what ``overwrite`` replaces."""
+    existing = [run_dir / f for f in RUN_FILES if (run_dir / f).exists()]
+    if resume:
+        if (run_dir / "results.json").exists() and not (run_dir / STATE_DIR).exists():
+            raise SchemaBankError(
+                f"run {run_dir} is finished (it has results.json): nothing to resume"
+            )
+        read_state_meta(run_dir)  # raises when there is nothing to resume
+        return []
+    if existing and not overwrite:
+        raise SchemaBankError(
+            f"run directory {run_dir} already holds a run ({', '.join(p.name for p in existing)}); "
+            f"continue it with --resume {run_dir}, start it again with --overwrite, or change "
+            "experiment.name or seed"
+        )
+    return existing
+
+
+def _truncate_log(path: Path, lines: int) -> None:
+    """Keep the first ``lines`` complete lines of the training log (those the state covers)."""
+    kept = (
+        path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if path.exists() else []
+    )
+    if len(kept) < lines or (kept and not kept[-1].endswith("\n")):
+        raise SchemaBankError(
+            f"{path} has fewer lines than the training state ({lines}); cannot resume"
+        )
+    atomic_write_text(path, "".join(kept))
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer):
+    """Turn SIGINT / SIGTERM into a request to save and stop at the end of the current step."""
+
+    def handler(signum, frame):
+        trainer.stop_signal = signum
+
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def run(
-    cfg: Config, output_dir: str | Path | None = None, data_dir: str | Path | None = None
+    cfg: Config,
+    output_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Train and evaluate one configuration; return the run directory."""
+    """Train and evaluate one configuration; return the run directory.
+
+    With ``resume``, continue the run in ``<output_dir>/<name>_seed<seed>`` from its last saved
+    training state (``cfg`` is then normally that run's config.yaml).
+    """
     t_start = time.perf_counter()
     device = pick_device(cfg.training.device)
     bf16 = use_bf16(cfg.training.precision, device)
     data_dir = data_dir or cfg.data.dir
     run_dir = Path(output_dir or cfg.output_dir) / cfg.run_name
+    replaced = check_run_dir(run_dir, resume, overwrite)
 
     # Read and check every input before the long work starts.
     train_set = load_gsm8k("train", data_dir)
@@ -339,21 +468,67 @@ def run(
     shots = train_set[: cfg.eval.shots]
     wikitext = load_wikitext(data_dir) if cfg.eval.ppl_windows else None
     info = resolve_base_model(cfg.model.base_model)
+    if resume and read_state_meta(run_dir).get("base_sha256") != info.sha256:
+        raise CheckpointError(f"{run_dir}/state was trained on another base model than {info.path}")
     tok, base = load_base_model(info, device, weight_dtype(cfg.model.dtype, device))
     seed_everything(cfg.experiment.seed)
     model, banks, lora_r = build_adapter(base, cfg)
     t_loaded = time.perf_counter()
 
+    for path in replaced:  # only now that every input has loaded: a failed start keeps the old run
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16)
+    trainer.run_dir = run_dir
+    train_time = 0.0
+    if resume:
+        meta = load_state(run_dir, trainer)
+        _truncate_log(run_dir / "training_log.jsonl", meta["log_lines"])
+        trainer.stage_summary = meta["stage_summary"]
+        trainer.last_line = meta["last_line"]
+        trainer.last_saved_step = trainer.step
+        train_time = meta["train_time_s"]
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))  # once the state has loaded
+    log_path = run_dir / "training_log.jsonl"
+    t_train = time.perf_counter()
+
+    def checkpoint():
+        save_state(
+            run_dir,
+            trainer,
+            {
+                "log_lines": trainer.step,
+                "stage_summary": trainer.stage_summary,
+                "last_line": trainer.last_line,
+                "train_time_s": train_time + time.perf_counter() - t_train,
+                "base_sha256": info.sha256,
+            },
+        )
+        trainer.last_saved_step = trainer.step
+
     stages = {}
+    done = 0  # global steps before the current stage
     with (
-        JsonlLogger(run_dir / "training_log.jsonl") as logger,
-        tqdm(total=cfg.training.total_steps, desc=cfg.run_name, unit="step") as bar,
+        stop_on_signals(trainer),
+        JsonlLogger(log_path, append=resume) as logger,
+        tqdm(
+            total=cfg.training.total_steps, initial=trainer.step, desc=cfg.run_name, unit="step"
+        ) as bar,
     ):
         for stage, steps, lr in stage_plan(cfg):
-            stages[stage.label] = trainer.train_stage(stage, steps, lr, logger, bar)
+            start = min(max(trainer.step - done, 0), steps)
+            if start < steps:
+                stages[stage.label] = trainer.train_stage(
+                    stage, steps, lr, logger, bar, start, checkpoint
+                )
+            else:
+                stages[stage.label] = {
+                    "steps": steps,
+                    "learning_rate": lr,
+                    **trainer.stage_summary[stage.label],
+                }
+            done += steps
+    train_time += time.perf_counter() - t_train
     t_trained = time.perf_counter()
     set_trainable(model, ())
     save_checkpoint(run_dir / "checkpoint", model, banks, info)
@@ -380,7 +555,12 @@ def run(
             "lora_rank": lora_r,
             "lora_target_modules": sorted(model.peft_config["default"].target_modules),
         },
-        training={"total_steps": trainer.step, "stages": stages, "time_s": t_trained - t_loaded},
+        training={
+            "total_steps": trainer.step,
+            "stages": stages,
+            "time_s": train_time,
+            "resumed": resume,
+        },
         timings={
             "setup_s": t_loaded - t_start,
             "train_s": t_trained - t_loaded,
@@ -389,4 +569,5 @@ def run(
         },
     )
     write_json(run_dir / "results.json", results)
+    shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # the finished checkpoint supersedes it
     return run_dir
