@@ -16,6 +16,8 @@ from .config import BankConfig, Config, LoraConfig
 
 
 def make_lora_config(lcfg: LoraConfig, r: int | None = None) -> peft.LoraConfig:
+    """PEFT's LoRA config from ours, optionally at another rank ``r`` (the parameter-matched
+    baseline); alpha is scaled with the rank so that alpha / r, the update's scale, stays."""
     r = r or lcfg.r
     alpha = lcfg.lora_alpha * r / lcfg.r  # keeps alpha / r when the rank is matched
     return peft.LoraConfig(

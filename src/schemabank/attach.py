@@ -95,6 +95,7 @@ class BankSet:
         return iter(self.banks.values())
 
     def parameters(self) -> Iterator[nn.Parameter]:
+        """Every bank's parameters, bank by bank (for optimisers and counting)."""
         for bank in self:
             yield from bank.parameters()
 
@@ -107,6 +108,8 @@ class BankSet:
         }
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy tensors keyed as :meth:`state_dict` into the banks; missing or unexpected keys
+        and wrong shapes raise ``ValueError`` before anything is copied."""
         expected = self.state_dict()
         missing, extra = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
         if missing or extra:

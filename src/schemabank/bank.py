@@ -64,6 +64,8 @@ class SchemaBank(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        """Initialise as SPEC section 2 says: orthonormal ``U`` columns and ``V`` rows, small
+        random router, attributes and gate, and ``gain = 0`` so the bank starts as the identity."""
         nn.init.normal_(self.router.weight, std=0.02)
         for s in range(self.num_schemas):
             nn.init.orthogonal_(self.U[s])  # H x r: orthonormal columns
@@ -73,6 +75,7 @@ class SchemaBank(nn.Module):
         self.gain.zero_()
 
     def extra_repr(self) -> str:
+        """The bank's sizes, shown when the model is printed."""
         return f"H={self.hidden_size}, S={self.num_schemas}, r={self.rank}, k={self.topk}, ad={self.attr_dim}"
 
     def router_logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,9 @@ def run_bench(
     checkpoint=None,
     parts=("train", "eval"),
 ) -> dict:
+    """Measure training throughput (``steps`` timed steps per mode after ``warmup``) and/or
+    evaluation speed (generation for ``limit`` problems, perplexity) on this device; ``parts``
+    picks which. Returns the figures with the settings and environment they were measured in."""
     device = pick_device(cfg.training.device)
     bf16 = use_bf16(cfg.training.precision, device)
     info = resolve_base_model(cfg.model.base_model)
@@ -208,6 +211,7 @@ def run_bench(
 
 
 def format_bench(r: dict) -> list[str]:
+    """A :func:`run_bench` result as human-readable lines."""
     env = r["environment"]
     lines = [
         f"device {env['device_name']} ({env['device']}), torch {env['torch']}, "

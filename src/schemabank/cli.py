@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -27,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a baseline or SchemaBank run, then evaluate it")
-    t.add_argument("--config", required=True, help="YAML config, e.g. configs/smoke.yaml")
+    start = t.add_mutually_exclusive_group(required=True)
+    start.add_argument("--config", help="YAML config, e.g. configs/smoke.yaml")
+    start.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last saved state (its config.yaml)",
+    )
     t.add_argument(
         "--set",
         dest="overrides",
@@ -38,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--output-dir", help="parent of the run directory (default: the config's output_dir)"
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing run of the same name and start again",
     )
     _add_common(t)
 
@@ -97,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", help="write the figures as JSON here")
     _add_common(b)
 
+    r = sub.add_parser("report", help="write report.md with PNG figures of one or more runs")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory or results file")
+    r.add_argument(
+        "--output", help="folder for report.md and the PNGs (default: RUN_DIR/report, or report/)"
+    )
+
+    v = sub.add_parser("verify", help="check a run's results against expected values")
+    v.add_argument("run", metavar="RUN_DIR", help="run directory or results file")
+    v.add_argument(
+        "--expected", required=True, help="expected-values YAML, e.g. expected/smoke.yaml"
+    )
+
     c = sub.add_parser(
         "compare", help="paired comparison of two evaluated runs (McNemar, bootstrap)"
     )
@@ -126,12 +150,36 @@ def _quiet_libraries() -> None:
 def cmd_train(args) -> int:
     from .config import load_config
 
-    cfg = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
+    output_dir = args.output_dir
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        if args.output_dir or args.overwrite:
+            raise ConfigError(
+                "--resume continues a run in place: leave out --output-dir and --overwrite"
+            )
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        output_dir = run_dir.parent
+        if (output_dir / cfg.run_name).resolve() != run_dir.resolve():
+            raise ConfigError("--resume: --set must not change experiment.name or experiment.seed")
+    else:
+        cfg = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
     _quiet_libraries()
     from .results import load_results, summary_lines
-    from .training import run
+    from .training import TrainingInterrupted, run
 
-    run_dir = run(cfg, output_dir=args.output_dir, data_dir=args.data_dir)
+    try:
+        run_dir = run(
+            cfg,
+            output_dir=output_dir,
+            data_dir=args.data_dir,
+            resume=bool(args.resume),
+            overwrite=args.overwrite,
+        )
+    except TrainingInterrupted as exc:
+        print(f"schemabank: {exc}", file=sys.stderr)
+        return exc.exit_code
     print("\n".join(summary_lines(load_results(run_dir))))
     print(f"wrote {run_dir}")
     return 0
@@ -227,6 +275,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import default_output_dir, write_report
+
+    out = write_report(args.runs, args.output or default_output_dir(args.runs))
+    print(f"wrote {out['report']} and {len(out['figures'])} figures")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify import format_checks, verify_run
+
+    checks = verify_run(args.run, args.expected)
+    print("\n".join(format_checks(checks)))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def cmd_compare(args) -> int:
     from .checkpoint import write_json
     from .compare import compare_runs, format_comparison
@@ -243,10 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     # Variable-length batches fragment PyTorch's CUDA cache; expandable segments avoid that.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench}[
-            args.command
-        ](args)
+        return {
+            "train": cmd_train,
+            "eval": cmd_eval,
+            "compare": cmd_compare,
+            "bench": cmd_bench,
+            "report": cmd_report,
+            "verify": cmd_verify,
+        }[args.command](args)
     except SchemaBankError as exc:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
         print(f"schemabank: error: {message}", file=sys.stderr)
@@ -263,6 +333,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("schemabank: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    """SIGTERM outside training (which saves its state first) stops like Ctrl-C, with a message."""
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

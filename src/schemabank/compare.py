@@ -16,6 +16,9 @@ def _outcomes(results: dict, key: str) -> list[bool]:
 
 
 def compare_results(a: dict, b: dict, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Paired comparison of two results dicts (strict and flexible): both accuracies, the exact
+    McNemar test and the bootstrap interval of A − B. The runs must have been evaluated on the
+    same problems (same indices and gold answers), else :class:`SchemaBankError`."""
     pa, pb = a["gsm8k"]["problems"], b["gsm8k"]["problems"]
     if [(p["index"], p["gold"]) for p in pa] != [(p["index"], p["gold"]) for p in pb]:
         raise SchemaBankError(
@@ -40,6 +43,7 @@ def compare_runs(run_a: str, run_b: str) -> dict:
 
 
 def format_comparison(c: dict) -> list[str]:
+    """A comparison from :func:`compare_results` as a few human-readable lines."""
     lines = [
         f"A = {c['a']['name']} ({c['a']['mode']}), B = {c['b']['name']} ({c['b']['mode']}), "
         f"{c['n']} paired problems"

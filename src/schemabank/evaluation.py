@@ -47,6 +47,8 @@ class Generation:
 
 
 def build_prompts(problems: list[Problem], shots: list[Problem]) -> list[str]:
+    """Evaluation prompts: zero-shot ``Question: ...\\nAnswer:`` for a fine-tuned model, the
+    lm-evaluation-harness k-shot format when ``shots`` are given (SPEC section 5)."""
     if shots:
         return [fewshot_prompt(p.question, shots) for p in problems]
     return [question_prompt(p.question) for p in problems]

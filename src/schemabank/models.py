@@ -43,10 +43,12 @@ class BaseModelInfo:
     hidden_size: int = 0
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (the ``base_model`` entry of results.json)."""
         return asdict(self)
 
 
 def cache_dir() -> Path:
+    """Where converted models are cached: ``$SCHEMABANK_CACHE``, else ``~/.cache/schemabank``."""
     return Path(os.environ.get("SCHEMABANK_CACHE", Path.home() / ".cache" / "schemabank"))
 
 
@@ -66,6 +68,7 @@ def embedded_gguf() -> Path:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    """Hex sha256 of a file, read in chunks (model files are hundreds of MB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

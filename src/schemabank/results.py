@@ -20,8 +20,8 @@ Top-level keys (``format: schemabank-results-v1``):
   (per bank: ``share`` per schema, ``active``, ``dead``, ``dead_schemas``, ``top``,
   ``entropy_bits``, ``max_entropy_bits``, ``tokens``, ``schema_reuse``, ``tag_schema`` table,
   ``dominant_schema`` per problem, ``nmi_tags_dominant``);
-- ``training``: total steps, per stage (steps, learning rate, time, final loss), time; null for
-  evaluations;
+- ``training``: total steps, per stage (steps, learning rate, time, final loss), time, and
+  ``resumed`` (whether it continued from a saved training state); null for evaluations;
 - ``timings``: seconds for setup, training, GSM8K, perplexity and the whole run;
 - ``environment``: python, torch, transformers, peft and schemabank versions, device, git commit;
 - ``config``: the resolved configuration.
@@ -51,6 +51,10 @@ def build_results(
     kind: str = "train",
     experiment: dict | None = None,
 ) -> dict:
+    """Assemble the results.json dict (schema in the module docstring) from a run's parts.
+
+    ``cfg`` is None for a base-model evaluation, which passes ``experiment`` instead.
+    """
     return {
         "format": FORMAT,
         "kind": kind,

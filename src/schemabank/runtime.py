@@ -57,6 +57,7 @@ def autocast(device: torch.device, bf16: bool):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (initialisation, data order, tag dropout)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

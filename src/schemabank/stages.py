@@ -25,6 +25,9 @@ GROUPS = ("router", "schema", "lora")
 
 @dataclass(frozen=True)
 class Stage:
+    """One training stage: what it trains and which losses it optimises (a row of the table
+    above)."""
+
     key: str
     """Config key under training.stages (``baseline`` for the LoRA-only mode)."""
     label: str
