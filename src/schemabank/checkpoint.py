@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import peft
@@ -62,14 +63,35 @@ def write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_checkpoint(
-    directory: Path, model: peft.PeftModel, banks: BankSet | None, base: BaseModelInfo
-) -> Path:
-    """Save the adapter into ``directory`` (replacing an older checkpoint only once complete)."""
+@contextmanager
+def atomic_dir(directory: Path):
+    """Yield a temporary folder beside ``directory``; once the block succeeds, it replaces
+    ``directory`` whole (an older one is removed only after the rename)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:
+        yield tmp
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(
+    directory: Path, model: peft.PeftModel, banks: BankSet | None, base: BaseModelInfo
+) -> Path:
+    """Save the adapter into ``directory`` (replacing an older checkpoint only once complete)."""
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
         if banks is not None:
@@ -88,20 +110,7 @@ def save_checkpoint(
                 },
             )
         write_json(tmp / BASE_FILE, {"format": FORMAT, **base.to_dict()})
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def _read_json(path: Path) -> dict:

@@ -19,16 +19,13 @@ learning rate is a pure function of the global step, so the schedule needs no st
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import write_json
+from .checkpoint import atomic_dir, write_json
 from .errors import CheckpointError
 from .stages import grouped_parameters
 
@@ -43,8 +40,7 @@ def _named_trainables(model) -> dict[str, torch.nn.Parameter]:
 def save_state(run_dir: Path, trainer, extra: dict) -> Path:
     """Write the trainer's full state to ``<run_dir>/state`` (atomically)."""
     target = Path(run_dir) / STATE_DIR
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{STATE_DIR}.tmp-"))
-    try:
+    with atomic_dir(target) as tmp:
         params = _named_trainables(trainer.model)
         save_file(
             {n: p.detach().contiguous().cpu() for n, p in params.items()},
@@ -79,16 +75,6 @@ def save_state(run_dir: Path, trainer, extra: dict) -> Path:
                 **extra,
             },
         )
-        old = None
-        if target.exists():
-            old = target.with_name(f".{STATE_DIR}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
