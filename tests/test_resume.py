@@ -155,15 +155,18 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(reference, tiny_llama, 
     assert_same_run(run_dir, reference)
 
 
-def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tiny_llama, data_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_and_exits_cleanly_then_resumes(
+    sig, reference, tiny_llama, data_dir, tmp_path
+):
     cfg = long_config(tiny_llama)
     proc = start(cfg, tmp_path, data_dir)
     run_dir = tmp_path / "out" / reference.name
     wait_for_lines(run_dir / "training_log.jsonl", 30, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM at step" in err and "--resume" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig, err
+    assert f"{sig.name} at step" in err and "--resume" in err and "Traceback" not in err
     state = json.loads((run_dir / STATE_DIR / "trainer_state.json").read_text())
     assert state["step"] == len(log_lines(run_dir))  # saved at the step it stopped
     done = resume(run_dir, data_dir)
