@@ -13,6 +13,7 @@ from torch import nn
 
 from .attach import BankSet, decoder_layers, resolve_layers
 from .config import BankConfig, Config, LoraConfig
+from .stages import count_parameters
 
 
 def make_lora_config(lcfg: LoraConfig, r: int | None = None) -> peft.LoraConfig:
@@ -72,3 +73,13 @@ def base_only(model: peft.PeftModel, banks: BankSet | None):
     """LoRA and banks off: the bare base model (for its perplexity beside the adapter's)."""
     with model.disable_adapter(), banks.disabled() if banks is not None else nullcontext():
         yield
+
+
+def adapter_parameters(model: peft.PeftModel) -> dict:
+    """The ``parameters`` entry of results.json: counts per group, LoRA rank and target modules."""
+    lora = model.peft_config["default"]
+    return {
+        **count_parameters(model),
+        "lora_rank": lora.r,
+        "lora_target_modules": sorted(lora.target_modules),
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ class Problem:
     answer: str
     """The reference solution, ending with ``#### <number>``."""
 
-    @property
+    @cached_property
     def tags(self) -> list[str]:
         return derive_tags(self.question, self.answer)
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from . import metrics
-from .adapter import base_only
+from .adapter import adapter_parameters, base_only
 from .attach import BankSet
 from .checkpoint import load_checkpoint
 from .config import Config, EvalConfig
@@ -33,7 +33,6 @@ from .data import Problem, fewshot_prompt, load_gsm8k, load_wikitext, question_p
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, pick_device, use_bf16, weight_dtype
-from .stages import count_parameters
 from .tags import TAGS
 
 
@@ -403,19 +402,13 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, data_dir=None) -> dict:
         bf16,
         lambda: base_only(model, banks),
     )
-    lora = model.peft_config["default"]
-    params = {
-        **count_parameters(model),
-        "lora_rank": lora.r,
-        "lora_target_modules": sorted(lora.target_modules),
-    }
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
     return build_results(
         cfg=cfg,
         info=info,
         env=environment(device),
         evaluation=ev,
-        parameters=params,
+        parameters=adapter_parameters(model),
         training=None,
         timings=timings,
         kind="checkpoint-eval",

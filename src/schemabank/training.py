@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .adapter import base_only, build_adapter
+from .adapter import adapter_parameters, base_only, build_adapter
 from .bank import balance_loss, routing_ce, z_loss
 from .checkpoint import atomic_write_text, save_checkpoint, write_json
 from .config import Config, dump_config
@@ -30,7 +30,7 @@ from .evaluation import run_evaluation
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, pick_device, seed_everything, use_bf16, weight_dtype
-from .stages import BASELINE, STAGES, Stage, count_parameters, grouped_parameters, set_trainable
+from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
 from .tags import dropout_for_step, routing_target
 from .telemetry import LOG_FIELDS, JsonlLogger
@@ -95,6 +95,7 @@ class Trainer:
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         seed = cfg.experiment.seed
         self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
+        self._targets: dict[int, torch.Tensor] = {}  # routing target per problem (memoised)
         lengths = None
         if cfg.training.group_by_length:
             encoded = encode_all(tokenizer, train_set, cfg.training.max_length)
@@ -138,7 +139,9 @@ class Trainer:
                     f"{i} (its prompt is {len(ids)}+ tokens); raise training.max_length"
                 )
             examples.append((ids, labels))
-            targets.append(routing_target(self.train_set[i].tags, S))
+            if i not in self._targets:
+                self._targets[i] = routing_target(self.train_set[i].tags, S)
+            targets.append(self._targets[i])
         return examples, torch.stack(targets)
 
     def to_device(self, examples, targets: torch.Tensor):
@@ -472,7 +475,7 @@ def run(
         raise CheckpointError(f"{run_dir}/state was trained on another base model than {info.path}")
     tok, base = load_base_model(info, device, weight_dtype(cfg.model.dtype, device))
     seed_everything(cfg.experiment.seed)
-    model, banks, lora_r = build_adapter(base, cfg)
+    model, banks, _ = build_adapter(base, cfg)
     t_loaded = time.perf_counter()
 
     for path in replaced:  # only now that every input has loaded: a failed start keeps the old run
@@ -550,11 +553,7 @@ def run(
         info=info,
         env=environment(device),
         evaluation=evaluation,
-        parameters={
-            **count_parameters(model),
-            "lora_rank": lora_r,
-            "lora_target_modules": sorted(model.peft_config["default"].target_modules),
-        },
+        parameters=adapter_parameters(model),
         training={
             "total_steps": trainer.step,
             "stages": stages,
