@@ -3,6 +3,8 @@ the losses are the stage's, the data order is shared by both modes, and the sche
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -221,3 +223,39 @@ def test_micro_batches_give_the_same_step_as_one_batch(stage, tiny_llama, data_d
         assert record["tokens"] == ref["tokens"] and record["padded_tokens"] <= ref["padded_tokens"]
         for n in ref_params:
             torch.testing.assert_close(params[n], ref_params[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_dev_split_is_held_out_and_evaluated(tiny_llama, data_dir, tmp_path, monkeypatch):
+    from schemabank import training
+    from schemabank.errors import ConfigError
+
+    train = load_gsm8k("train", data_dir)
+    kept, dev = training.split_dev(train, 3)
+    assert kept + dev == train and dev == train[-3:]
+    assert training.split_dev(train, 0) == (train, [])
+    with pytest.raises(ConfigError, match="data.dev_size"):
+        training.split_dev(train, len(train))
+
+    seen = []  # every problem the trainer was given
+    real_init = Trainer.__init__
+
+    def spy(self, cfg, model, banks, tok, train_set, *args, **kw):
+        seen.extend(train_set)
+        real_init(self, cfg, model, banks, tok, train_set, *args, **kw)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    cfg = config_from_dict(
+        tiny_config(
+            tiny_llama,
+            "baseline",
+            data={"dev_size": 3},
+            eval={"limit": 2, "batch_size": 2, "max_new_tokens": 4, "ppl_windows": []},
+        )
+    )
+    run_dir = training.run(cfg, tmp_path, data_dir)
+    r = json.loads((run_dir / "results.json").read_text())
+    assert seen == train[:-3]
+    d = r["gsm8k_dev"]
+    assert d["n"] == 3 and [p["gold"] for p in d["problems"]] == [p.gold for p in dev]
+    assert d["strict"]["total"] == 3 and d["samples"] == []
+    assert r["gsm8k"]["n"] == 2 and r["timings"]["gsm8k_dev_s"] > 0

@@ -127,6 +127,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_a", help="run directory or results.json")
     c.add_argument("run_b", help="run directory or results.json")
     c.add_argument("--output", help="also write the comparison as JSON")
+
+    w = sub.add_parser(
+        "sweep",
+        help="train many configs, several at a time (skips finished runs, resumes cut ones)",
+    )
+    w.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML configs")
+    w.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at the same time (default 1; 8 suit an H100 at batch 1)",
+    )
+    w.add_argument("--output-dir", help="parent of the run directories (default: each config's)")
+    w.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a value in every config (repeatable)",
+    )  # fmt: skip
+    w.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    _add_common(w)
+
+    tb = sub.add_parser("table", help="the results table (Markdown) of many runs' results.json")
+    tb.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUNS",
+        help="run directories, results files, or a folder of runs (with its compare/*.json)",
+    )
+    tb.add_argument(
+        "--compare", nargs="*", default=[], metavar="JSON", help="more `compare --output` files"
+    )
+    tb.add_argument(
+        "--readme",
+        help="replace the text between the results markers of this Markdown file instead of printing",
+    )
+    tb.add_argument(
+        "--check", action="store_true", help="with --readme: fail if the file is not up to date"
+    )
     return parser
 
 
@@ -298,7 +335,43 @@ def cmd_compare(args) -> int:
     comparison = compare_runs(args.run_a, args.run_b)
     print("\n".join(format_comparison(comparison)))
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.output), comparison)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import plan_jobs, run_jobs
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    jobs = plan_jobs(args.configs, args.output_dir, args.data_dir, args.overrides)
+    if args.dry_run:
+        for j in jobs:
+            print(f"{j.action:7s} {j.run_dir}  {' '.join(j.command)}")
+        return 0
+    codes = run_jobs(jobs, args.jobs)
+    failed = [d.name for d, rc in codes.items() if rc != 0]
+    print(
+        f"{len(codes) - len(failed)} of {len(codes)} runs finished"
+        + (f"; failed: {', '.join(failed)} (see their logs)" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def cmd_table(args) -> int:
+    from .table import check_readme, results_table, update_readme
+
+    text = results_table(args.runs, args.compare)
+    if not args.readme:
+        print(text)
+        return 0
+    if args.check:
+        check_readme(args.readme, text)
+        print(f"{args.readme}: the results table is up to date")
+        return 0
+    update_readme(args.readme, text)
+    print(f"updated the results table in {args.readme}")
     return 0
 
 
@@ -316,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             "bench": cmd_bench,
             "report": cmd_report,
             "verify": cmd_verify,
+            "sweep": cmd_sweep,
+            "table": cmd_table,
         }[args.command](args)
     except SchemaBankError as exc:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held

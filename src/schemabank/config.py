@@ -181,6 +181,9 @@ class DataConfig:
     dir: str | None = None
     """Folder holding gsm8k/{train,test}.jsonl and wikitext-2/test.txt; ``null`` falls back to
     $SCHEMABANK_DATA_DIR, then the Hugging Face hub."""
+    dev_size: int = 0
+    """Hold the last N GSM8K train problems out of training and evaluate on them too
+    (``gsm8k_dev`` in results.json): choose hyperparameters there, never on the test set."""
 
 
 @dataclass
@@ -397,6 +400,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.ppl_max_tokens: must be >= 2 or null, got {ev.ppl_max_tokens}")
     if ev.num_samples < 0:
         p.append(f"eval.num_samples: must be >= 0, got {ev.num_samples}")
+    if cfg.data.dev_size < 0:
+        p.append(f"data.dev_size: must be >= 0, got {cfg.data.dev_size}")
     return p
 
 

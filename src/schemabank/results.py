@@ -12,6 +12,8 @@ Top-level keys (``format: schemabank-results-v1``):
   and outcomes, for paired comparisons), ``samples`` (full generated text of the first few; with banks also ``tokens``, the
   generated tokens' text, and ``top1``, each token's top-1 schema per bank),
   ``generated_tokens``, ``generation_s``, ``time_s``;
+- ``gsm8k_dev``: the same on the dev problems held out of training (``data.dev_size``; no
+  routing report, no samples); null without a dev set;
 - ``perplexity``: ``ppl_<W>`` and ``base_ppl_<W>`` for each window W (512 and 4096), ``tokens``,
   ``windows`` (per window: ppl, base_ppl, ratio_to_base, tokens, windows); null when not measured;
 - ``schema_reuse``: mean reuse count per problem (0.0 without banks);
@@ -67,6 +69,7 @@ def build_results(
         "base_model": info.to_dict(),
         "parameters": parameters,
         "gsm8k": evaluation["gsm8k"],
+        "gsm8k_dev": evaluation.get("gsm8k_dev"),
         "perplexity": evaluation["perplexity"],
         "schema_reuse": evaluation["schema_reuse"],
         "routing": evaluation["routing"],
@@ -105,6 +108,13 @@ def summary_lines(results: dict) -> list[str]:
         lines.append(
             f"  {key:9s} {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% "
             f"(95% CI {100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})"
+        )
+    dev = results.get("gsm8k_dev")
+    if dev:
+        a = dev["strict"]
+        lines.append(
+            f"  dev       {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% strict "
+            f"({dev['flexible']['correct']} flexible), held out of training"
         )
     ppl = results.get("perplexity")
     if ppl:

@@ -1,0 +1,103 @@
+"""Run many configs, several at a time on one machine: ``schemabank sweep CONFIG... --jobs N``.
+
+A run at ``training.batch_size: 1`` keeps an H100 mostly idle (the step is bound by the host
+launching kernels), so a study of many small runs finishes sooner with several training processes
+sharing the GPU. Each config becomes one ``schemabank train`` subprocess; its output goes to
+``<output_dir>/logs/<run>.log``. A run whose ``results.json`` exists is skipped, a run with a saved
+training state is resumed, so the same command picks up a study where it stopped. Wall times in
+the runs' results.json then include the sharing: say how many ran at once when reporting them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import load_config
+from .state import STATE_DIR
+
+
+@dataclass
+class Job:
+    config: Path
+    run_dir: Path
+    log: Path
+    command: list[str]
+    action: str  # "train", "resume" or "skip"
+
+
+def plan_jobs(
+    configs: list[str | Path],
+    output_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    overrides: list[str] = (),
+) -> list[Job]:
+    """One job per config; every config is loaded (and so checked) before anything runs."""
+    jobs, seen = [], {}
+    for path in configs:
+        cfg = load_config(path, list(overrides))
+        out = Path(output_dir or cfg.output_dir)
+        run_dir = out / cfg.run_name
+        if run_dir in seen:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{path} and {seen[run_dir]} write the same run {run_dir}")
+        seen[run_dir] = path
+        base = [sys.executable, "-m", "schemabank", "train"]
+        extra = [a for o in overrides for a in ("--set", o)]
+        if data_dir:
+            extra += ["--data-dir", str(data_dir)]
+        if (run_dir / "results.json").is_file():
+            action, command = "skip", []
+        elif (run_dir / STATE_DIR).is_dir():
+            action, command = "resume", [*base, "--resume", str(run_dir), *extra]
+        else:
+            action = "train"
+            command = [*base, "--config", str(path), "--output-dir", str(out), *extra]
+            if run_dir.exists():  # an unfinished run that saved no state yet: start it again
+                command.append("--overwrite")
+        jobs.append(Job(Path(path), run_dir, out / "logs" / f"{cfg.run_name}.log", command, action))
+    return jobs
+
+
+_ECHO_LOCK = threading.Lock()
+
+
+def _echo(line: str) -> None:
+    with _ECHO_LOCK:  # one whole line at a time from the worker threads
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def run_jobs(jobs: list[Job], parallel: int, echo=_echo) -> dict[Path, int]:
+    """Run the jobs, ``parallel`` at a time; return each run directory's exit status."""
+    todo = [j for j in jobs if j.action != "skip"]
+    for j in jobs:
+        if j.action == "skip":
+            echo(f"skip    {j.run_dir.name} (results.json exists)")
+    env = dict(os.environ)
+    # The processes share the CPU too: a few threads each, unless the caller chose.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, parallel))))
+    t0 = time.perf_counter()
+
+    def one(job: Job) -> int:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        echo(f"start   {job.run_dir.name} ({job.action}) -> {job.log}")
+        started = time.perf_counter()
+        with open(job.log, "a", encoding="utf-8") as log:
+            rc = subprocess.call(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        echo(
+            f"{'done' if rc == 0 else 'FAILED':7s} {job.run_dir.name} rc={rc} "
+            f"{time.perf_counter() - started:.0f} s (sweep at {time.perf_counter() - t0:.0f} s)"
+        )
+        return rc
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        codes = dict(zip([j.run_dir for j in todo], pool.map(one, todo), strict=True))
+    return codes

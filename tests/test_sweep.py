@@ -1,0 +1,89 @@
+"""`schemabank sweep`: many configs, several at a time; finished runs are skipped, cut ones resumed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from schemabank.cli import main
+from schemabank.state import STATE_DIR
+from schemabank.sweep import plan_jobs
+
+
+def write(path, cfg):
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_sweep_runs_skips_and_reports_failures(tmp_path, tiny_llama, data_dir, capsys):
+    eval_ = {"limit": 1, "batch_size": 1, "max_new_tokens": 2, "ppl_windows": [], "num_samples": 0}
+    a = write(tmp_path / "a.yaml", tiny_config(tiny_llama, "baseline", eval=eval_))
+    b = write(
+        tmp_path / "b.yaml",
+        tiny_config(tiny_llama, "schemabank", experiment={"name": "b", "seed": 1}, eval=eval_),
+    )
+    bad = write(
+        tmp_path / "bad.yaml",
+        tiny_config(tmp_path / "no-model", "baseline", experiment={"name": "bad"}, eval=eval_),
+    )
+    out = tmp_path / "out"
+    args = ["sweep", "--jobs", "2", "--output-dir", str(out), "--data-dir", str(data_dir)]
+    assert main([*args, str(a), str(b), str(bad)]) == 1
+    printed = capsys.readouterr().out
+    assert "2 of 3 runs finished; failed: bad_seed0" in printed
+    for run in ("tiny_baseline_seed0", "b_seed1"):
+        assert (out / run / "results.json").is_file()
+        assert "wrote" in (out / "logs" / f"{run}.log").read_text()
+    assert "schemabank: error:" in (out / "logs" / "bad_seed0.log").read_text()
+
+    # a second sweep skips what finished and tries the failed run again
+    jobs = {j.run_dir.name: j.action for j in plan_jobs([a, b, bad], out, data_dir)}
+    assert jobs == {"tiny_baseline_seed0": "skip", "b_seed1": "skip", "bad_seed0": "train"}
+
+
+def test_plan_resumes_cut_runs_and_restarts_unsaved_ones(tmp_path, tiny_llama, capsys):
+    cfg = tiny_config(tiny_llama, "baseline")
+    a = write(tmp_path / "a.yaml", cfg)
+    b = write(tmp_path / "b.yaml", {**cfg, "experiment": {**cfg["experiment"], "name": "b"}})
+    out = tmp_path / "out"
+    (out / "tiny_baseline_seed0" / STATE_DIR).mkdir(parents=True)  # cut after a saved state
+    (out / "b_seed0").mkdir()  # cut before any state was saved
+    jobs = plan_jobs([a, b], out, overrides=["eval.limit=2"])
+    assert [j.action for j in jobs] == ["resume", "train"]
+    assert jobs[0].command[-4:] == [
+        "--resume",
+        str(out / "tiny_baseline_seed0"),
+        "--set",
+        "eval.limit=2",
+    ]
+    assert jobs[1].command[-1] == "--overwrite"
+    assert main(["sweep", "--dry-run", "--output-dir", str(out), str(a), str(b)]) == 0
+    assert "resume  " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--jobs", "0"], "--jobs: must be >= 1"),
+        (["DUP", "DUP"], "write the same run"),
+        (["--set", "training.batch_size=0"], "training.batch_size"),
+    ],
+)
+def test_bad_sweeps_fail_before_running(tmp_path, tiny_llama, capsys, argv, needle):
+    a = write(tmp_path / "a.yaml", tiny_config(tiny_llama, "baseline"))
+    argv = [str(a) if x == "DUP" else x for x in argv]
+    configs = [] if "DUP" in " ".join(argv) or str(a) in argv else [str(a)]
+    assert main(["sweep", "--output-dir", str(tmp_path / "out"), *argv, *configs]) == 1
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_help_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "schemabank", "sweep", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "--jobs" in out.stdout
