@@ -61,6 +61,19 @@ class JsonlLogger:
         self.close()
 
 
+class NullLogger(JsonlLogger):
+    """A logger that writes nothing (the processes other than rank 0 of a distributed run)."""
+
+    def __init__(self):
+        pass
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
