@@ -520,7 +520,9 @@ def run(
         return _run(cfg, device, output_dir, data_dir, resume, overwrite)
 
 
-def _run(cfg: Config, device: torch.device, output_dir, data_dir, resume: bool, overwrite: bool):
+def _run(
+    cfg: Config, device: torch.device, output_dir, data_dir, resume: bool, overwrite: bool
+) -> Path:
     t_start = time.perf_counter()
     main = distributed.is_main()
     bf16 = use_bf16(cfg.training.precision, device)
