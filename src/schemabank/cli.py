@@ -1,7 +1,8 @@
 """The ``schemabank`` command (also ``python -m schemabank``): train, eval, compare.
 
 Input problems end in a one-line ``schemabank: error: ...`` on stderr and exit status 1; usage
-mistakes exit with 2 (argparse).
+mistakes exit with 2 (argparse). Launched as several processes (``torchrun``, ``accelerate
+launch``), ``train`` and ``eval`` run on all of them and only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, SchemaBankError
+
+
+def is_main() -> bool:
+    """Whether this process prints: the only one, or rank 0 of those a launcher started (from
+    ``RANK``, without importing torch)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -181,6 +188,8 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    if not is_main():  # one progress bar per run, not one per process
+        transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
@@ -215,10 +224,12 @@ def cmd_train(args) -> int:
             overwrite=args.overwrite,
         )
     except TrainingInterrupted as exc:
-        print(f"schemabank: {exc}", file=sys.stderr)
+        if is_main():
+            print(f"schemabank: {exc}", file=sys.stderr)
         return exc.exit_code
-    print("\n".join(summary_lines(load_results(run_dir))))
-    print(f"wrote {run_dir}")
+    if is_main():
+        print("\n".join(summary_lines(load_results(run_dir))))
+        print(f"wrote {run_dir}")
     return 0
 
 
@@ -274,10 +285,11 @@ def cmd_eval(args) -> int:
     from .checkpoint import write_json
     from .results import summary_lines
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output, results)
-    print("\n".join(summary_lines(results)))
-    print(f"wrote {output}")
+    if is_main():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(output, results)
+        print("\n".join(summary_lines(results)))
+        print(f"wrote {output}")
     return 0
 
 
@@ -394,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command](args)
     except SchemaBankError as exc:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
-        print(f"schemabank: error: {message}", file=sys.stderr)
+        if is_main():  # every process reads the same inputs, so meets the same problem
+            print(f"schemabank: error: {message}", file=sys.stderr)
         return 1
     except Exception as exc:  # torch.OutOfMemoryError, named so that torch need not be imported
         if type(exc).__name__ != "OutOfMemoryError":
@@ -406,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except KeyboardInterrupt:
-        print("schemabank: interrupted", file=sys.stderr)
+        if is_main():
+            print("schemabank: interrupted", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

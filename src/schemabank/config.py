@@ -133,10 +133,12 @@ class StagesConfig:
 class TrainingConfig:
     total_steps: int = 1000
     batch_size: int = 1
-    """Examples per optimiser step (the effective batch)."""
+    """Examples per optimiser step (the effective batch), over all processes when several train
+    together (it must then be a multiple of their number)."""
     micro_batch_size: int | None = None
-    """Split each batch into micro-batches of this many examples, grouped by length, and
-    accumulate gradients: less padding and memory, the same step. ``null``: one micro-batch."""
+    """Split each batch (each process's share of it) into micro-batches of this many examples,
+    grouped by length, and accumulate gradients: less padding and memory, the same step.
+    ``null``: one micro-batch."""
     group_by_length: bool = False
     """Build batches of problems of similar length (less padding; a different but still random
     order, the same in both modes)."""

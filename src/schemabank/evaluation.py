@@ -9,6 +9,10 @@ bank acts token by token on a causal model).
 Perplexity: token perplexity of WikiText-2 test text in disjoint windows (stride = window); each
 window predicts its tokens 2..W from the earlier ones in the window; the last window may be
 shorter.
+
+With several processes (:mod:`schemabank.distributed`), the problems and the perplexity batches
+are shared out and their per-problem (per-batch) results gathered in order before any metric is
+computed, so the results are those of one process (``eval.batch_size`` is then per process).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from . import metrics
+from . import distributed, metrics
 from .adapter import adapter_parameters, base_only
 from .attach import BankSet
 from .checkpoint import load_checkpoint
@@ -32,7 +36,7 @@ from .config import Config, EvalConfig
 from .data import Problem, fewshot_prompt, load_gsm8k, load_wikitext, question_prompt
 from .models import load_base_model, resolve_base_model
 from .results import build_results
-from .runtime import autocast, environment, pick_device, use_bf16, weight_dtype
+from .runtime import autocast, environment, use_bf16, weight_dtype
 from .tags import TAGS
 
 
@@ -94,7 +98,13 @@ def generate(
         stop_strings=[metrics.STOP_STRING],
     )
     out: list[Generation | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, unit="problem", leave=False)
+    bar = tqdm(
+        total=len(prompts),
+        desc=desc,
+        unit="problem",
+        leave=False,
+        disable=not distributed.is_main(),
+    )
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(
@@ -195,20 +205,24 @@ def evaluate_gsm8k(
     num_samples: int = 10,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
-    the routing report when banks are attached. ``batch_size`` None picks one for the device."""
+    the routing report when banks are attached. ``batch_size`` None picks one for the device.
+    With several processes, each generates for its :func:`~schemabank.distributed.shard` of the
+    problems."""
     # One batch of the whole test set was fastest on an H200 (20 s for 1,319 vs 34 s in batches of 512).
     batch_size = batch_size or (1536 if device.type == "cuda" else 16)
     t0 = time.perf_counter()
     prompts = build_prompts(problems, shots)
-    gens = generate(
+    mine = distributed.shard(len(problems))
+    my_gens = generate(
         model,
         tokenizer,
-        prompts,
+        [prompts[i] for i in mine],
         batch_size,
         max_new_tokens,
         device,
         bf16,
     )
+    gens = distributed.gather_shards(my_gens, len(problems))
     gen_time = time.perf_counter() - t0
     scored = [metrics.score(g.text, p.gold) for g, p in zip(gens, problems, strict=True)]
     result = {
@@ -237,15 +251,19 @@ def evaluate_gsm8k(
     }
     routing = None
     if banks is not None:
-        routes = route_tokens(
+        my_routes = route_tokens(
             model,
             banks,
-            [g.prompt_ids + g.gen_ids for g in gens],
+            [g.prompt_ids + g.gen_ids for g in my_gens],
             tokenizer.pad_token_id,
             batch_size,
             device,
             bf16,
         )
+        per_problem = distributed.gather_shards(
+            list(zip(*my_routes.values(), strict=True)), len(problems)
+        )  # per problem: its (L, k) array for each bank
+        routes = {layer: [arrays[b] for arrays in per_problem] for b, layer in enumerate(my_routes)}
         routing = routing_report(tokenizer, gens, routes, problems, next(iter(banks)).num_schemas)
         for sample in result["samples"]:  # per generated token: its text and top-1 schema per bank
             g = gens[sample["index"]]
@@ -267,21 +285,29 @@ def perplexity(
     bf16: bool,
     tokens_per_batch: int = 8192,
 ) -> dict:
-    """Token perplexity over disjoint windows of ``window`` tokens of a 1-D id tensor."""
+    """Token perplexity over disjoint windows of ``window`` tokens of a 1-D id tensor.
+
+    With several processes, each computes a share of the batches of windows; the per-batch sums
+    are gathered and added in order, as one process adds them."""
     starts = [s for s in range(0, len(token_ids), window) if len(token_ids) - s >= 2]
-    nll, count = 0.0, 0
     full = [s for s in starts if s + window <= len(token_ids)]
     per_batch = max(1, tokens_per_batch // window)
     batches = [full[i : i + per_batch] for i in range(0, len(full), per_batch)]
     batches += [[s] for s in starts if s + window > len(token_ids)]
-    for group in tqdm(batches, desc=f"ppl@{window}", leave=False):
-        ids = torch.stack([token_ids[s : s + window] for s in group]).to(device)
+    mine = distributed.shard(len(batches))
+    sums = []  # (nll, tokens) per batch of this process
+    for b in tqdm(mine, desc=f"ppl@{window}", leave=False, disable=not distributed.is_main()):
+        ids = torch.stack([token_ids[s : s + window] for s in batches[b]]).to(device)
         with autocast(device, bf16):
             logits = model(input_ids=ids).logits  # (B, W, V)
-        nll += F.cross_entropy(
+        nll = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"
         ).item()
-        count += ids[:, 1:].numel()
+        sums.append((nll, ids[:, 1:].numel()))
+    nll, count = 0.0, 0
+    for batch_nll, batch_count in distributed.gather_shards(sums, len(batches)):
+        nll += batch_nll
+        count += batch_count
     return {
         "ppl": float(np.exp(nll / count)) if count else float("nan"),
         "tokens": count,
@@ -381,14 +407,20 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, data_dir=None) -> dict:
     """Re-evaluate a saved run without training; results of kind ``checkpoint-eval``.
 
     ``cfg`` is the run's config.yaml (its eval section, device and precision are used).
+    Launched as several processes, they share the evaluation out.
     """
+    with distributed.session(cfg.training.device) as device:
+        return _evaluate_checkpoint(checkpoint, cfg, device, data_dir)
+
+
+def _evaluate_checkpoint(checkpoint: Path, cfg: Config, device: torch.device, data_dir) -> dict:
     t0 = time.perf_counter()
-    device = pick_device(cfg.training.device)
     bf16 = use_bf16(cfg.training.precision, device)
     test, shots, wikitext = load_eval_data(cfg.eval, data_dir)
-    tok, model, banks, info = load_checkpoint(
-        checkpoint, device, weight_dtype(cfg.model.dtype, device)
-    )
+    with distributed.main_first():
+        tok, model, banks, info = load_checkpoint(
+            checkpoint, device, weight_dtype(cfg.model.dtype, device)
+        )
     t1 = time.perf_counter()
     ev = run_evaluation(
         model,
@@ -423,13 +455,21 @@ def evaluate_base_model(
     precision: str = "auto",
     dtype: str = "auto",
 ) -> dict:
-    """Evaluate a bare base model (k-shot, no adapter); results of kind ``base-eval``."""
+    """Evaluate a bare base model (k-shot, no adapter); results of kind ``base-eval``.
+    Launched as several processes, they share the evaluation out."""
+    with distributed.session(device_name) as device:
+        return _evaluate_base_model(name, ecfg, data_dir, device, precision, dtype)
+
+
+def _evaluate_base_model(
+    name: str, ecfg: EvalConfig, data_dir, device: torch.device, precision: str, dtype: str
+) -> dict:
     t0 = time.perf_counter()
-    device = pick_device(device_name)
     bf16 = use_bf16(precision, device)
     test, shots, wikitext = load_eval_data(ecfg, data_dir)
     info = resolve_base_model(name)
-    tok, model = load_base_model(info, device, weight_dtype(dtype, device))
+    with distributed.main_first():
+        tok, model = load_base_model(info, device, weight_dtype(dtype, device))
     t1 = time.perf_counter()
     ev = run_evaluation(model, tok, None, test, shots, wikitext, ecfg, device, bf16, None)
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}

@@ -25,7 +25,8 @@ Top-level keys (``format: schemabank-results-v1``):
 - ``training``: total steps, per stage (steps, learning rate, time, final loss), time, and
   ``resumed`` (whether it continued from a saved training state); null for evaluations;
 - ``timings``: seconds for setup, training, GSM8K, perplexity and the whole run;
-- ``environment``: python, torch, transformers, peft and schemabank versions, device, git commit;
+- ``environment``: python, torch, transformers, peft and schemabank versions, device, number of
+  processes (GPUs) the run used, git commit;
 - ``config``: the resolved configuration.
 """
 

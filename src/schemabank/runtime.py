@@ -95,7 +95,9 @@ def git_hash() -> str | None:
 
 
 def environment(device: torch.device) -> dict:
-    """Library versions, device and source revision, for results.json."""
+    """Library versions, device, number of processes and source revision, for results.json."""
+    from .distributed import world_size
+
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -109,6 +111,7 @@ def environment(device: torch.device) -> dict:
         "schemabank": _version("schemabank"),
         "device": device.type,
         "device_name": name,
+        "processes": world_size(),
         "cpu_threads": torch.get_num_threads(),
         "git": git_hash(),
     }

@@ -4,7 +4,7 @@ Fields of a line (SPEC section 7): ``step`` (1-based), ``stage``, ``loss`` (the 
 ``lm_loss`` and ``route_loss`` (null in stages that do not use them), ``ortho``, ``balance``,
 ``z_loss`` (logged at every SchemaBank step, optimised only where the stage uses them with a
 non-zero weight; null for the baseline), ``lr``, ``tag_dropout``, ``grad_norm`` (before clipping), ``tokens_per_s`` (non-padding
-tokens of the step over its wall time), ``tokens``, ``gain`` (mean bank gain; null for the
+tokens of the step over its wall time; of the whole batch, over all processes), ``tokens``, ``gain`` (mean bank gain; null for the
 baseline) and ``elapsed_s``.
 """
 
@@ -61,6 +61,50 @@ class JsonlLogger:
         self.close()
 
 
+class NullLogger(JsonlLogger):
+    """A logger that writes nothing (the processes other than rank 0 of a distributed run)."""
+
+    def __init__(self):
+        pass
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def throughput(lines: list[dict], skip: int = 0) -> dict:
+    """Training throughput of a log: its tokens over its steps' wall time (``tokens`` /
+    ``tokens_per_s`` per step), leaving out the first ``skip`` steps of each stage (warm-up)."""
+    kept, seen = [], {}
+    for line in lines:
+        seen[line["stage"]] = seen.get(line["stage"], 0) + 1
+        if seen[line["stage"]] > skip:
+            kept.append(line)
+    tokens = sum(x["tokens"] for x in kept)
+    seconds = sum(x["tokens"] / x["tokens_per_s"] for x in kept)
+    return {
+        "steps": len(kept),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds else float("nan"),
+    }
+
+
+def curve_difference(a: list[dict], b: list[dict], key: str = "loss") -> dict:
+    """Largest and mean absolute difference of ``key`` between two logs of the same steps."""
+    if [x["step"] for x in a] != [x["step"] for x in b]:
+        raise ValueError(f"the logs have different steps ({len(a)} and {len(b)} lines)")
+    diffs = [abs(x[key] - y[key]) for x, y in zip(a, b, strict=True) if x[key] is not None]
+    return {
+        "key": key,
+        "steps": len(diffs),
+        "max_abs": max(diffs, default=0.0),
+        "mean_abs": sum(diffs) / len(diffs) if diffs else 0.0,
+    }

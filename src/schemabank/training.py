@@ -5,6 +5,10 @@ modes share the data order (seeded), the batch size and the learning-rate schedu
 step; what each stage trains and optimises comes from the table in :mod:`schemabank.stages`.
 One AdamW optimiser holds every adapter parameter; a stage freezes what it does not train
 (frozen parameters get no gradient, so AdamW leaves them and their moments alone).
+
+Launched as several processes (torchrun, accelerate launch), each computes its share of every
+global batch and the gradients are summed (see :mod:`schemabank.distributed`); rank 0 alone
+writes the log, the training state, the checkpoint and the results.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .adapter import adapter_parameters, base_only, build_adapter
 from .bank import balance_loss, routing_ce, z_loss
 from .checkpoint import atomic_write_text, save_checkpoint, write_json
@@ -29,11 +34,11 @@ from .errors import CheckpointError, ConfigError, SchemaBankError
 from .evaluation import evaluate_gsm8k, run_evaluation
 from .models import load_base_model, resolve_base_model
 from .results import build_results
-from .runtime import autocast, environment, pick_device, seed_everything, use_bf16, weight_dtype
+from .runtime import autocast, environment, seed_everything, use_bf16, weight_dtype
 from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
 from .tags import dropout_for_step, routing_target
-from .telemetry import LOG_FIELDS, JsonlLogger
+from .telemetry import LOG_FIELDS, JsonlLogger, NullLogger
 
 
 class TrainingError(SchemaBankError):
@@ -79,6 +84,9 @@ class Trainer:
     The step never waits for the GPU: losses stay on the device and a step's log line is written
     once the next step has been queued (:meth:`_emit`), which is also where a non-finite loss is
     caught.
+
+    With several processes, each runs the same Trainer on the same global batches and computes
+    every ``world``-th example of each (:meth:`train_step`).
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class Trainer:
     ):
         self.cfg, self.model, self.banks, self.tok = cfg, model, banks, tokenizer
         self.train_set, self.device, self.bf16 = train_set, device, bf16
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         seed = cfg.experiment.seed
         self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
         self._targets: dict[int, torch.Tensor] = {}  # routing target per problem (memoised)
@@ -104,6 +113,7 @@ class Trainer:
         self.order = DataOrder(len(train_set), cfg.training.batch_size, seed, lengths)
         self.tag_rng = torch.Generator().manual_seed(seed + 1)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
+        distributed.broadcast_parameters(params)  # every process starts from rank 0's weights
         self.optimizer = torch.optim.AdamW(
             params,
             lr=cfg.training.learning_rate,
@@ -114,6 +124,7 @@ class Trainer:
         self.last_line: dict = {}  # the last step's log line
         self.stage_summary: dict[str, dict] = {}  # per stage label: time_s, final_loss
         self.stop_signal = 0  # set (to the signal number) by run()'s SIGINT/SIGTERM handler
+        self.agreed_stop = 0  # several processes: the signal any had at the last logged step
         self.run_dir: Path | None = None
         self.last_saved_step: int | None = None
 
@@ -127,7 +138,8 @@ class Trainer:
         return self._encoded[key]
 
     def next_examples(self, stage: Stage, p_drop: float):
-        """The next batch's (ids, labels) pairs and routing targets (B, S), on the host."""
+        """The next (global) batch's (ids, labels) pairs and routing targets (B, S), on the host;
+        every process draws the same."""
         examples, targets = [], []
         S, max_length = self.cfg.schemabank.num_schemas, self.cfg.training.max_length
         for i in self.order.next_batch():
@@ -155,11 +167,12 @@ class Trainer:
         batch, targets = self.to_device(examples, targets)
         return batch, targets, sum(len(ids) for ids, _ in examples)
 
-    def micro_batches(self, examples) -> list[list[int]]:
-        """Split a batch into micro-batches of similar length (indices sorted by length), so that
-        each is padded only to its own longest example."""
-        size = self.cfg.training.micro_batch_size or len(examples)
-        order = sorted(range(len(examples)), key=lambda j: len(examples[j][0]))
+    def micro_batches(self, examples, indices: list[int] | None = None) -> list[list[int]]:
+        """Split a batch (or its examples ``indices``) into micro-batches of similar length
+        (indices sorted by length), so that each is padded only to its own longest example."""
+        indices = list(range(len(examples))) if indices is None else indices
+        size = self.cfg.training.micro_batch_size or len(indices)
+        order = sorted(indices, key=lambda j: len(examples[j][0]))
         return [order[i : i + size] for i in range(0, len(order), size)]
 
     def losses(self, stage: Stage, batch: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -216,14 +229,18 @@ class Trainer:
         """One optimiser step over the configured batch, accumulated over micro-batches.
 
         Each micro-batch's losses are weighted by its share of the batch's tokens (answer tokens
-        for the LM loss), so the gradient is that of the whole batch. Returns the step's log
-        record with its values still on the device.
+        for the LM loss), so the gradient is that of the whole batch. With several processes,
+        this one takes every ``world``-th example of the batch (strided, so that a length-sorted
+        batch is shared evenly) and the shares are of the whole batch's tokens, so the sum of the
+        processes' gradients (:meth:`_sum_over_processes`) is the whole batch's gradient. The
+        parameter-only ortho term is split over every process's micro-batches. Returns the
+        step's log record with its values still on the device.
         """
         t = self.cfg.training
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         examples, targets = self.next_examples(stage, p_drop)
-        chunks = self.micro_batches(examples)
+        chunks = self.micro_batches(examples, list(range(self.rank, len(examples), self.world)))
         n_tok = [len(ids) for ids, _ in examples]
         n_ans = [sum(x != -100 for x in labels[1:]) for _, labels in examples]
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
@@ -238,13 +255,14 @@ class Trainer:
                 "route": w_tok,
                 "balance": w_tok,
                 "z": w_tok,
-                "ortho": 1 / len(chunks),
+                "ortho": 1 / (len(chunks) * self.world),
             }
             parts = {k: v * share[k] for k, v in self.losses(stage, batch, chunk_targets).items()}
             loss = self.total_loss(stage, parts)
             loss.backward()
             for k, v in [("loss", loss), *parts.items()]:
                 totals[k] = totals[k] + v.detach() if k in totals else v.detach()
+        stop = self._sum_over_processes(totals) if self.world > 1 else None
         grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, t.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -267,10 +285,40 @@ class Trainer:
             "tokens": tok_total,
             "padded_tokens": padded,
             "gain": gain,
+            "stop": stop,
         }
+
+    def _sum_over_processes(self, totals: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum the trainable parameters' gradients and the step's loss totals (in place) over
+        the processes, in one all-reduce of a flat buffer that also carries this process's stop
+        request; returns how many processes had a SIGINT and a SIGTERM (2,), on the device."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trainable]
+        keys = sorted(totals)
+        stop = torch.tensor(
+            [self.stop_signal == signal.SIGINT, self.stop_signal == signal.SIGTERM],
+            dtype=torch.float32,
+        ).to(self.device, non_blocking=True)
+        flat = torch.cat(
+            [g.reshape(-1).float() for g in grads]
+            + [torch.stack([totals[k].float() for k in keys]), stop]
+        )
+        distributed.all_reduce_sum(flat)
+        offset = 0
+        for p, g in zip(self._trainable, grads, strict=True):
+            if p.grad is not None:
+                p.grad.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        for k in keys:
+            totals[k] = flat[offset]
+            offset += 1
+        return flat[offset:]
 
     def _emit(self, record: dict, logger: JsonlLogger, bar, t_prev: float, t_stage: float) -> float:
         """Bring a step's values to the host (waiting for that step only), check the loss, log."""
+        stop = record.pop("stop", None)
+        if stop is not None:  # the same on every process: all stop at the same step
+            sigint, sigterm = stop.tolist()
+            self.agreed_stop = signal.SIGINT if sigint else signal.SIGTERM if sigterm else 0
         line = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
         now = time.perf_counter()
         if not (math.isfinite(line["loss"]) and math.isfinite(line["grad_norm"])):
@@ -312,8 +360,7 @@ class Trainer:
 
         ``checkpoint`` (a callable) saves the training state; it is called every
         ``training.checkpoint_every`` global steps and when a stop signal arrived
-        (:attr:`stop_signal`, set by a signal handler), after which this raises
-        :class:`TrainingInterrupted`.
+        (:meth:`stop_requested`), after which this raises :class:`TrainingInterrupted`.
         """
         t = self.cfg.training
         every = t.checkpoint_every
@@ -328,19 +375,26 @@ class Trainer:
             if pending is not None:
                 t_prev = self._emit(pending, logger, bar, t_prev, t_stage)
             pending = record
-            if (every and self.step % every == 0) or self.stop_signal:
+            if (every and self.step % every == 0) or self.stop_requested():
                 t_prev = self._emit(pending, logger, bar, t_prev, t_stage)  # checked before saving
                 pending = None
                 self._note_stage(stage, t_stage)
                 t_stage = time.perf_counter()
                 if checkpoint is not None:
                     checkpoint()
-                if self.stop_signal:
+                if self.stop_requested():
+                    distributed.barrier()  # the others wait until rank 0 has saved
                     self._interrupted(stage)
         if pending is not None:
             self._emit(pending, logger, bar, t_prev, t_stage)
         self._note_stage(stage, t_stage)
         return {"steps": steps, "learning_rate": lr, **self.stage_summary[stage.label]}
+
+    def stop_requested(self) -> int:
+        """The signal to stop for, or 0: this process's (:attr:`stop_signal`, set by a signal
+        handler); with several processes, the one any of them had received by the last logged
+        step, so that all stop after the same step."""
+        return self.agreed_stop if self.world > 1 else self.stop_signal
 
     def _note_stage(self, stage: Stage, t_stage: float) -> None:
         entry = self.stage_summary.setdefault(stage.label, {"time_s": 0.0, "final_loss": None})
@@ -349,7 +403,8 @@ class Trainer:
             entry["final_loss"] = self.last_line["loss"]
 
     def _interrupted(self, stage: Stage):
-        name = signal.Signals(self.stop_signal).name
+        signum = self.stop_requested()
+        name = signal.Signals(signum).name
         where = (
             f" to {self.run_dir}/state; continue with: schemabank train --resume {self.run_dir}"
             if self.run_dir
@@ -357,7 +412,7 @@ class Trainer:
         )
         raise TrainingInterrupted(
             f"{name} at step {self.step} (stage {stage.label}): saved the training state{where}",
-            128 + self.stop_signal,
+            128 + signum,
         )
 
 
@@ -467,10 +522,20 @@ def run(
     """Train and evaluate one configuration; return the run directory.
 
     With ``resume``, continue the run in ``<output_dir>/<name>_seed<seed>`` from its last saved
-    training state (``cfg`` is then normally that run's config.yaml).
+    training state (``cfg`` is then normally that run's config.yaml). Launched as several
+    processes (``WORLD_SIZE`` > 1), they train and evaluate together and rank 0 writes the run;
+    a run may be resumed on another number of processes.
     """
+    distributed.check_batch_size(cfg.training.batch_size)
+    with distributed.session(cfg.training.device) as device:
+        return _run(cfg, device, output_dir, data_dir, resume, overwrite)
+
+
+def _run(
+    cfg: Config, device: torch.device, output_dir, data_dir, resume: bool, overwrite: bool
+) -> Path:
     t_start = time.perf_counter()
-    device = pick_device(cfg.training.device)
+    main = distributed.is_main()
     bf16 = use_bf16(cfg.training.precision, device)
     data_dir = data_dir or cfg.data.dir
     run_dir = Path(output_dir or cfg.output_dir) / cfg.run_name
@@ -484,49 +549,59 @@ def run(
     info = resolve_base_model(cfg.model.base_model)
     if resume and read_state_meta(run_dir).get("base_sha256") != info.sha256:
         raise CheckpointError(f"{run_dir}/state was trained on another base model than {info.path}")
-    tok, base = load_base_model(info, device, weight_dtype(cfg.model.dtype, device))
+    with distributed.main_first():  # a model to convert and cache is converted once
+        tok, base = load_base_model(info, device, weight_dtype(cfg.model.dtype, device))
     seed_everything(cfg.experiment.seed)
     model, banks, _ = build_adapter(base, cfg)
     t_loaded = time.perf_counter()
 
-    for path in replaced:  # only now that every input has loaded: a failed start keeps the old run
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()  # every process has checked the run directory before it changes
+    if main:  # only now that every input has loaded: a failed start keeps the old run
+        for path in replaced:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16)
     trainer.run_dir = run_dir
     train_time = 0.0
     if resume:
         meta = load_state(run_dir, trainer)
-        _truncate_log(run_dir / "training_log.jsonl", meta["log_lines"])
+        if main:
+            _truncate_log(run_dir / "training_log.jsonl", meta["log_lines"])
         trainer.stage_summary = meta["stage_summary"]
         trainer.last_line = meta["last_line"]
         trainer.last_saved_step = trainer.step
         train_time = meta["train_time_s"]
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))  # once the state has loaded
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))  # once the state has loaded
     log_path = run_dir / "training_log.jsonl"
     t_train = time.perf_counter()
 
     def checkpoint():
-        save_state(
-            run_dir,
-            trainer,
-            {
-                "log_lines": trainer.step,
-                "stage_summary": trainer.stage_summary,
-                "last_line": trainer.last_line,
-                "train_time_s": train_time + time.perf_counter() - t_train,
-                "base_sha256": info.sha256,
-            },
-        )
+        if main:
+            save_state(
+                run_dir,
+                trainer,
+                {
+                    "log_lines": trainer.step,
+                    "stage_summary": trainer.stage_summary,
+                    "last_line": trainer.last_line,
+                    "train_time_s": train_time + time.perf_counter() - t_train,
+                    "base_sha256": info.sha256,
+                },
+            )
         trainer.last_saved_step = trainer.step
 
     stages = {}
     done = 0  # global steps before the current stage
     with (
         stop_on_signals(trainer),
-        JsonlLogger(log_path, append=resume) as logger,
+        JsonlLogger(log_path, append=resume) if main else NullLogger() as logger,
         tqdm(
-            total=cfg.training.total_steps, initial=trainer.step, desc=cfg.run_name, unit="step"
+            total=cfg.training.total_steps,
+            initial=trainer.step,
+            desc=cfg.run_name,
+            unit="step",
+            disable=not main,
         ) as bar,
     ):
         for stage, steps, lr in stage_plan(cfg):
@@ -545,7 +620,8 @@ def run(
     train_time += time.perf_counter() - t_train
     t_trained = time.perf_counter()
     set_trainable(model, ())
-    save_checkpoint(run_dir / "checkpoint", model, banks, info)
+    if main:
+        save_checkpoint(run_dir / "checkpoint", model, banks, info)
 
     evaluation = run_evaluation(
         model,
@@ -594,6 +670,7 @@ def run(
             "total_s": time.perf_counter() - t_start,
         },
     )
-    write_json(run_dir / "results.json", results)
-    shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # the finished checkpoint supersedes it
+    if main:
+        write_json(run_dir / "results.json", results)
+        shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # the checkpoint supersedes it
     return run_dir
