@@ -87,3 +87,13 @@ def test_sweep_help_runs():
         [sys.executable, "-m", "schemabank", "sweep", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "--jobs" in out.stdout
+
+
+def test_seeds_make_one_run_per_config_and_seed(tmp_path, tiny_llama, capsys):
+    a = write(tmp_path / "a.yaml", tiny_config(tiny_llama, "baseline"))
+    jobs = plan_jobs([a], tmp_path / "out", seeds=[42, 43])
+    assert [j.run_dir.name for j in jobs] == ["tiny_baseline_seed42", "tiny_baseline_seed43"]
+    assert jobs[1].command[-2:] == ["--set", "experiment.seed=43"]
+    with pytest.raises(SystemExit):
+        main(["sweep", "--seeds", "4x", str(a)])
+    assert "expected integers separated by commas" in capsys.readouterr().err

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a value in every config (repeatable)",
     )  # fmt: skip
+    w.add_argument(
+        "--seeds",
+        type=_int_list,
+        metavar="S1,S2,...",
+        help="train every config once per seed (experiment.seed), e.g. --seeds 42,43,44",
+    )
     w.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     _add_common(w)
 
@@ -172,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="with --readme: fail if the file is not up to date"
     )
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from None
 
 
 def _run_dir_of(checkpoint: Path) -> tuple[Path, Path]:
@@ -357,7 +372,7 @@ def cmd_sweep(args) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
-    jobs = plan_jobs(args.configs, args.output_dir, args.data_dir, args.overrides)
+    jobs = plan_jobs(args.configs, args.output_dir, args.data_dir, args.overrides, args.seeds)
     if args.dry_run:
         for j in jobs:
             print(f"{j.action:7s} {j.run_dir}  {' '.join(j.command)}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import load_config
+from .errors import ConfigError
 from .state import STATE_DIR
 
 
@@ -37,32 +38,35 @@ def plan_jobs(
     output_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     overrides: list[str] = (),
+    seeds: list[int] | None = None,
 ) -> list[Job]:
-    """One job per config; every config is loaded (and so checked) before anything runs."""
+    """One job per config (per config and seed, with ``seeds``); every config is loaded (and so
+    checked) before anything runs."""
     jobs, seen = [], {}
     for path in configs:
-        cfg = load_config(path, list(overrides))
-        out = Path(output_dir or cfg.output_dir)
-        run_dir = out / cfg.run_name
-        if run_dir in seen:
-            from .errors import ConfigError
-
-            raise ConfigError(f"{path} and {seen[run_dir]} write the same run {run_dir}")
-        seen[run_dir] = path
-        base = [sys.executable, "-m", "schemabank", "train"]
-        extra = [a for o in overrides for a in ("--set", o)]
-        if data_dir:
-            extra += ["--data-dir", str(data_dir)]
-        if (run_dir / "results.json").is_file():
-            action, command = "skip", []
-        elif (run_dir / STATE_DIR).is_dir():
-            action, command = "resume", [*base, "--resume", str(run_dir), *extra]
-        else:
-            action = "train"
-            command = [*base, "--config", str(path), "--output-dir", str(out), *extra]
-            if run_dir.exists():  # an unfinished run that saved no state yet: start it again
-                command.append("--overwrite")
-        jobs.append(Job(Path(path), run_dir, out / "logs" / f"{cfg.run_name}.log", command, action))
+        for seed in seeds or [None]:
+            sets = [*overrides, *([f"experiment.seed={seed}"] if seed is not None else [])]
+            cfg = load_config(path, sets)
+            out = Path(output_dir or cfg.output_dir)
+            run_dir = out / cfg.run_name
+            if run_dir in seen:
+                raise ConfigError(f"{path} and {seen[run_dir]} write the same run {run_dir}")
+            seen[run_dir] = path
+            base = [sys.executable, "-m", "schemabank", "train"]
+            extra = [a for o in sets for a in ("--set", o)]
+            if data_dir:
+                extra += ["--data-dir", str(data_dir)]
+            if (run_dir / "results.json").is_file():
+                action, command = "skip", []
+            elif (run_dir / STATE_DIR).is_dir():
+                action, command = "resume", [*base, "--resume", str(run_dir), *extra]
+            else:
+                action = "train"
+                command = [*base, "--config", str(path), "--output-dir", str(out), *extra]
+                if run_dir.exists():  # an unfinished run that saved no state yet: start again
+                    command.append("--overwrite")
+            log = out / "logs" / f"{cfg.run_name}.log"
+            jobs.append(Job(Path(path), run_dir, log, command, action))
     return jobs
 
 
