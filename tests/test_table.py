@@ -39,7 +39,8 @@ def fake(name, mode="baseline", seed=42, dev=(10, 10), test=50, ppl=26.0, kind="
         "routing": {"summary": {"active": 30, "dead": 2, "entropy_bits": 4.1}}
         if mode == "schemabank"
         else None,
-        "timings": {"total_s": 120.0},
+        "training": {"time_s": 90.0, "resumed": seed == 43} if kind == "train" else None,
+        "timings": {"gsm8k_s": 24.0, "gsm8k_dev_s": 6.0, "perplexity_s": 0.0, "total_s": 120.0},
     }
 
 
@@ -98,7 +99,9 @@ def test_table_rows_seeds_and_comparisons(tmp_path):
     rows = [ln for ln in lines if ln.endswith(" min |")]  # the runs table
     assert rows[0].startswith("| base_x (base model)")  # base first, then LoRA, then SchemaBank
     assert rows[-1].startswith("| **sb_seed42** (SchemaBank)")
-    assert "| 30 / 2 | 4.10 | 1.50 |" in rows[-1]
+    assert rows[-1].endswith("| 30 / 2 | 4.10 | 1.50 | 1.5 min | 0.5 min |")
+    assert rows[0].endswith("| – | 0.5 min |")  # a base-model evaluation trains nothing
+    assert "| 1.5 min † |" in rows[2] and text.count("† resumed") == 1
     assert "| 10 = 10.0% [0.0, 100.0] |" in rows[1] and "| 26.00 (1.04×) |" in rows[1]
     # the mean and sd of 10%, 20%, 30%
     assert "| lora | 42, 43, 44 | 20.0% ± 10.0 |" in text

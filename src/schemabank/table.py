@@ -103,12 +103,24 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
     )
 
 
+def _times(r: dict) -> list[str]:
+    """Training and evaluation time in minutes; † marks a run whose training was resumed (its
+    training time then adds up the processes, from the saved state)."""
+    t, training = r["timings"], r.get("training")
+    evaluation = sum(t.get(k, 0.0) for k in ("gsm8k_s", "gsm8k_dev_s", "perplexity_s"))
+    if not training:
+        return ["–", f"{evaluation / 60:.1f} min"]
+    mark = " †" if training.get("resumed") else ""
+    return [f"{training['time_s'] / 60:.1f} min{mark}", f"{evaluation / 60:.1f} min"]
+
+
 def runs_table(runs: list[dict], best: dict[str, dict]) -> list[str]:
     chosen = {_name(r) for r in best.values()}
     lines = [
         "| run | params | dev strict (of 500) | test strict [95% CI] | test flexible [95% CI] "
-        "| PPL_512 (× base) | PPL_4096 (× base) | active / dead | entropy (bits) | reuse | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| PPL_512 (× base) | PPL_4096 (× base) | active / dead | entropy (bits) | reuse "
+        "| train | eval |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         g = r["gsm8k"]
@@ -130,7 +142,7 @@ def runs_table(runs: list[dict], best: dict[str, dict]) -> list[str]:
             f"{routing['active']:.0f} / {routing['dead']:.0f}" if routing else "–",
             f"{routing['entropy_bits']:.2f}" if routing else "–",
             f"{r['schema_reuse']:.2f}" if routing else "–",
-            f"{r['timings']['total_s'] / 60:.1f} min",
+            *_times(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -200,6 +212,11 @@ def results_table(run_paths: list[str | Path], compare_paths: list[str | Path] =
         "",
         *runs_table(runs, best),
         "",
+        *(
+            ["† resumed from its saved training state (training time summed over the processes)."]
+            if any((r.get("training") or {}).get("resumed") for r in runs)
+            else []
+        ),
         "Best by the selection rule (most strict dev answers, PPL_512 within "
         f"{PPL_LIMIT:.2f}× the base model's, seed 42), in bold: "
         + (", ".join(f"{MODE_LABEL[m]} `{_name(r)}`" for m, r in best.items()) or "none yet")
