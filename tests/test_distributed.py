@@ -114,7 +114,7 @@ def assert_same_training(a: Path, b: Path, tol: float) -> None:
 def test_torchrun_two_processes_match_one(tiny_llama, data_dir, tmp_path):
     """``torchrun --nproc_per_node 2 -m schemabank train``, SchemaBank's three stages at a global
     batch of 4: the same run as one process, written once by rank 0."""
-    cfg = tiny_config(tiny_llama, schemabank={"lambda_z": 0.1})
+    cfg = tiny_config(tiny_llama, schemabank={"lambda_z": 0.1}, data={"dev_size": 3})
     cfg["training"]["batch_size"] = 4
     cfg_path = write_config(cfg, tmp_path)
     one = run(config_from_dict(cfg), output_dir=tmp_path / "one", data_dir=data_dir)
@@ -143,6 +143,8 @@ def test_torchrun_two_processes_match_one(tiny_llama, data_dir, tmp_path):
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert rb["environment"]["processes"] == 2 and ra["environment"]["processes"] == 1
     assert rb["gsm8k"]["problems"] == ra["gsm8k"]["problems"]  # 3 problems: shards of 2 and 1
+    assert rb["gsm8k_dev"]["problems"] == ra["gsm8k_dev"]["problems"]  # the held-out dev set
+    assert len(ra["gsm8k_dev"]["problems"]) == 3
     assert [s["output"] for s in rb["gsm8k"]["samples"]] == [
         s["output"] for s in ra["gsm8k"]["samples"]
     ]
