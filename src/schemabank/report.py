@@ -632,8 +632,12 @@ def plot_accuracy(runs: list[RunData], path: Path) -> dict:
     data: dict = {}
     keys = ("strict", "flexible")
     colors = {"strict": "#1f77b4", "flexible": "#ff7f0e"}
+    horizontal = len(runs) > 6  # a study of many runs reads better as one row per run
     with rc_context(STYLE):
-        fig = _new_figure(max(6.0, 1.9 * len(runs) + 2), 4.8)
+        if horizontal:
+            fig = _new_figure(11.0, 0.42 * len(runs) + 1.6)
+        else:
+            fig = _new_figure(max(6.0, 1.9 * len(runs) + 2), 4.8)
         ax = fig.subplots()
         x = np.arange(len(runs))
         bar_w = 0.38
@@ -644,16 +648,20 @@ def plot_accuracy(runs: list[RunData], path: Path) -> dict:
             lo = np.array([100 * a["ci95"][0] for a in acc])
             hi = np.array([100 * a["ci95"][1] for a in acc])
             pos = x + (j - 0.5) * bar_w
-            ax.bar(
-                pos,
-                y,
-                bar_w,
-                color=colors[key],
-                label=f"{key}-match" if key == "strict" else "flexible-extract",
-            )
-            ax.errorbar(pos, y, yerr=[y - lo, hi - y], fmt="none", ecolor="black", capsize=4, lw=1)
+            label = f"{key}-match" if key == "strict" else "flexible-extract"
+            err = [y - lo, hi - y]
+            if horizontal:
+                ax.barh(pos, y, bar_w, color=colors[key], label=label)
+                ax.errorbar(y, pos, xerr=err, fmt="none", ecolor="black", capsize=2, lw=0.8)
+            else:
+                ax.bar(pos, y, bar_w, color=colors[key], label=label)
+                ax.errorbar(pos, y, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1)
             for p, a, h in zip(pos, acc, hi, strict=True):
-                ax.text(p, h, f"{a['correct']}/{a['total']}", ha="center", va="bottom", fontsize=8)
+                text = f"{a['correct']}/{a['total']}"
+                if horizontal:
+                    ax.text(h, p, " " + text, ha="left", va="center", fontsize=7)
+                else:
+                    ax.text(p, h, text, ha="center", va="bottom", fontsize=8)
             top = max(top, float(hi.max()))
             for run, a in zip(runs, acc, strict=True):
                 data.setdefault(run.label, {})[key] = {
@@ -662,14 +670,23 @@ def plot_accuracy(runs: list[RunData], path: Path) -> dict:
                     "correct": a["correct"],
                     "total": a["total"],
                 }
-        ax.set_xticks(x)
-        ax.set_xticklabels(
-            ["\n".join(textwrap.wrap(r.label, 22)) for r in runs], fontsize=9, parse_math=False
-        )
-        ax.set_ylabel("GSM8K accuracy (%)")
-        ax.set_ylim(0, max(top * 1.18, 1.0))
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(frameon=False, loc="upper left")
+        if horizontal:
+            ax.set_yticks(x)
+            ax.set_yticklabels([r.label for r in runs], fontsize=8, parse_math=False)
+            ax.invert_yaxis()  # the first run on top
+            ax.set_xlabel("GSM8K accuracy (%)")
+            ax.set_xlim(0, max(top * 1.15, 1.0))
+            ax.grid(axis="x", alpha=0.3)
+            ax.legend(frameon=False, loc="lower right")
+        else:
+            ax.set_xticks(x)
+            ax.set_xticklabels(
+                ["\n".join(textwrap.wrap(r.label, 22)) for r in runs], fontsize=9, parse_math=False
+            )
+            ax.set_ylabel("GSM8K accuracy (%)")
+            ax.set_ylim(0, max(top * 1.18, 1.0))
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(frameon=False, loc="upper left")
         ns = sorted({r.results["gsm8k"]["n"] for r in runs})
         ax.set_title(
             f"GSM8K accuracy with 95% Wilson intervals ({' / '.join(f'{n:,}' for n in ns)} problems)"
