@@ -302,3 +302,20 @@ def test_pick_sample_prefers_a_solved_one():
     assert pick_sample(samples)["index"] == 1
     assert pick_sample(samples[:1])["index"] == 0
     assert pick_sample(samples[2:]) is None
+
+
+def test_many_runs_get_one_row_each(runs, tmp_path):
+    """A study (more than six runs) is drawn as horizontal bars; the plotted values are the files'."""
+    dirs = []
+    for i in range(7):
+        d = tmp_path / f"run{i}"
+        shutil.copytree(runs["baseline"], d, ignore=shutil.ignore_patterns("checkpoint"))
+        dirs.append(d)
+    out = write_report(dirs, tmp_path / "report")
+    data = out["figures"]["accuracy.png"]
+    assert len(data) == 7
+    g = results_of(dirs[0])["gsm8k"]
+    for entry in data.values():
+        assert entry["strict"]["correct"] == g["strict"]["correct"]
+        assert entry["flexible"]["ci95"] == list(g["flexible"]["ci95"])
+    assert_valid_png(tmp_path / "report" / "accuracy.png")
