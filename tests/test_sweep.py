@@ -35,10 +35,11 @@ def test_sweep_runs_skips_and_reports_failures(tmp_path, tiny_llama, data_dir, c
     assert main([*args, str(a), str(b), str(bad)]) == 1
     printed = capsys.readouterr().out
     assert "2 of 3 runs finished; failed: bad_seed0" in printed
+    assert "trying 1 failed run(s) again, 1 at a time" in printed  # --retries 1 by default
     for run in ("tiny_baseline_seed0", "b_seed1"):
         assert (out / run / "results.json").is_file()
         assert "wrote" in (out / "logs" / f"{run}.log").read_text()
-    assert "schemabank: error:" in (out / "logs" / "bad_seed0.log").read_text()
+    assert (out / "logs" / "bad_seed0.log").read_text().count("schemabank: error:") == 2
 
     # a second sweep skips what finished and tries the failed run again
     jobs = {j.run_dir.name: j.action for j in plan_jobs([a, b, bad], out, data_dir)}
@@ -69,6 +70,7 @@ def test_plan_resumes_cut_runs_and_restarts_unsaved_ones(tmp_path, tiny_llama, c
     "argv, needle",
     [
         (["--jobs", "0"], "--jobs: must be >= 1"),
+        (["--retries", "-1"], "--retries: must be >= 0"),
         (["DUP", "DUP"], "write the same run"),
         (["--set", "training.batch_size=0"], "training.batch_size"),
     ],
@@ -97,3 +99,24 @@ def test_seeds_make_one_run_per_config_and_seed(tmp_path, tiny_llama, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--seeds", "4x", str(a)])
     assert "expected integers separated by commas" in capsys.readouterr().err
+
+
+def test_failed_runs_are_tried_again_with_half_the_jobs(tmp_path, tiny_llama, monkeypatch, capsys):
+    from schemabank import sweep
+
+    a = write(tmp_path / "a.yaml", tiny_config(tiny_llama, "baseline"))
+    b = write(tmp_path / "b.yaml", tiny_config(tiny_llama, "baseline", experiment={"name": "b"}))
+    calls = []
+
+    def fake_run_jobs(jobs, parallel):  # the first pass fails b (as out of memory would)
+        calls.append(([j.run_dir.name for j in jobs], parallel))
+        return {j.run_dir: int(len(calls) == 1 and j.run_dir.name == "b_seed0") for j in jobs}
+
+    monkeypatch.setattr(sweep, "run_jobs", fake_run_jobs)
+    out = str(tmp_path / "out")
+    assert main(["sweep", "--jobs", "4", "--output-dir", out, str(a), str(b)]) == 0
+    assert calls == [(["tiny_baseline_seed0", "b_seed0"], 4), (["b_seed0"], 2)]
+    assert "2 of 2 runs finished" in capsys.readouterr().out
+    calls.clear()
+    assert main(["sweep", "--retries", "0", "--output-dir", out, str(a), str(b)]) == 1
+    assert len(calls) == 1

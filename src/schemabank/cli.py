@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S1,S2,...",
         help="train every config once per seed (experiment.seed), e.g. --seeds 42,43,44",
     )
+    w.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="try failed runs again (resuming their saved state) once the others are done, half "
+        "as many at a time, this many times (default 1; out of GPU memory while sharing the card "
+        "is the usual cause)",
+    )
     w.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     _add_common(w)
 
@@ -370,14 +378,27 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import plan_jobs, run_jobs
 
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
-    jobs = plan_jobs(args.configs, args.output_dir, args.data_dir, args.overrides, args.seeds)
+    for flag, low in (("jobs", 1), ("retries", 0)):
+        if getattr(args, flag) < low:
+            raise ConfigError(f"--{flag}: must be >= {low}, got {getattr(args, flag)}")
+
+    def plan():
+        return plan_jobs(args.configs, args.output_dir, args.data_dir, args.overrides, args.seeds)
+
+    jobs = plan()
     if args.dry_run:
         for j in jobs:
             print(f"{j.action:7s} {j.run_dir}  {' '.join(j.command)}")
         return 0
     codes = run_jobs(jobs, args.jobs)
+    parallel = args.jobs
+    for _ in range(args.retries):
+        failed = {d for d, rc in codes.items() if rc != 0}
+        if not failed:
+            break
+        parallel = max(1, parallel // 2)
+        print(f"trying {len(failed)} failed run(s) again, {parallel} at a time", flush=True)
+        codes.update(run_jobs([j for j in plan() if j.run_dir in failed], parallel))
     failed = [d.name for d, rc in codes.items() if rc != 0]
     print(
         f"{len(codes) - len(failed)} of {len(codes)} runs finished"
