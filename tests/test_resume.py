@@ -50,16 +50,16 @@ def long_config(base, **training):
     return cfg
 
 
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+TRAIN = [sys.executable, "-m", "schemabank", "train"]
+
+
 def start(cfg: dict, tmp: Path, data_dir: Path, *extra) -> subprocess.Popen:
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "schemabank",
-            "train",
+            *TRAIN,
             "--config",
             str(path),
             "--output-dir",
@@ -69,7 +69,7 @@ def start(cfg: dict, tmp: Path, data_dir: Path, *extra) -> subprocess.Popen:
             *extra,
         ],
         cwd=REPO,
-        env=env,
+        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -77,20 +77,10 @@ def start(cfg: dict, tmp: Path, data_dir: Path, *extra) -> subprocess.Popen:
 
 
 def resume(run_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "schemabank",
-            "train",
-            "--resume",
-            str(run_dir),
-            "--data-dir",
-            str(data_dir),
-        ],
+        [*TRAIN, "--resume", str(run_dir), "--data-dir", str(data_dir)],
         cwd=REPO,
-        env=env,
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=600,

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from schemabank.adapter import build_adapter, matched_rank
 from schemabank.config import config_from_dict
-from schemabank.data import load_gsm8k
+from schemabank.data import load_gsm8k, split_dev
 from schemabank.stages import BASELINE, STAGES, count_parameters, param_group
 from schemabank.telemetry import JsonlLogger, read_jsonl
 from schemabank.training import Trainer, TrainingError, lr_factor, stage_plan
@@ -230,11 +230,11 @@ def test_dev_split_is_held_out_and_evaluated(tiny_llama, data_dir, tmp_path, mon
     from schemabank.errors import ConfigError
 
     train = load_gsm8k("train", data_dir)
-    kept, dev = training.split_dev(train, 3)
+    kept, dev = split_dev(train, 3)
     assert kept + dev == train and dev == train[-3:]
-    assert training.split_dev(train, 0) == (train, [])
+    assert split_dev(train, 0) == (train, [])
     with pytest.raises(ConfigError, match="data.dev_size"):
-        training.split_dev(train, len(train))
+        split_dev(train, len(train))
 
     seen = []  # every problem the trainer was given
     real_init = Trainer.__init__
@@ -259,3 +259,8 @@ def test_dev_split_is_held_out_and_evaluated(tiny_llama, data_dir, tmp_path, mon
     assert d["n"] == 3 and [p["gold"] for p in d["problems"]] == [p.gold for p in dev]
     assert d["strict"]["total"] == 3 and d["samples"] == []
     assert r["gsm8k"]["n"] == 2 and r["timings"]["gsm8k_dev_s"] > 0
+    # re-evaluating the checkpoint holds out, and scores, the same dev problems
+    from schemabank.evaluation import evaluate_checkpoint
+
+    again = evaluate_checkpoint(run_dir / "checkpoint", cfg, data_dir)
+    assert again["gsm8k_dev"]["problems"] == d["problems"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .tags import derive_tags, tag_line
 
 ENV_DATA_DIR = "SCHEMABANK_DATA_DIR"
@@ -116,6 +116,17 @@ def load_gsm8k(split: str, data_dir: str | os.PathLike | None = None) -> list[Pr
         return parse_gsm8k_jsonl(root / "gsm8k" / f"{split}.jsonl")
     ds = _hub_dataset("openai/gsm8k", "main", split=split)
     return [Problem(r["question"], r["answer"]) for r in ds]
+
+
+def split_dev(train: list[Problem], dev_size: int) -> tuple[list[Problem], list[Problem]]:
+    """``(train, dev)``: the last ``dev_size`` train problems are the dev set (none when 0)."""
+    if dev_size == 0:
+        return train, []
+    if dev_size >= len(train):
+        raise ConfigError(
+            f"data.dev_size: {dev_size} leaves no training problems (the train split has {len(train)})"
+        )
+    return train[:-dev_size], train[-dev_size:]
 
 
 def load_wikitext(data_dir: str | os.PathLike | None = None) -> str:

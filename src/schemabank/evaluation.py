@@ -33,7 +33,14 @@ from .adapter import adapter_parameters, base_only
 from .attach import BankSet
 from .checkpoint import load_checkpoint
 from .config import Config, EvalConfig
-from .data import Problem, fewshot_prompt, load_gsm8k, load_wikitext, question_prompt
+from .data import (
+    Problem,
+    fewshot_prompt,
+    load_gsm8k,
+    load_wikitext,
+    question_prompt,
+    split_dev,
+)
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype
@@ -355,8 +362,10 @@ def run_evaluation(
     device: torch.device,
     bf16: bool,
     base_context=None,
+    dev: list[Problem] = (),
 ) -> dict:
-    """GSM8K, routing and perplexity results for one model, as stored in results.json."""
+    """GSM8K, routing and perplexity results for one model, as stored in results.json; with
+    ``dev`` problems (held out of training) also their GSM8K accuracy, as ``gsm8k_dev``."""
     model.eval()
     t0 = time.perf_counter()
     out = evaluate_gsm8k(
@@ -373,6 +382,22 @@ def run_evaluation(
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
+    timings = {"gsm8k_s": t1 - t0}
+    if dev:  # the banks stay attached; the routing report is the test set's alone
+        out["gsm8k_dev"] = evaluate_gsm8k(
+            model,
+            tokenizer,
+            dev,
+            shots,
+            None,
+            ecfg.batch_size,
+            ecfg.max_new_tokens,
+            device,
+            bf16,
+            num_samples=0,
+        )["gsm8k"]
+        timings["gsm8k_dev_s"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
     out["perplexity"] = None
     if wikitext is not None and ecfg.ppl_windows:
         out["perplexity"] = evaluate_perplexity(
@@ -385,7 +410,7 @@ def run_evaluation(
             bf16,
             base_context if ecfg.base_perplexity else None,
         )
-    out["timings"] = {"gsm8k_s": t1 - t0, "perplexity_s": time.perf_counter() - t1}
+    out["timings"] = {**timings, "perplexity_s": time.perf_counter() - t1}
     return out
 
 
@@ -394,13 +419,15 @@ def run_evaluation(
 
 
 def load_eval_data(
-    ecfg: EvalConfig, data_dir=None
-) -> tuple[list[Problem], list[Problem], str | None]:
-    """GSM8K test problems (the first ``limit``), the shots, and the WikiText-2 text (if needed)."""
+    ecfg: EvalConfig, data_dir=None, dev_size: int = 0
+) -> tuple[list[Problem], list[Problem], list[Problem], str | None]:
+    """GSM8K test problems (the first ``limit``), the shots, the dev problems (the last
+    ``dev_size`` train problems, as training held them out) and the WikiText-2 text (if needed)."""
     test = load_gsm8k("test", data_dir)[: ecfg.limit]
-    shots = load_gsm8k("train", data_dir)[: ecfg.shots] if ecfg.shots else []
+    train = load_gsm8k("train", data_dir) if ecfg.shots or dev_size else []
+    train, dev = split_dev(train, dev_size)
     wikitext = load_wikitext(data_dir) if ecfg.ppl_windows else None
-    return test, shots, wikitext
+    return test, train[: ecfg.shots], dev, wikitext
 
 
 def evaluate_checkpoint(checkpoint: Path, cfg: Config, data_dir=None) -> dict:
@@ -416,7 +443,7 @@ def evaluate_checkpoint(checkpoint: Path, cfg: Config, data_dir=None) -> dict:
 def _evaluate_checkpoint(checkpoint: Path, cfg: Config, device: torch.device, data_dir) -> dict:
     t0 = time.perf_counter()
     bf16 = use_bf16(cfg.training.precision, device)
-    test, shots, wikitext = load_eval_data(cfg.eval, data_dir)
+    test, shots, dev, wikitext = load_eval_data(cfg.eval, data_dir, cfg.data.dev_size)
     with distributed.main_first():
         tok, model, banks, info = load_checkpoint(
             checkpoint, device, weight_dtype(cfg.model.dtype, device)
@@ -433,6 +460,7 @@ def _evaluate_checkpoint(checkpoint: Path, cfg: Config, device: torch.device, da
         device,
         bf16,
         lambda: base_only(model, banks),
+        dev,
     )
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
     return build_results(
@@ -466,7 +494,7 @@ def _evaluate_base_model(
 ) -> dict:
     t0 = time.perf_counter()
     bf16 = use_bf16(precision, device)
-    test, shots, wikitext = load_eval_data(ecfg, data_dir)
+    test, shots, _, wikitext = load_eval_data(ecfg, data_dir)
     info = resolve_base_model(name)
     with distributed.main_first():
         tok, model = load_base_model(info, device, weight_dtype(dtype, device))

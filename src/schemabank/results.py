@@ -104,19 +104,13 @@ def summary_lines(results: dict) -> list[str]:
     lines = [
         f"{exp['name']} (mode {exp['mode']}, seed {exp['seed']}), {g['n']} GSM8K problems, {g['shots']}-shot"
     ]
-    for key in ("strict", "flexible"):
-        a = g[key]
-        lines.append(
-            f"  {key:9s} {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% "
-            f"(95% CI {100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})"
-        )
-    dev = results.get("gsm8k_dev")
-    if dev:
-        a = dev["strict"]
-        lines.append(
-            f"  dev       {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% strict "
-            f"({dev['flexible']['correct']} flexible), held out of training"
-        )
+    for prefix, section in (("", g), ("dev ", results.get("gsm8k_dev"))):
+        for key in ("strict", "flexible") if section else ():
+            a = section[key]
+            lines.append(
+                f"  {prefix + key:9s} {a['correct']}/{a['total']} = {100 * a['accuracy']:.1f}% "
+                f"(95% CI {100 * a['ci95'][0]:.1f}-{100 * a['ci95'][1]:.1f})"
+            )
     ppl = results.get("perplexity")
     if ppl:
         for w in ppl["windows"]:

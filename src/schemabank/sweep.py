@@ -26,7 +26,6 @@ from .state import STATE_DIR
 
 @dataclass
 class Job:
-    config: Path
     run_dir: Path
     log: Path
     command: list[str]
@@ -66,7 +65,7 @@ def plan_jobs(
                 if run_dir.exists():  # an unfinished run that saved no state yet: start again
                     command.append("--overwrite")
             log = out / "logs" / f"{cfg.run_name}.log"
-            jobs.append(Job(Path(path), run_dir, log, command, action))
+            jobs.append(Job(run_dir, log, command, action))
     return jobs
 
 

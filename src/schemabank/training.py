@@ -29,9 +29,18 @@ from .adapter import adapter_parameters, base_only, build_adapter
 from .bank import balance_loss, routing_ce, z_loss
 from .checkpoint import atomic_write_text, save_checkpoint, write_json
 from .config import Config, dump_config
-from .data import DataOrder, Problem, collate, encode_all, encode_example, load_gsm8k, load_wikitext
-from .errors import CheckpointError, ConfigError, SchemaBankError
-from .evaluation import evaluate_gsm8k, run_evaluation
+from .data import (
+    DataOrder,
+    Problem,
+    collate,
+    encode_all,
+    encode_example,
+    load_gsm8k,
+    load_wikitext,
+    split_dev,
+)
+from .errors import CheckpointError, SchemaBankError
+from .evaluation import run_evaluation
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, seed_everything, use_bf16, weight_dtype
@@ -501,17 +510,6 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(sig, h)
 
 
-def split_dev(train: list[Problem], dev_size: int) -> tuple[list[Problem], list[Problem]]:
-    """``(train, dev)``: the last ``dev_size`` train problems are the dev set (none when 0)."""
-    if dev_size == 0:
-        return train, []
-    if dev_size >= len(train):
-        raise ConfigError(
-            f"data.dev_size: {dev_size} leaves no training problems (the train split has {len(train)})"
-        )
-    return train[:-dev_size], train[-dev_size:]
-
-
 def run(
     cfg: Config,
     output_dir: str | Path | None = None,
@@ -634,23 +632,8 @@ def _run(
         device,
         bf16,
         lambda: base_only(model, banks),
+        dev_set,
     )
-    if dev_set:
-        t_dev = time.perf_counter()
-        dev = evaluate_gsm8k(
-            model,
-            tok,
-            dev_set,
-            shots,
-            None,  # the banks stay attached; the routing report is the test set's alone
-            cfg.eval.batch_size,
-            cfg.eval.max_new_tokens,
-            device,
-            bf16,
-            num_samples=0,
-        )
-        evaluation["gsm8k_dev"] = dev["gsm8k"]
-        evaluation["timings"]["gsm8k_dev_s"] = time.perf_counter() - t_dev
     results = build_results(
         cfg=cfg,
         info=info,
