@@ -386,3 +386,8 @@ def test_encode_all_equals_encode_example():
     tok = make_tokenizer()
     problems = [Problem(q, a) for q, a in TRAIN]
     assert encode_all(tok, problems, 40) == [encode_example(tok, p, None, 40) for p in problems]
+    # tagged and untagged problems mixed in one call, as stage 1 draws them
+    tags = [["mul", "money"] if k % 2 else None for k in range(len(problems))]
+    assert encode_all(tok, problems, 40, tags) == [
+        encode_example(tok, p, t, 40) for p, t in zip(problems, tags, strict=True)
+    ]

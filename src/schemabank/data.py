@@ -186,10 +186,17 @@ def encode_example(
 
 
 def encode_all(
-    tokenizer, problems: list[Problem], max_length: int
+    tokenizer,
+    problems: list[Problem],
+    max_length: int,
+    tags: list[list[str] | None] | None = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """:func:`encode_example` without tags for many problems, in two batched tokenizer calls."""
-    prompts = tokenizer([question_prompt(p.question) for p in problems]).input_ids
+    """:func:`encode_example` for many problems (with ``tags[k]`` for problem k; none without
+    ``tags``), in two batched tokenizer calls."""
+    tags = tags or [None] * len(problems)
+    prompts = tokenizer(
+        [question_prompt(p.question, t) for p, t in zip(problems, tags, strict=True)]
+    ).input_ids
     answers = tokenizer([" " + p.answer for p in problems], add_special_tokens=False).input_ids
     eos = [tokenizer.eos_token_id]
     return [_join(p, a + eos, max_length) for p, a in zip(prompts, answers, strict=True)]

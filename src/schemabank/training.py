@@ -146,14 +146,28 @@ class Trainer:
             self._encoded[key] = encode_example(self.tok, prob, tags, self.cfg.training.max_length)
         return self._encoded[key]
 
+    def encode_many(self, keys: list[tuple[int, bool]]) -> None:
+        """Memoise :meth:`encode` for every ``(i, tagged)`` of ``keys``, batching the new ones."""
+        missing = list(dict.fromkeys(k for k in keys if k not in self._encoded))
+        if not missing:
+            return
+        probs = [self.train_set[i] for i, _ in missing]
+        tags = [p.tags if tagged else None for p, (_, tagged) in zip(probs, missing, strict=True)]
+        encoded = encode_all(self.tok, probs, self.cfg.training.max_length, tags)
+        self._encoded.update(zip(missing, encoded, strict=True))
+
     def next_examples(self, stage: Stage, p_drop: float):
         """The next (global) batch's (ids, labels) pairs and routing targets (B, S), on the host;
         every process draws the same."""
         examples, targets = [], []
         S, max_length = self.cfg.schemabank.num_schemas, self.cfg.training.max_length
-        for i in self.order.next_batch():
-            keep = stage.tagged and bool(torch.rand((), generator=self.tag_rng) >= p_drop)
-            ids, labels = self.encode(i, keep)
+        drawn = [
+            (i, stage.tagged and bool(torch.rand((), generator=self.tag_rng) >= p_drop))
+            for i in self.order.next_batch()
+        ]
+        self.encode_many(drawn)  # the ones not yet memoised, in one batched tokenizer call
+        for i, keep in drawn:
+            ids, labels = self._encoded[(i, keep)]
             if "lm" in stage.losses and all(x == -100 for x in labels):
                 raise TrainingError(
                     f"training.max_length: {max_length} tokens leave no answer tokens for training problem "
