@@ -178,12 +178,28 @@ def with_change(key: str, value) -> dict:
         ("lora.lora_dropout", 1.0, "lora.lora_dropout"),
         ("training.lr_scheduler", "step", "training.lr_scheduler"),
         ("eval.limit", 0, "eval.limit"),
+        ("experiment.ablation_of", "a b", "experiment.ablation_of: must name another run"),
+        ("experiment.ablation_of", "schemabank_gsm8k", "experiment.ablation_of: must name another"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path, key, value, fragment):
     message = config_error(write_yaml(tmp_path, with_change(key, value)))
     assert fragment in message
     assert "cfg.yaml" in message  # names the file too
+
+
+def test_ablation_of_is_recorded_in_results():
+    from schemabank.results import _experiment
+
+    cfg = load_config(REPO / "configs" / "schemabank.yaml", ["experiment.ablation_of=full"])
+    assert _experiment(cfg) == {
+        "name": "schemabank_gsm8k",
+        "seed": 42,
+        "mode": "schemabank",
+        "ablation_of": "full",
+    }
+    plain = load_config(REPO / "configs" / "schemabank.yaml")
+    assert "ablation_of" not in _experiment(plain)  # results of other runs keep their shape
 
 
 def test_stage_sum_message_shows_the_arithmetic(tmp_path):

@@ -109,6 +109,41 @@ def test_table_rows_seeds_and_comparisons(tmp_path):
     assert "LoRA `lora_seed42`, SchemaBank `sb_seed42`" in text
 
 
+def with_problems(r: dict, solved: set[int], ablation_of: str | None = None) -> dict:
+    """``r`` with per-problem outcomes (problems in ``solved`` right) for paired comparisons."""
+    r = copy.deepcopy(r)
+    r["gsm8k"]["problems"] = [
+        {"index": i, "gold": "1", "strict_correct": i in solved, "flexible_correct": i in solved}
+        for i in range(100)
+    ]
+    r["gsm8k"]["strict"] = r["gsm8k"]["flexible"] = acc(len(solved), 100)
+    if ablation_of:
+        r["experiment"]["ablation_of"] = ablation_of
+    return r
+
+
+def test_ablations_are_not_candidates_and_are_listed_against_their_run(tmp_path):
+    full = with_problems(fake("sb", "schemabank", dev=(20, 20)), set(range(30)))
+    runs = [
+        full,
+        # best on dev, but an ablation of the chosen run: not a candidate
+        with_problems(fake("sb_k1", "schemabank", dev=(25, 25)), set(range(10)), "sb"),
+        with_problems(fake("sb_s64", "schemabank", dev=(19, 19)), set(range(31)), "sb"),
+    ]
+    assert table.best_runs(runs)["schemabank"]["experiment"]["name"] == "sb"
+    lines = table.ablations_table(runs)
+    assert lines[2].startswith("| sb_k1_seed42 | sb_seed42 | 25 (+5) | 10 (-20) | -20.0 pts [")
+    # 20 problems only B solved, none only A: exact McNemar p = 2 * 0.5**20
+    assert f"| {2 * 0.5**20:.3f} | 26.00 (1.04×) | 30 / 2 |" in lines[2]
+    assert lines[3].startswith("| sb_s64_seed42 | sb_seed42 | 19 (-1) | 31 (+1) | +1.0 pts [")
+    text = table.results_table([write_runs(tmp_path / "results", runs)])
+    assert "Ablations (A = the ablation, B = the run it ablates):" in text
+    assert "SchemaBank `sb_seed42`" in text
+    orphan = with_problems(fake("sb_k1", "schemabank", seed=43), set(), "sb")
+    with pytest.raises(SchemaBankError, match="ablation of sb, but no sb run at seed 43"):
+        table.ablations_table([full, orphan])
+
+
 def test_readme_markers_update_and_check(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{table.START}\nold\n{table.END}\nafter\n")

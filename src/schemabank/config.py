@@ -57,6 +57,10 @@ class ExperimentConfig:
     """Seeds the weights' initialisation, the data order and the tag dropout."""
     mode: str = "schemabank"
     """``baseline`` (LoRA only) or ``schemabank`` (LoRA + banks, three stages)."""
+    ablation_of: str | None = None
+    """The ``experiment.name`` of the run this one ablates (one change each), or none.
+    ``schemabank table`` leaves ablations out of the choice of the best run and lists each
+    against that run at the same seed."""
 
 
 @dataclass
@@ -303,6 +307,10 @@ def validate(cfg: Config) -> list[str]:
     if not NAME_RE.match(e.name):
         p.append(
             f"experiment.name: must be letters, digits, '.', '_' or '-' (it names the run folder), got {e.name!r}"
+        )
+    if e.ablation_of is not None and (not NAME_RE.match(e.ablation_of) or e.ablation_of == e.name):
+        p.append(
+            f"experiment.ablation_of: must name another run (letters, digits, '.', '_' or '-'), got {e.ablation_of!r}"
         )
     if not cfg.model.base_model:
         p.append("model.base_model: must not be empty")

@@ -2,7 +2,7 @@
 
 Top-level keys (``format: schemabank-results-v1``):
 
-- ``experiment``: name, seed, mode;  ``kind``: ``train`` (a trained run), ``checkpoint-eval``
+- ``experiment``: name, seed, mode (and ``ablation_of`` when the config sets it);  ``kind``: ``train`` (a trained run), ``checkpoint-eval``
   (a saved run re-evaluated) or ``base-eval`` (a bare base model, k-shot);
 - ``base_model``: name, source, path, sha256, model_type, layers, hidden size;
 - ``parameters``: trainable adapter parameters per group (``lora``, ``router``, ``schema``,
@@ -61,12 +61,7 @@ def build_results(
     return {
         "format": FORMAT,
         "kind": kind,
-        "experiment": experiment
-        or {
-            "name": cfg.experiment.name,
-            "seed": cfg.experiment.seed,
-            "mode": cfg.experiment.mode,
-        },
+        "experiment": experiment or _experiment(cfg),
         "base_model": info.to_dict(),
         "parameters": parameters,
         "gsm8k": evaluation["gsm8k"],
@@ -79,6 +74,14 @@ def build_results(
         "environment": env,
         "config": cfg.to_dict() if cfg is not None else None,
     }
+
+
+def _experiment(cfg) -> dict:
+    e = cfg.experiment
+    out = {"name": e.name, "seed": e.seed, "mode": e.mode}
+    if e.ablation_of:
+        out["ablation_of"] = e.ablation_of
+    return out
 
 
 def load_results(path: str | Path) -> dict:

@@ -8,7 +8,9 @@ text between ``<!-- results-table:start -->`` and ``<!-- results-table:end -->``
 Selection rule (:func:`best_runs`): among the trained runs of each mode at one seed, the best is
 the one with the most strictly correct *dev* problems (``data.dev_size`` held out of training; the
 test set is never used to choose), among those whose PPL_512 stays within ``ppl_limit`` times the
-base model's; ties go to the higher flexible dev score, then the name.
+base model's; ties go to the higher flexible dev score, then the name. Ablations (runs whose
+config sets ``experiment.ablation_of``) are analyses of a run already chosen, not candidates: they
+are left out of the choice and listed against the run they ablate, at the same seed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
+from .compare import compare_results
 from .errors import SchemaBankError
 from .results import load_results
 
@@ -65,6 +68,7 @@ def best_runs(runs: list[dict], seed: int = 42, ppl_limit: float = PPL_LIMIT) ->
             if r["kind"] == "train"
             and r["experiment"]["mode"] == mode
             and r["experiment"]["seed"] == seed
+            and not r["experiment"].get("ablation_of")
             and _dev(r) is not None
             and (_ppl_ratio(r) or float("inf")) <= ppl_limit
         ]
@@ -172,6 +176,50 @@ def seeds_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def ablations_table(runs: list[dict]) -> list[str]:
+    """One row per ablation: its dev and test scores against the run it ablates (same seed), with
+    the paired test comparison (:func:`schemabank.compare.compare_results`)."""
+    by_key = {(r["experiment"]["name"], r["experiment"]["seed"]): r for r in runs}
+    rows = []
+    for r in runs:
+        parent_name = r["experiment"].get("ablation_of")
+        if not parent_name:
+            continue
+        parent = by_key.get((parent_name, r["experiment"]["seed"]))
+        if parent is None:
+            raise SchemaBankError(
+                f"{_name(r)}: ablation of {parent_name}, but no {parent_name} run at seed "
+                f"{r['experiment']['seed']} is among the runs"
+            )
+        rows.append((r, parent))
+    if not rows:
+        return []
+    lines = [
+        "| ablation | of | dev strict (Δ) | test strict (Δ) | strict A − B [95% CI] | McNemar p "
+        "| PPL_512 (× base) | active / dead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r, parent in rows:
+        c = compare_results(r, parent)["strict"]
+        bs = c["bootstrap"]
+        lo, hi = bs["ci95"]
+        dev, pdev = _dev(r), _dev(parent)
+        routing = (r.get("routing") or {}).get("summary")
+        cells = [
+            _name(r),
+            _name(parent),
+            f"{dev[0]} ({dev[0] - pdev[0]:+d})" if dev and pdev else "–",
+            f"{r['gsm8k']['strict']['correct']} "
+            f"({r['gsm8k']['strict']['correct'] - parent['gsm8k']['strict']['correct']:+d})",
+            f"{100 * bs['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+            f"{c['mcnemar']['p_value']:.3f}",
+            _ppl(r, 512),
+            f"{routing['active']:.0f} / {routing['dead']:.0f}" if routing else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def compare_table(paths: list[str | Path]) -> list[str]:
     """One row per ``schemabank compare --output`` file."""
     if not paths:
@@ -218,13 +266,16 @@ def results_table(run_paths: list[str | Path], compare_paths: list[str | Path] =
             else []
         ),
         "Best by the selection rule (most strict dev answers, PPL_512 within "
-        f"{PPL_LIMIT:.2f}× the base model's, seed 42), in bold: "
+        f"{PPL_LIMIT:.2f}× the base model's, seed 42, ablations left out), in bold: "
         + (", ".join(f"{MODE_LABEL[m]} `{_name(r)}`" for m, r in best.items()) or "none yet")
         + ".",
     ]
     seeds = seeds_table(runs)
     if seeds:
         out += ["", *seeds]
+    ablations = ablations_table(runs)
+    if ablations:
+        out += ["", "Ablations (A = the ablation, B = the run it ablates):", "", *ablations]
     comparisons = compare_table(list(compare_paths))
     if comparisons:
         out += ["", *comparisons]
