@@ -24,7 +24,7 @@ from schemabank import distributed
 from schemabank.cli import main
 from schemabank.config import config_from_dict, load_config
 from schemabank.state import STATE_DIR
-from schemabank.telemetry import curve_difference, read_jsonl, throughput
+from schemabank.telemetry import curve_difference, read_jsonl, throughput, throughput_by_stage
 from schemabank.training import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,6 +257,11 @@ def test_throughput_and_curve_difference():
     assert throughput(lines)["tokens_per_s"] == pytest.approx(600 / (10 + 1 + 3 + 2))
     steady = throughput(lines, skip=1)  # the first step of each stage left out
     assert steady["steps"] == 2 and steady["tokens_per_s"] == pytest.approx(200 / 3)
+    by_stage = throughput_by_stage(lines)
+    assert list(by_stage) == ["a", "b"]
+    assert by_stage["a"]["tokens_per_s"] == pytest.approx(200 / 11)
+    assert by_stage["b"]["tokens_per_s"] == pytest.approx(400 / 5)
+    assert throughput_by_stage(lines, skip=1)["b"]["tokens_per_s"] == pytest.approx(50.0)
     other = [{**x, "loss": x["loss"] + 0.1 * x["step"]} for x in lines]
     d = curve_difference(lines, other)
     assert d["max_abs"] == pytest.approx(0.4) and d["mean_abs"] == pytest.approx(0.25)

@@ -97,6 +97,12 @@ def throughput(lines: list[dict], skip: int = 0) -> dict:
     }
 
 
+def throughput_by_stage(lines: list[dict], skip: int = 0) -> dict[str, dict]:
+    """:func:`throughput` of each stage of a log, in the order the stages ran."""
+    stages = list(dict.fromkeys(line["stage"] for line in lines))
+    return {st: throughput([x for x in lines if x["stage"] == st], skip) for st in stages}
+
+
 def curve_difference(a: list[dict], b: list[dict], key: str = "loss") -> dict:
     """Largest and mean absolute difference of ``key`` between two logs of the same steps."""
     if [x["step"] for x in a] != [x["step"] for x in b]:
