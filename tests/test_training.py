@@ -15,7 +15,14 @@ from schemabank.config import config_from_dict
 from schemabank.data import load_gsm8k, split_dev
 from schemabank.stages import BASELINE, STAGES, count_parameters, param_group
 from schemabank.telemetry import JsonlLogger, read_jsonl
-from schemabank.training import Trainer, TrainingError, lr_factor, stage_plan
+from schemabank.training import (
+    Trainer,
+    TrainingError,
+    lr_factor,
+    pack_values,
+    stage_plan,
+    unpack_values,
+)
 
 
 class _Bar:
@@ -223,6 +230,31 @@ def test_micro_batches_give_the_same_step_as_one_batch(stage, tiny_llama, data_d
         assert record["tokens"] == ref["tokens"] and record["padded_tokens"] <= ref["padded_tokens"]
         for n in ref_params:
             torch.testing.assert_close(params[n], ref_params[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_step_values_reach_the_host_in_one_packed_copy():
+    """A step record's tensors (scalars and the stop flags) are copied to the host as one flat
+    tensor and come back as the values ``.item()`` / ``.tolist()`` give."""
+    record = {
+        "step": 3,
+        "loss": torch.tensor(1.25),
+        "lm_loss": None,
+        "grad_norm": torch.tensor(0.1, dtype=torch.bfloat16),
+        "stop": torch.tensor([0.0, 1.0]),
+        "tokens": 17,
+    }
+    keys, flat = pack_values(record)
+    assert keys == [("loss", 1), ("grad_norm", 1), ("stop", 2)] and flat.dtype == torch.float32
+    out = unpack_values(record, keys, flat.tolist())
+    assert out == {
+        "step": 3,
+        "loss": 1.25,
+        "lm_loss": None,
+        "grad_norm": record["grad_norm"].item(),
+        "stop": [0.0, 1.0],
+        "tokens": 17,
+    }
+    assert unpack_values({"step": 1}, *pack_values({"step": 1})[:1], []) == {"step": 1}
 
 
 def test_dev_split_is_held_out_and_evaluated(tiny_llama, data_dir, tmp_path, monkeypatch):

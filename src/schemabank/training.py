@@ -90,9 +90,10 @@ def stage_plan(cfg: Config) -> list[tuple[Stage, int, float]]:
 class Trainer:
     """Holds what a run needs between steps: model, banks, optimiser, data order and RNGs.
 
-    The step never waits for the GPU: losses stay on the device and a step's log line is written
-    once the next step has been queued (:meth:`_emit`), which is also where a non-finite loss is
-    caught.
+    The step never waits for the GPU: losses stay on the device, their copy to pinned host memory
+    is queued as the step ends, and the step's log line is written once the next step has been
+    queued (:meth:`_emit`, waiting for that copy alone), which is also where a non-finite loss is
+    caught. Meanwhile the host prepares the next batch while the GPU still works.
 
     With several processes, each runs the same Trainer on the same global batches and computes
     every ``world``-th example of each (:meth:`train_step`).
@@ -293,23 +294,39 @@ class Trainer:
         gain = None
         if self.banks is not None:
             gain = torch.stack([b.gain.detach() for b in self.banks]).mean()
-        return {
-            "step": self.step,
-            "stage": stage.label,
-            "loss": totals["loss"],
-            "lm_loss": totals.get("lm"),
-            "route_loss": totals.get("route"),
-            "ortho": totals.get("ortho"),
-            "balance": totals.get("balance"),
-            "z_loss": totals.get("z"),
-            "lr": lr,
-            "tag_dropout": p_drop,
-            "grad_norm": grad_norm.detach(),
-            "tokens": tok_total,
-            "padded_tokens": padded,
-            "gain": gain,
-            "stop": stop,
-        }
+        return self._start_host_copy(
+            {
+                "step": self.step,
+                "stage": stage.label,
+                "loss": totals["loss"],
+                "lm_loss": totals.get("lm"),
+                "route_loss": totals.get("route"),
+                "ortho": totals.get("ortho"),
+                "balance": totals.get("balance"),
+                "z_loss": totals.get("z"),
+                "lr": lr,
+                "tag_dropout": p_drop,
+                "grad_norm": grad_norm.detach(),
+                "tokens": tok_total,
+                "padded_tokens": padded,
+                "gain": gain,
+                "stop": stop,
+            }
+        )
+
+    def _start_host_copy(self, record: dict) -> dict:
+        """On a GPU, start copying the step's device values to pinned host memory now, with an
+        event marking the copy's end, so that :meth:`_emit` waits for this step only. (A plain
+        ``.item()`` there would queue behind the next step's work, and the host would prepare
+        the batch after it with the GPU idle.)"""
+        if self.device.type != "cuda":
+            return record
+        keys, flat = pack_values(record)
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return {**record, "_host": (keys, host, done)}
 
     def _sum_over_processes(self, totals: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum the trainable parameters' gradients and the step's loss totals (in place) over
@@ -317,10 +334,10 @@ class Trainer:
         request; returns how many processes had a SIGINT and a SIGTERM (2,), on the device."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trainable]
         keys = sorted(totals)
-        stop = torch.tensor(
-            [self.stop_signal == signal.SIGINT, self.stop_signal == signal.SIGTERM],
-            dtype=torch.float32,
-        ).to(self.device, non_blocking=True)
+        # Made on the device: a copy from pageable host memory would wait for the backward pass.
+        stop = torch.zeros(2, dtype=torch.float32, device=self.device)
+        if self.stop_signal in (signal.SIGINT, signal.SIGTERM):
+            stop[0 if self.stop_signal == signal.SIGINT else 1] = 1.0
         flat = torch.cat(
             [g.reshape(-1).float() for g in grads]
             + [torch.stack([totals[k].float() for k in keys]), stop]
@@ -338,11 +355,19 @@ class Trainer:
 
     def _emit(self, record: dict, logger: JsonlLogger, bar, t_prev: float, t_stage: float) -> float:
         """Bring a step's values to the host (waiting for that step only), check the loss, log."""
+        pending = record.pop("_host", None)
+        if pending is None:
+            keys, flat = pack_values(record)
+            record = unpack_values(record, keys, flat.tolist())
+        else:
+            keys, host, done = pending
+            done.synchronize()
+            record = unpack_values(record, keys, host.tolist())
         stop = record.pop("stop", None)
         if stop is not None:  # the same on every process: all stop at the same step
-            sigint, sigterm = stop.tolist()
+            sigint, sigterm = stop
             self.agreed_stop = signal.SIGINT if sigint else signal.SIGTERM if sigterm else 0
-        line = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        line = record
         now = time.perf_counter()
         if not (math.isfinite(line["loss"]) and math.isfinite(line["grad_norm"])):
             what = "loss" if not math.isfinite(line["loss"]) else "gradient norm"
@@ -437,6 +462,25 @@ class Trainer:
             f"{name} at step {self.step} (stage {stage.label}): saved the training state{where}",
             128 + signum,
         )
+
+
+def pack_values(record: dict) -> tuple[list[tuple[str, int]], torch.Tensor]:
+    """The tensors of a step record, flattened into one float32 tensor: ``([(key, numel), ...],
+    flat)``, for one copy to the host; :func:`unpack_values` undoes it."""
+    keys = [(k, v.numel()) for k, v in record.items() if isinstance(v, torch.Tensor)]
+    tensors = [record[k].detach().float().reshape(-1) for k, _ in keys]
+    return keys, torch.cat(tensors) if tensors else torch.zeros(0)
+
+
+def unpack_values(record: dict, keys: list[tuple[str, int]], values: list[float]) -> dict:
+    """``record`` with each packed tensor replaced by its value from ``values`` (the packed
+    tensor on the host, as a list): a float for a one-element tensor of no dimensions, else a
+    list."""
+    out, i = dict(record), 0
+    for k, n in keys:
+        out[k] = values[i] if record[k].dim() == 0 else values[i : i + n]
+        i += n
+    return out
 
 
 def answer_loss(model, batch: dict, chunk: int = 8192) -> torch.Tensor:
