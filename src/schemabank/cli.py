@@ -30,6 +30,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overrides(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="schemabank", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,14 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run from its last saved state (its config.yaml)",
     )
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set training.total_steps=100 (repeatable)",
-    )
+    _add_overrides(t, "override a config value, e.g. --set training.total_steps=100 (repeatable)")
     t.add_argument(
         "--output-dir", help="parent of the run directory (default: the config's output_dir)"
     )
@@ -73,14 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, help="evaluate the first N test problems (default: all 1,319)"
     )
     e.add_argument("--batch-size", type=int, help="generation batch size")
-    e.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value of the run's config (eval.*, training.device, ...)",
-    )
+    _add_overrides(e, "override a value of the run's config (eval.*, training.device, ...)")
     e.add_argument(
         "--output",
         help="where to write the results JSON (default: <run>/eval_results.json, "
@@ -94,14 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="configs/smollm2/schemabank.yaml",
         help="config whose model, adapter and eval settings are measured",
     )
-    b.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set training.batch_size=64",
-    )
+    _add_overrides(b, "override a config value, e.g. --set training.batch_size=64")
     b.add_argument("--steps", type=int, default=20, help="timed training steps per mode")
     b.add_argument("--warmup", type=int, default=5, help="untimed training steps first")
     b.add_argument(
@@ -147,10 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs at the same time (default 1; 8 suit an H100 at batch 1)",
     )
     w.add_argument("--output-dir", help="parent of the run directories (default: each config's)")
-    w.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a value in every config (repeatable)",
-    )  # fmt: skip
+    _add_overrides(w, "override a value in every config (repeatable)")
     w.add_argument(
         "--seeds",
         type=_int_list,

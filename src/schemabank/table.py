@@ -48,6 +48,21 @@ def _ppl_ratio(r: dict) -> float | None:
     return p["ppl_512"] / p["base_ppl_512"]
 
 
+def _difference(bootstrap: dict) -> str:
+    """A paired-bootstrap difference A − B with its 95% interval, in points."""
+    lo, hi = bootstrap["ci95"]
+    return f"{100 * bootstrap['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _active(r: dict) -> str:
+    routing = (r.get("routing") or {}).get("summary")
+    return f"{routing['active']:.0f} / {routing['dead']:.0f}" if routing else "–"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _dev(r: dict) -> tuple[int, int] | None:
     d = r.get("gsm8k_dev")
     return (d["strict"]["correct"], d["flexible"]["correct"]) if d else None
@@ -143,12 +158,12 @@ def runs_table(runs: list[dict], best: dict[str, dict]) -> list[str]:
             _pct(g["flexible"]),
             _ppl(r, 512),
             _ppl(r, 4096),
-            f"{routing['active']:.0f} / {routing['dead']:.0f}" if routing else "–",
+            _active(r),
             f"{routing['entropy_bits']:.2f}" if routing else "–",
             f"{r['schema_reuse']:.2f}" if routing else "–",
             *_times(r),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
 
 
@@ -172,7 +187,7 @@ def seeds_table(runs: list[dict]) -> list[str]:
             cells.append(f"{statistics.mean(accs):.1f}% ± {statistics.stdev(accs):.1f}")
         ppls = [r["perplexity"]["ppl_512"] for r in rs if r.get("perplexity")]
         cells.append(f"{statistics.mean(ppls):.2f}" if ppls else "–")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
 
 
@@ -201,22 +216,19 @@ def ablations_table(runs: list[dict]) -> list[str]:
     ]
     for r, parent in rows:
         c = compare_results(r, parent)["strict"]
-        bs = c["bootstrap"]
-        lo, hi = bs["ci95"]
         dev, pdev = _dev(r), _dev(parent)
-        routing = (r.get("routing") or {}).get("summary")
         cells = [
             _name(r),
             _name(parent),
             f"{dev[0]} ({dev[0] - pdev[0]:+d})" if dev and pdev else "–",
             f"{r['gsm8k']['strict']['correct']} "
             f"({r['gsm8k']['strict']['correct'] - parent['gsm8k']['strict']['correct']:+d})",
-            f"{100 * bs['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+            _difference(c["bootstrap"]),
             f"{c['mcnemar']['p_value']:.3f}",
             _ppl(r, 512),
-            f"{routing['active']:.0f} / {routing['dead']:.0f}" if routing else "–",
+            _active(r),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
 
 
@@ -234,17 +246,13 @@ def compare_table(paths: list[str | Path]) -> list[str]:
             a, b = c["a"], c["b"]
             cells = [f"{a['name']}_seed{a['seed']}", f"{b['name']}_seed{b['seed']}", str(c["n"])]
             for key in ("strict", "flexible"):
-                bs, m = c[key]["bootstrap"], c[key]["mcnemar"]
-                lo, hi = bs["ci95"]
-                cells.append(
-                    f"{100 * bs['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                )
-                cells.append(f"{m['p_value']:.3f}")
+                cells.append(_difference(c[key]["bootstrap"]))
+                cells.append(f"{c[key]['mcnemar']['p_value']:.3f}")
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise SchemaBankError(
                 f"{path}: not a `schemabank compare --output` file ({exc})"
             ) from None
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
 
 

@@ -315,18 +315,18 @@ class Trainer:
         )
 
     def _start_host_copy(self, record: dict) -> dict:
-        """On a GPU, start copying the step's device values to pinned host memory now, with an
-        event marking the copy's end, so that :meth:`_emit` waits for this step only. (A plain
-        ``.item()`` there would queue behind the next step's work, and the host would prepare
-        the batch after it with the GPU idle.)"""
-        if self.device.type != "cuda":
-            return record
+        """Pack the step's device values into one tensor and, on a GPU, start copying it to
+        pinned host memory now, with an event marking the copy's end, so that :meth:`_emit`
+        waits for this step only. (A plain ``.item()`` there would queue behind the next step's
+        work, and the host would prepare the batch after it with the GPU idle.)"""
         keys, flat = pack_values(record)
-        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-        host.copy_(flat, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return {**record, "_host": (keys, host, done)}
+        done = None
+        if self.device.type == "cuda":
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            flat = host.copy_(flat, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        return {**record, "_packed": (keys, flat, done)}
 
     def _sum_over_processes(self, totals: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum the trainable parameters' gradients and the step's loss totals (in place) over
@@ -355,14 +355,10 @@ class Trainer:
 
     def _emit(self, record: dict, logger: JsonlLogger, bar, t_prev: float, t_stage: float) -> float:
         """Bring a step's values to the host (waiting for that step only), check the loss, log."""
-        pending = record.pop("_host", None)
-        if pending is None:
-            keys, flat = pack_values(record)
-            record = unpack_values(record, keys, flat.tolist())
-        else:
-            keys, host, done = pending
+        keys, flat, done = record.pop("_packed")
+        if done is not None:
             done.synchronize()
-            record = unpack_values(record, keys, host.tolist())
+        record = unpack_values(record, keys, flat.tolist())
         stop = record.pop("stop", None)
         if stop is not None:  # the same on every process: all stop at the same step
             sigint, sigterm = stop
