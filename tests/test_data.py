@@ -301,6 +301,11 @@ def test_collate_pads_right():
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100], [-100, -100, 3, 4, 9]]
 
 
+def test_collate_refuses_labels_of_another_length():
+    with pytest.raises(ValueError, match="same length"):
+        collate([([1, 2, 3], [-100, 2])], pad_id=0)
+
+
 def test_collate_encoded_examples(tok):
     examples = [encode_example(tok, p, None, 512) for p in (P1, P2, P3)]
     batch = collate(examples, tok.pad_token_id)

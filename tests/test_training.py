@@ -181,15 +181,19 @@ def test_max_length_without_answer_tokens_is_an_error(tiny_llama, data_dir, tmp_
 def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
     """The fast loss (vocabulary projection on answer positions only, chunked) is the Hugging Face
     causal-LM loss, with LoRA and banks active."""
-    from schemabank.training import answer_loss
+    from schemabank.training import answer_loss, answer_positions
 
     trainer = make_trainer(tiny_model, data_dir)
     wake_up(trainer)
     batch, _, _ = trainer.make_batch(STAGES[1], 1.0)
     expected = trainer.model(**batch).loss
-    for chunk in (8192, 7):
+    positions = answer_positions(batch["labels"])
+    for chunk, given in ((8192, None), (7, None), (8192, positions), (7, positions)):
         torch.testing.assert_close(
-            answer_loss(trainer.model, batch, chunk=chunk), expected, rtol=1e-5, atol=1e-6
+            answer_loss(trainer.model, batch, chunk=chunk, positions=given),
+            expected,
+            rtol=1e-5,
+            atol=1e-6,
         )
     grads = []
     for fn in (
@@ -204,6 +208,33 @@ def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_answer_positions_point_at_the_tokens_before_each_answer_token():
+    from schemabank.training import answer_positions
+
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
+    pos = answer_positions(labels)
+    assert pos.tolist() == [1, 2, 5]  # rows of T = 5: (0, 1), (0, 2), (1, 0)
+    assert labels.reshape(-1)[pos + 1].tolist() == [7, 8, 5]
+
+
+def test_prepared_examples_are_those_drawn_without_preparation(tiny_llama, data_dir, monkeypatch):
+    """prepare_examples moves the tokenisation, answer counts and routing targets out of the
+    steps: the batches are the same, and the steps no longer call the tokenizer."""
+    lazy, ready = make_trainer(tiny_llama, data_dir), make_trainer(tiny_llama, data_dir)
+    drops = (0.0, 0.5, 1.0)
+    expected = [lazy.next_examples(STAGES[0], p_drop) for p_drop in drops]
+    ready.prepare_examples(STAGES[0])
+
+    def no_tokenizer(*args, **kwargs):
+        pytest.fail("a step tokenised")
+
+    monkeypatch.setattr("schemabank.training.encode_all", no_tokenizer)
+    for p_drop, (ex_l, targets_l, n_l) in zip(drops, expected, strict=True):
+        ex_r, targets_r, n_r = ready.next_examples(STAGES[0], p_drop)
+        assert ex_r == ex_l and n_r == n_l and torch.equal(targets_r, targets_l)
+        assert n_r == [sum(x != -100 for x in labels[1:]) for _, labels in ex_r]
 
 
 @pytest.mark.parametrize("stage", [STAGES[0], STAGES[1], BASELINE], ids=lambda s: s.key)

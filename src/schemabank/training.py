@@ -114,7 +114,8 @@ class Trainer:
         self.rank, self.world = distributed.rank(), distributed.world_size()
         seed = cfg.experiment.seed
         self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
-        self._targets: dict[int, torch.Tensor] = {}  # routing target per problem (memoised)
+        self._n_ans: dict[tuple[int, bool], int] = {}  # answer tokens the LM loss trains on
+        self._targets: torch.Tensor | None = None  # (N, S): each problem's routing target
         lengths = None
         if cfg.training.group_by_length:
             encoded = encode_all(tokenizer, train_set, cfg.training.max_length)
@@ -157,11 +158,18 @@ class Trainer:
         encoded = encode_all(self.tok, probs, self.cfg.training.max_length, tags)
         self._encoded.update(zip(missing, encoded, strict=True))
 
+    def answer_tokens(self, key: tuple[int, bool]) -> int:
+        """How many tokens of example ``key`` the LM loss predicts (labels after the first that
+        are not -100), memoised."""
+        if key not in self._n_ans:
+            self._n_ans[key] = sum(x != -100 for x in self._encoded[key][1][1:])
+        return self._n_ans[key]
+
     def next_examples(self, stage: Stage, p_drop: float):
-        """The next (global) batch's (ids, labels) pairs and routing targets (B, S), on the host;
-        every process draws the same."""
-        examples, targets = [], []
-        S, max_length = self.cfg.schemabank.num_schemas, self.cfg.training.max_length
+        """The next (global) batch's (ids, labels) pairs, routing targets (B, S) and answer
+        token counts, on the host; every process draws the same."""
+        examples, n_ans = [], []
+        max_length = self.cfg.training.max_length
         drawn = [
             (i, stage.tagged and bool(torch.rand((), generator=self.tag_rng) >= p_drop))
             for i in self.order.next_batch()
@@ -169,25 +177,48 @@ class Trainer:
         self.encode_many(drawn)  # the ones not yet memoised, in one batched tokenizer call
         for i, keep in drawn:
             ids, labels = self._encoded[(i, keep)]
-            if "lm" in stage.losses and all(x == -100 for x in labels):
+            n_ans.append(self.answer_tokens((i, keep)))
+            if "lm" in stage.losses and n_ans[-1] == 0:
                 raise TrainingError(
                     f"training.max_length: {max_length} tokens leave no answer tokens for training problem "
                     f"{i} (its prompt is {len(ids)}+ tokens); raise training.max_length"
                 )
             examples.append((ids, labels))
-            if i not in self._targets:
-                self._targets[i] = routing_target(self.train_set[i].tags, S)
-            targets.append(self._targets[i])
-        return examples, torch.stack(targets)
+        return examples, self.routing_targets()[[i for i, _ in drawn]], n_ans
+
+    def routing_targets(self) -> torch.Tensor:
+        """(N, S): every training problem's routing target (computed once)."""
+        if self._targets is None:
+            S = self.cfg.schemabank.num_schemas
+            self._targets = torch.stack([routing_target(p.tags, S) for p in self.train_set])
+        return self._targets
+
+    def prepare_examples(self, stage: Stage) -> None:
+        """Everything about the training examples that :meth:`next_examples` needs for the
+        stage, made before its steps (where each process would otherwise redo the whole batch's
+        share of it, while the GPU waits): every prompt the stage may draw tokenised, in batched
+        calls, with its answer-token count, and the routing targets."""
+        variants = (True, False) if stage.tagged else (False,)
+        keys = [(i, v) for v in variants for i in range(len(self.train_set))]
+        self.encode_many(keys)
+        for key in keys:
+            self.answer_tokens(key)
+        self.routing_targets()
+
+    def move(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device, copied asynchronously: through pinned memory on a GPU,
+        since a copy from pageable memory may wait for the GPU's queued work."""
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     def to_device(self, examples, targets: torch.Tensor):
-        batch = collate(examples, self.tok.pad_token_id)
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        return batch, targets.to(self.device, non_blocking=True)
+        batch = {k: self.move(v) for k, v in collate(examples, self.tok.pad_token_id).items()}
+        return batch, self.move(targets)
 
     def make_batch(self, stage: Stage, p_drop: float):
         """The next batch as one padded batch on the device, its targets and non-padding tokens."""
-        examples, targets = self.next_examples(stage, p_drop)
+        examples, targets, _ = self.next_examples(stage, p_drop)
         batch, targets = self.to_device(examples, targets)
         return batch, targets, sum(len(ids) for ids, _ in examples)
 
@@ -199,14 +230,22 @@ class Trainer:
         order = sorted(indices, key=lambda j: len(examples[j][0]))
         return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def losses(self, stage: Stage, batch: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward pass; every loss the stage uses, and the regularisers for the log."""
+    def losses(
+        self,
+        stage: Stage,
+        batch: dict,
+        targets: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Forward pass; every loss the stage uses, and the regularisers for the log.
+        ``positions``: :func:`answer_positions` of the batch, on the device (found from the
+        labels when not given, which waits for the GPU)."""
         b = self.cfg.schemabank
         out: dict[str, torch.Tensor] = {}
         capture = self.banks.capturing() if self.banks is not None else nullcontext()
         with capture, autocast(self.device, self.bf16):
             if "lm" in stage.losses:
-                out["lm"] = answer_loss(self.model, batch)
+                out["lm"] = answer_loss(self.model, batch, positions=positions)
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
                 self.model(
                     input_ids=batch["input_ids"],
@@ -263,15 +302,19 @@ class Trainer:
         t = self.cfg.training
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        examples, targets = self.next_examples(stage, p_drop)
+        examples, targets, n_ans = self.next_examples(stage, p_drop)
         chunks = self.micro_batches(examples, list(range(self.rank, len(examples), self.world)))
         n_tok = [len(ids) for ids, _ in examples]
-        n_ans = [sum(x != -100 for x in labels[1:]) for _, labels in examples]
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
         totals: dict[str, torch.Tensor] = {}
         padded = 0
         for chunk in chunks:
-            batch, chunk_targets = self.to_device([examples[j] for j in chunk], targets[chunk])
+            host = collate([examples[j] for j in chunk], self.tok.pad_token_id)
+            positions = None
+            if "lm" in stage.losses:  # found here, so that the GPU is not asked how many
+                positions = self.move(answer_positions(host["labels"]))
+            batch = {k: self.move(v) for k, v in host.items()}
+            chunk_targets = self.move(targets[chunk])
             padded += batch["input_ids"].numel()
             w_tok = sum(n_tok[j] for j in chunk) / tok_total
             share = {
@@ -281,7 +324,8 @@ class Trainer:
                 "z": w_tok,
                 "ortho": 1 / (len(chunks) * self.world),
             }
-            parts = {k: v * share[k] for k, v in self.losses(stage, batch, chunk_targets).items()}
+            parts = self.losses(stage, batch, chunk_targets, positions)
+            parts = {k: v * share[k] for k, v in parts.items()}
             loss = self.total_loss(stage, parts)
             loss.backward()
             for k, v in [("loss", loss), *parts.items()]:
@@ -409,6 +453,7 @@ class Trainer:
         t = self.cfg.training
         every = t.checkpoint_every
         self.enter_stage(stage)
+        self.prepare_examples(stage)
         schedule = t.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule
         t_stage = t_prev = time.perf_counter()
         pending = None
@@ -479,11 +524,23 @@ def unpack_values(record: dict, keys: list[tuple[str, int]], values: list[float]
     return out
 
 
-def answer_loss(model, batch: dict, chunk: int = 8192) -> torch.Tensor:
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices ``b * T + t`` into a (B, T) batch of the positions that predict an answer
+    token (``labels[b, t + 1] != -100``), in row-major order."""
+    T = labels.shape[1]
+    b, t = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    return b * T + t
+
+
+def answer_loss(
+    model, batch: dict, chunk: int = 8192, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens (labels != -100).
 
     Equal to the Hugging Face causal-LM loss, but the vocabulary projection runs only on the
     positions that predict an answer token, in chunks, so the (B, T, V) logits never exist.
+    ``positions`` (:func:`answer_positions` of the labels, on the labels' device) are found from
+    the labels when not given; given, the loss needs nothing back from the GPU.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config
@@ -492,16 +549,18 @@ def answer_loss(model, batch: dict, chunk: int = 8192) -> torch.Tensor:
     hidden = base.get_decoder()(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).last_hidden_state  # (B, T, H)
-    labels = batch["labels"][:, 1:]  # position t predicts token t + 1
-    keep = labels != -100
-    h = hidden[:, :-1][keep]  # (N, H)
-    y = labels[keep]  # (N,)
+    if positions is None:
+        positions = answer_positions(batch["labels"])
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (N, H)
+    y = (
+        batch["labels"].reshape(-1).index_select(0, positions + 1)
+    )  # (N,): position t predicts t + 1
     head = base.get_output_embeddings()
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, h.shape[0], chunk):
         logits = head(h[s : s + chunk]).float()  # (n, V)
         total = total + F.cross_entropy(logits, y[s : s + chunk], reduction="sum")
-    return total / keep.sum().clamp_min(1)
+    return total / max(h.shape[0], 1)
 
 
 RUN_FILES = (
