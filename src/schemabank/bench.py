@@ -55,6 +55,7 @@ def bench_training(
         model, banks, _ = build_adapter(base, c)
         trainer = Trainer(c, model, banks, tok, train_set, device, bf16)
         trainer.enter_stage(stage)
+        trainer.prepare_examples(stage)  # as train_stage does, before the steps
         for _ in range(warmup):
             trainer.train_step(stage, c.training.learning_rate, 1.0)
         runs[mode] = (
