@@ -4,6 +4,7 @@ and the tiny test tokenizer. Nothing touches the network."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -385,6 +386,30 @@ def test_group_by_length_batches_similar_lengths_and_covers_the_epoch():
     assert spread(epoch) < spread([plain.next_batch() for _ in range(50)]) / 4
     again = DataOrder(400, 8, seed=3, lengths=lengths, group_factor=10)
     assert [again.next_batch() for _ in range(50)] == epoch
+
+
+def test_group_by_length_keeps_batches_inside_groups_when_the_epoch_does_not_divide():
+    """403 problems in batches of 8: the 3 left over are carried into the next epoch's grouping,
+    so no batch mixes the end of one epoch with the start of the next (which would put every
+    later batch boundary inside a length group)."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randperm(1000, generator=gen)[:403].tolist()
+    order = DataOrder(403, 8, seed=3, lengths=lengths, group_factor=100)  # one group per epoch
+    batches = [order.next_batch() for _ in range(200)]  # 1,600 problems: within 5 epochs
+    assert all(len(b) == 8 for b in batches)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    # Batches of one epoch are disjoint slices of its sorted problems: their spreads add up to
+    # at most the range of all lengths, per epoch.
+    assert spread <= 5 * (max(lengths) - min(lengths))
+    counts = Counter(i for b in batches for i in b)
+    assert len(counts) == 403 and max(counts.values()) - min(counts.values()) <= 2
+
+
+def test_group_by_length_batch_larger_than_dataset():
+    order = DataOrder(3, 5, seed=1, lengths=[4, 9, 6])
+    batches = [order.next_batch() for _ in range(6)]
+    assert all(len(b) == 5 for b in batches)
+    assert Counter(i for b in batches for i in b) == {0: 10, 1: 10, 2: 10}
 
 
 def test_encode_all_equals_encode_example():

@@ -327,3 +327,21 @@ def test_dev_split_is_held_out_and_evaluated(tiny_llama, data_dir, tmp_path, mon
 
     again = evaluate_checkpoint(run_dir / "checkpoint", cfg, data_dir)
     assert again["gsm8k_dev"]["problems"] == d["problems"]
+
+
+def test_saved_state_restores_the_grouped_data_order_with_its_carried_problems(
+    tiny_llama, data_dir, tmp_path
+):
+    """8 problems in length-grouped batches of 3: after two batches, 2 problems wait to be
+    carried into the next epoch's grouping; a restored trainer draws the same batches after."""
+    from schemabank.state import load_state, save_state
+
+    grouped = {"batch_size": 3, "group_by_length": True}
+    a = make_trainer(tiny_llama, data_dir, training=grouped)
+    for _ in range(2):
+        a.next_examples(BASELINE, 1.0)
+    assert a.order.carry and a.order.pos == len(a.order.perm)  # the next batch needs them
+    save_state(tmp_path, a, {})
+    b = make_trainer(tiny_llama, data_dir, training=grouped)
+    load_state(tmp_path, b)
+    assert [a.order.next_batch() for _ in range(9)] == [b.order.next_batch() for _ in range(9)]

@@ -234,7 +234,10 @@ class DataOrder:
     each epoch's permutation is cut into mega-batches of
     ``group_factor`` batches whose problems are sorted by length before being split into batches,
     and the batches of the epoch are shuffled: batches of similar lengths, so little padding, in
-    a still random order (as Hugging Face's ``group_by_length``).
+    a still random order (as Hugging Face's ``group_by_length``). A grouped epoch holds whole
+    batches only: the problems left over (fewer than a batch, the end of the permutation) are
+    carried into the next epoch's grouping, since a batch made of the end of one epoch and the
+    start of the next would mix lengths and put every later batch boundary inside a group.
     """
 
     def __init__(
@@ -250,11 +253,15 @@ class DataOrder:
         self.lengths, self.group_factor = lengths, group_factor
         self.perm: list[int] = []
         self.pos = 0
+        self.carry: list[int] = []  # grouped: the problems left over from the last epoch
 
     def _epoch(self) -> list[int]:
         perm = torch.randperm(self.n, generator=self.gen).tolist()
         if self.lengths is None:
             return perm
+        pool = self.carry + perm
+        whole = len(pool) - len(pool) % self.batch_size
+        perm, self.carry = pool[:whole], pool[whole:]
         size = self.batch_size * self.group_factor
         batches = []
         for m in range(0, len(perm), size):
@@ -266,7 +273,7 @@ class DataOrder:
     def next_batch(self) -> list[int]:
         out = []
         while len(out) < self.batch_size:
-            if self.pos >= len(self.perm):
+            while self.pos >= len(self.perm):  # a grouped epoch can be empty (n < batch)
                 self.perm = self._epoch()
                 self.pos = 0
             out.append(self.perm[self.pos])

@@ -59,6 +59,7 @@ def save_state(run_dir: Path, trainer, extra: dict) -> Path:
             "tag_gen": trainer.tag_rng.get_state(),
             "torch_cpu": torch.get_rng_state(),
             "data_perm": torch.tensor(trainer.order.perm, dtype=torch.int64),
+            "data_carry": torch.tensor(trainer.order.carry, dtype=torch.int64),
         }
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -137,6 +138,7 @@ def load_state(run_dir: Path, trainer) -> dict:
     rng = _load(state_dir / "rng.safetensors")
     trainer.order.gen.set_state(rng["data_gen"])
     trainer.order.perm = rng["data_perm"].tolist()
+    trainer.order.carry = rng["data_carry"].tolist() if "data_carry" in rng else []
     trainer.order.pos = meta["data_pos"]
     trainer.tag_rng.set_state(rng["tag_gen"])
     torch.set_rng_state(rng["torch_cpu"])
