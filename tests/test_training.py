@@ -4,6 +4,7 @@ the losses are the stage's, the data order is shared by both modes, and the sche
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -345,3 +346,40 @@ def test_saved_state_restores_the_grouped_data_order_with_its_carried_problems(
     b = make_trainer(tiny_llama, data_dir, training=grouped)
     load_state(tmp_path, b)
     assert [a.order.next_batch() for _ in range(9)] == [b.order.next_batch() for _ in range(9)]
+
+
+def test_split_batch_shares_strided_and_pads_each_micro_batch_to_its_longest():
+    from schemabank.training import padded_tokens, split_batch
+
+    lengths = [5, 1, 4, 2, 7, 3]
+    assert split_batch(lengths, 0, 1, None) == [[1, 3, 5, 2, 0, 4]]
+    assert split_batch(lengths, 0, 1, 4) == [[1, 3, 5, 2], [0, 4]]
+    assert split_batch(lengths, 0, 2, 2) == [[2, 0], [4]]  # examples 0, 2, 4
+    assert split_batch(lengths, 1, 2, 2) == [[1, 3], [5]]  # examples 1, 3, 5
+    assert padded_tokens(lengths, 1, 4) == [4 * 4 + 2 * 7]
+    assert padded_tokens(lengths, 2, 2) == [2 * 5 + 7, 2 * 2 + 3]
+
+
+def test_padding_script_counts_what_the_trainer_computes(
+    tiny_llama, data_dir, tmp_path, capsys, monkeypatch
+):
+    import re
+
+    import yaml
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import padding
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_llama)))
+    args = ["--config", str(path), "--data-dir", str(data_dir), "--batch-size", "4", "--steps", "6"]
+    assert padding.main([*args, "--micro-batch-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" 0.0% padding") == 2  # micro-batches of one example are not padded
+    speedup = float(re.search(r"leaves to 2 processes: ([\d.]+) x", out).group(1))
+    assert 1.0 < speedup <= 2.0  # the busier process of each step sets the pace
+    assert padding.main([*args, "--micro-batch-size", "0", "--nproc", "4"]) == 0
+    one, four = capsys.readouterr().out.splitlines()[1:3]
+    # one process pads the batch to its longest; four of one example each pad nothing
+    assert "1 process:" in one and "0.0% padding" not in one
+    assert "4 processes:" in four and "0.0% padding" in four

@@ -222,14 +222,6 @@ class Trainer:
         batch, targets = self.to_device(examples, targets)
         return batch, targets, sum(len(ids) for ids, _ in examples)
 
-    def micro_batches(self, examples, indices: list[int] | None = None) -> list[list[int]]:
-        """Split a batch (or its examples ``indices``) into micro-batches of similar length
-        (indices sorted by length), so that each is padded only to its own longest example."""
-        indices = list(range(len(examples))) if indices is None else indices
-        size = self.cfg.training.micro_batch_size or len(indices)
-        order = sorted(indices, key=lambda j: len(examples[j][0]))
-        return [order[i : i + size] for i in range(0, len(order), size)]
-
     def losses(
         self,
         stage: Stage,
@@ -303,8 +295,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         examples, targets, n_ans = self.next_examples(stage, p_drop)
-        chunks = self.micro_batches(examples, list(range(self.rank, len(examples), self.world)))
         n_tok = [len(ids) for ids, _ in examples]
+        chunks = split_batch(n_tok, self.rank, self.world, self.cfg.training.micro_batch_size)
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
         totals: dict[str, torch.Tensor] = {}
         padded = 0
@@ -505,6 +497,28 @@ class Trainer:
         )
 
 
+def split_batch(lengths: list[int], rank: int, world: int, micro: int | None) -> list[list[int]]:
+    """The micro-batches (indices into a global batch of examples of ``lengths`` tokens) that
+    process ``rank`` of ``world`` computes: every ``world``-th example (strided, so that a batch
+    of similar lengths is shared evenly), sorted by length and cut into micro-batches of ``micro``
+    examples (the whole share when None), so that each is padded only to its own longest."""
+    share = sorted(range(rank, len(lengths), world), key=lambda j: lengths[j])
+    size = micro or len(share)
+    return [share[i : i + size] for i in range(0, len(share), size)]
+
+
+def padded_tokens(lengths: list[int], world: int, micro: int | None) -> list[int]:
+    """Tokens each process computes for a batch (its micro-batches padded), :func:`split_batch`
+    applied to every rank."""
+    return [
+        sum(
+            len(chunk) * max(lengths[j] for j in chunk)
+            for chunk in split_batch(lengths, r, world, micro)
+        )
+        for r in range(world)
+    ]
+
+
 def pack_values(record: dict) -> tuple[list[tuple[str, int]], torch.Tensor]:
     """The tensors of a step record, flattened into one float32 tensor: ``([(key, numel), ...],
     flat)``, for one copy to the host; :func:`unpack_values` undoes it."""
@@ -552,9 +566,7 @@ def answer_loss(
     if positions is None:
         positions = answer_positions(batch["labels"])
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (N, H)
-    y = (
-        batch["labels"].reshape(-1).index_select(0, positions + 1)
-    )  # (N,): position t predicts t + 1
+    y = batch["labels"].reshape(-1).index_select(0, positions + 1)  # (N,): t predicts t + 1
     head = base.get_output_embeddings()
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, h.shape[0], chunk):
