@@ -1,7 +1,7 @@
 """Check multi-GPU training: the same run on one GPU and on N GPUs (torchrun), side by side.
 
 Usage, from the repository root of a machine with 2 GPUs, in the project's environment (``make
-setup``; 4 min 38 s on 2 x H200; the figures are in the README's Multi-GPU section):
+setup``; 4 min 13 s on 2 x H200; the figures are in the README's Multi-GPU section):
 
     python scripts/ddp_check.py --output ddp_check
 
@@ -17,8 +17,8 @@ GSM8K problems and the perplexities, three times:
 
 It prints, and writes to ``OUTPUT/ddp_check.json``: training tokens/s of each run (steady state,
 leaving out the first ``--skip`` steps of each stage; and overall, from the run's training time),
-the N-GPU / 1-GPU ratio, overall and for each stage, the largest and mean absolute difference of the loss curves from the
-1-GPU run's, and the GSM8K accuracy and perplexity of each. Each run's output is in
+the N-GPU / 1-GPU ratio, overall and for each stage, the largest and mean absolute difference of
+the loss curves from the 1-GPU run's, and the GSM8K accuracy and perplexity of each. Each run's output is in
 ``OUTPUT/<name>.log``, its run directory in ``OUTPUT/<name>/``. ``--set key=value`` changes the
 config of all runs (e.g. ``--set training.device=cpu`` with ``--nproc 2`` checks the script on a
 machine without GPUs; pass a smaller ``--batch-size`` there).

@@ -34,7 +34,6 @@ from .data import (
     Problem,
     collate,
     encode_all,
-    encode_example,
     load_gsm8k,
     load_wikitext,
     split_dev,
@@ -118,9 +117,9 @@ class Trainer:
         self._targets: torch.Tensor | None = None  # (N, S): each problem's routing target
         lengths = None
         if cfg.training.group_by_length:
-            encoded = encode_all(tokenizer, train_set, cfg.training.max_length)
-            self._encoded = {(i, False): e for i, e in enumerate(encoded)}
-            lengths = [len(ids) for ids, _ in encoded]
+            keys = [(i, False) for i in range(len(train_set))]
+            self.encode_many(keys)
+            lengths = [len(self._encoded[k][0]) for k in keys]
         self.order = DataOrder(len(train_set), cfg.training.batch_size, seed, lengths)
         self.tag_rng = torch.Generator().manual_seed(seed + 1)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
@@ -139,31 +138,19 @@ class Trainer:
         self.run_dir: Path | None = None
         self.last_saved_step: int | None = None
 
-    def encode(self, i: int, tagged: bool) -> tuple[list[int], list[int]]:
-        """Token ids and labels of training problem ``i`` (memoised: epochs repeat them)."""
-        key = (i, tagged)
-        if key not in self._encoded:
-            prob = self.train_set[i]
-            tags = prob.tags if tagged else None
-            self._encoded[key] = encode_example(self.tok, prob, tags, self.cfg.training.max_length)
-        return self._encoded[key]
-
     def encode_many(self, keys: list[tuple[int, bool]]) -> None:
-        """Memoise :meth:`encode` for every ``(i, tagged)`` of ``keys``, batching the new ones."""
+        """Tokenise the training examples ``keys`` (``(problem index, tagged)`` pairs) not yet
+        done, in one batched tokenizer call, and count their answer tokens (the labels after the
+        first that are not -100: what the LM loss predicts). Memoised: epochs repeat them."""
         missing = list(dict.fromkeys(k for k in keys if k not in self._encoded))
         if not missing:
             return
         probs = [self.train_set[i] for i, _ in missing]
         tags = [p.tags if tagged else None for p, (_, tagged) in zip(probs, missing, strict=True)]
         encoded = encode_all(self.tok, probs, self.cfg.training.max_length, tags)
-        self._encoded.update(zip(missing, encoded, strict=True))
-
-    def answer_tokens(self, key: tuple[int, bool]) -> int:
-        """How many tokens of example ``key`` the LM loss predicts (labels after the first that
-        are not -100), memoised."""
-        if key not in self._n_ans:
-            self._n_ans[key] = sum(x != -100 for x in self._encoded[key][1][1:])
-        return self._n_ans[key]
+        for key, (ids, labels) in zip(missing, encoded, strict=True):
+            self._encoded[key] = (ids, labels)
+            self._n_ans[key] = sum(x != -100 for x in labels[1:])
 
     def next_examples(self, stage: Stage, p_drop: float):
         """The next (global) batch's (ids, labels) pairs, routing targets (B, S) and answer
@@ -177,7 +164,7 @@ class Trainer:
         self.encode_many(drawn)  # the ones not yet memoised, in one batched tokenizer call
         for i, keep in drawn:
             ids, labels = self._encoded[(i, keep)]
-            n_ans.append(self.answer_tokens((i, keep)))
+            n_ans.append(self._n_ans[(i, keep)])
             if "lm" in stage.losses and n_ans[-1] == 0:
                 raise TrainingError(
                     f"training.max_length: {max_length} tokens leave no answer tokens for training problem "
@@ -199,10 +186,7 @@ class Trainer:
         share of it, while the GPU waits): every prompt the stage may draw tokenised, in batched
         calls, with its answer-token count, and the routing targets."""
         variants = (True, False) if stage.tagged else (False,)
-        keys = [(i, v) for v in variants for i in range(len(self.train_set))]
-        self.encode_many(keys)
-        for key in keys:
-            self.answer_tokens(key)
+        self.encode_many([(i, v) for v in variants for i in range(len(self.train_set))])
         self.routing_targets()
 
     def move(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -213,13 +197,16 @@ class Trainer:
         return tensor.to(self.device, non_blocking=True)
 
     def to_device(self, examples, targets: torch.Tensor):
-        batch = {k: self.move(v) for k, v in collate(examples, self.tok.pad_token_id).items()}
-        return batch, self.move(targets)
+        """Examples as one padded batch on the device, their routing targets, and the batch's
+        :func:`answer_positions` (found on the host, so that the loss need not ask the GPU)."""
+        host = collate(examples, self.tok.pad_token_id)
+        positions = answer_positions(host["labels"])
+        return {k: self.move(v) for k, v in host.items()}, self.move(targets), self.move(positions)
 
     def make_batch(self, stage: Stage, p_drop: float):
         """The next batch as one padded batch on the device, its targets and non-padding tokens."""
         examples, targets, _ = self.next_examples(stage, p_drop)
-        batch, targets = self.to_device(examples, targets)
+        batch, targets, _ = self.to_device(examples, targets)
         return batch, targets, sum(len(ids) for ids, _ in examples)
 
     def losses(
@@ -301,12 +288,9 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         padded = 0
         for chunk in chunks:
-            host = collate([examples[j] for j in chunk], self.tok.pad_token_id)
-            positions = None
-            if "lm" in stage.losses:  # found here, so that the GPU is not asked how many
-                positions = self.move(answer_positions(host["labels"]))
-            batch = {k: self.move(v) for k, v in host.items()}
-            chunk_targets = self.move(targets[chunk])
+            batch, chunk_targets, positions = self.to_device(
+                [examples[j] for j in chunk], targets[chunk]
+            )
             padded += batch["input_ids"].numel()
             w_tok = sum(n_tok[j] for j in chunk) / tok_total
             share = {
@@ -394,12 +378,11 @@ class Trainer:
         keys, flat, done = record.pop("_packed")
         if done is not None:
             done.synchronize()
-        record = unpack_values(record, keys, flat.tolist())
-        stop = record.pop("stop", None)
+        line = unpack_values(record, keys, flat.tolist())
+        stop = line.pop("stop", None)
         if stop is not None:  # the same on every process: all stop at the same step
             sigint, sigterm = stop
             self.agreed_stop = signal.SIGINT if sigint else signal.SIGTERM if sigterm else 0
-        line = record
         now = time.perf_counter()
         if not (math.isfinite(line["loss"]) and math.isfinite(line["grad_norm"])):
             what = "loss" if not math.isfinite(line["loss"]) else "gradient norm"
