@@ -86,6 +86,7 @@ def test_report_links_every_png(report):
             "tiny_schemabank_training.png",
             "tiny_schemabank_schema_usage.png",
             "tiny_schemabank_tag_schema.png",
+            "tiny_schemabank_tag_routing.png",
             "tiny_schemabank_tokens_layer1.png",
             "tiny_baseline_training.png",
         ]
@@ -153,6 +154,20 @@ def test_tag_schema_heatmap_plots_the_table(report, runs):
             assert all(math.isnan(p) for p in percent)
 
 
+def test_tag_routing_figure_and_routing_fit_table(report, runs):
+    r = results_of(runs["schemabank"])
+    scores = r["routing"]["layers"]["1"]["tag_routing"]
+    data = report["figures"]["tiny_schemabank_tag_routing.png"]["1"]
+    assert data["tags"] == scores["tags"]
+    for got, want in zip(data["recall"], scores["recall"], strict=True):
+        assert math.isnan(got) if want is None else got == want
+    text = Path(report["report"]).read_text()
+    assert "### Routing against the tag targets" in text
+    closed = r["routing_fit"]["test"]["regions"]["last"]["gap_closed"]
+    assert f"| test | last | {r['routing_fit']['test']['regions']['last']['ce']:.3f} |" in text
+    assert f"{closed:.2f} |" in text
+
+
 def test_token_figure_plots_a_sample(report, runs):
     samples = results_of(runs["schemabank"])["gsm8k"]["samples"]
     data = report["figures"]["tiny_schemabank_tokens_layer1.png"]
@@ -196,6 +211,7 @@ def test_results_file_without_training_log(runs, tmp_path):
     assert "tiny_schemabank (checkpoint-eval)" in md
     assert sorted(out["figures"]) == [
         "tiny_schemabank_checkpoint_eval_schema_usage.png",
+        "tiny_schemabank_checkpoint_eval_tag_routing.png",
         "tiny_schemabank_checkpoint_eval_tag_schema.png",
         "tiny_schemabank_checkpoint_eval_tokens_layer1.png",
     ]
@@ -230,7 +246,7 @@ def test_cli_report(capsys, runs, tmp_path):
     out = tmp_path / "report"
     code, err = call_main(capsys, "report", runs["schemabank"], runs["baseline"], "--output", out)
     assert code == 0, err
-    assert (out / "report.md").is_file() and len(list(out.glob("*.png"))) == 6
+    assert (out / "report.md").is_file() and len(list(out.glob("*.png"))) == 7
 
 
 def test_cli_report_default_output(capsys, runs, tmp_path):

@@ -278,5 +278,6 @@ def test_smoke_run_matches_expected_values(capsys, tmp_path):
         "smoke_training.png",
         "smoke_schema_usage.png",
         "smoke_tag_schema.png",
+        "smoke_tag_routing.png",
         "smoke_tokens_layer20.png",
     }

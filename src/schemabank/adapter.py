@@ -32,8 +32,10 @@ def make_lora_config(lcfg: LoraConfig, r: int | None = None) -> peft.LoraConfig:
 
 def bank_parameter_count(hidden_size: int, bcfg: BankConfig, num_banks: int) -> int:
     """Trainable parameters of ``num_banks`` banks: router, U, V, A, G and gain each."""
-    S, r, ad = bcfg.num_schemas, bcfg.rank, bcfg.attr_dim
-    return num_banks * (hidden_size * S + 2 * S * hidden_size * r + S * ad + ad * r + 1)
+    S, r, ad, n = bcfg.num_schemas, bcfg.rank, bcfg.attr_dim, bcfg.router_hidden
+    n_in = hidden_size * (2 if bcfg.router_input == "token_prefix" else 1)
+    router = n_in * S if n == 0 else n_in * n + n + n * S
+    return num_banks * (router + 2 * S * hidden_size * r + S * ad + ad * r + 1)
 
 
 def lora_parameters_per_rank(base: nn.Module, lcfg: LoraConfig) -> int:
@@ -64,7 +66,16 @@ def build_adapter(base: nn.Module, cfg: Config) -> tuple[peft.PeftModel, BankSet
     banks = None
     if cfg.experiment.mode == "schemabank":
         b = cfg.schemabank
-        banks = BankSet.attach(model, b.layers, b.num_schemas, b.rank, b.topk, b.attr_dim)
+        banks = BankSet.attach(
+            model,
+            b.layers,
+            b.num_schemas,
+            b.rank,
+            b.topk,
+            b.attr_dim,
+            b.router_input,
+            b.router_hidden,
+        )
     return model, banks, r
 
 

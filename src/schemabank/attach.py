@@ -16,6 +16,7 @@ from torch import nn
 
 from .bank import SchemaBank, ortho_penalty
 from .errors import ConfigError
+from .router import PrefixState
 
 BANK_ATTR = "schemabank"
 
@@ -27,6 +28,15 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return module
     raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
+
+
+def decoder_module(model: nn.Module) -> nn.Module:
+    """The module whose child is the list of decoder layers (e.g. ``LlamaModel``)."""
+    layers = decoder_layers(model)
+    for module in model.modules():
+        if any(child is layers for child in module.children()):
+            return module
+    raise ValueError(f"cannot find the decoder of {type(model).__name__}")
 
 
 def resolve_layers(layers: list[int], num_layers: int) -> list[int]:
@@ -51,6 +61,26 @@ def _hook(module: nn.Module, args, output):
     return bank(output)
 
 
+def _prefix_hook(state: PrefixState):
+    """A decoder forward pre-hook recording, for prefix routers, which new tokens are real and
+    whether the pass continues the sequences of the previous one (a non-empty KV cache)."""
+
+    def hook(module, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            x = kwargs["inputs_embeds"]
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            if mask.dim() != 2:
+                raise ValueError("a prefix router needs a 2-D attention mask (batch, length)")
+            mask = mask[:, -x.shape[1] :]  # (B, T_new): the new tokens' part
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # named cache since 5.2x
+        past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        state.set(mask, past > 0)
+
+    return hook
+
+
 class BankSet:
     """The banks attached to one model, keyed by absolute layer index."""
 
@@ -62,6 +92,15 @@ class BankSet:
         for i, bank in self.banks.items():
             layers[i].add_module(BANK_ATTR, bank)
             self._handles.append(layers[i].register_forward_hook(_hook))
+        if any(b.router_input != "token" for b in self.banks.values()):
+            self.prefix_state = PrefixState()
+            for bank in self.banks.values():
+                bank.prefix_state = self.prefix_state
+            self._handles.append(
+                decoder_module(model).register_forward_pre_hook(
+                    _prefix_hook(self.prefix_state), with_kwargs=True
+                )
+            )
 
     @classmethod
     def attach(
@@ -72,13 +111,18 @@ class BankSet:
         rank: int,
         topk: int,
         attr_dim: int,
+        router_input: str = "token",
+        router_hidden: int = 0,
     ) -> BankSet:
         """Create fresh banks (gain 0) on ``layers`` of ``model``, on its device, in float32."""
         hidden = model.config.hidden_size
         absolute = resolve_layers(layers, len(decoder_layers(model)))
         device = next(model.parameters()).device
         banks = {
-            i: SchemaBank(hidden, num_schemas, rank, topk, attr_dim).to(device) for i in absolute
+            i: SchemaBank(
+                hidden, num_schemas, rank, topk, attr_dim, router_input, router_hidden
+            ).to(device)
+            for i in absolute
         }
         return cls(model, banks)
 
@@ -87,8 +131,9 @@ class BankSet:
         for h in self._handles:
             h.remove()
         layers = decoder_layers(self.model)
-        for i in self.banks:
+        for i, bank in self.banks.items():
             delattr(layers[i], BANK_ATTR)
+            bank.prefix_state = None
         self._handles = []
 
     def __iter__(self) -> Iterator[SchemaBank]:
@@ -153,6 +198,18 @@ class BankSet:
         finally:
             for b in self:
                 b.capture, b.last_logits = False, None
+
+    @contextmanager
+    def restricted(self, mask: torch.Tensor | None):
+        """Route each sequence of the batch only among the schemas ``mask`` (B, S) allows
+        (oracle routing by the problems' tags); None leaves routing to the routers."""
+        for b in self:
+            b.route_mask = mask
+        try:
+            yield
+        finally:
+            for b in self:
+                b.route_mask = None
 
     def last_logits(self) -> list[torch.Tensor]:
         """Router logits of the last captured forward pass, one (B, T, S) tensor per bank."""

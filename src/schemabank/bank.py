@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .router import PrefixState, make_router, prefix_mean
+
 RMS_EPS = 1e-6
 
 
@@ -40,6 +42,8 @@ class SchemaBank(nn.Module):
         rank: int = 16,
         topk: int = 2,
         attr_dim: int = 8,
+        router_input: str = "token",
+        router_hidden: int = 0,
     ):
         super().__init__()
         if not 1 <= topk <= num_schemas:
@@ -51,7 +55,8 @@ class SchemaBank(nn.Module):
             topk,
         )
         self.attr_dim = attr_dim
-        self.router = nn.Linear(hidden_size, num_schemas, bias=False)
+        self.router_input, self.router_hidden = router_input, router_hidden
+        self.router = make_router(hidden_size, num_schemas, router_input, router_hidden)
         self.U = nn.Parameter(torch.empty(num_schemas, hidden_size, rank))  # S x H x r
         self.V = nn.Parameter(torch.empty(num_schemas, rank, hidden_size))  # S x r x H
         self.A = nn.Parameter(torch.empty(num_schemas, attr_dim))  # S x ad
@@ -60,13 +65,21 @@ class SchemaBank(nn.Module):
         self.enabled = True
         self.capture = False
         self.last_logits: torch.Tensor | None = None
+        self.route_mask: torch.Tensor | None = None
+        """(B, S) bool: each sequence's top-k is chosen among these schemas (oracle routing)."""
+        self.prefix_state: PrefixState | None = None  # set by BankSet for prefix routers
+        self._carry: tuple[torch.Tensor, torch.Tensor] | None = None
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Initialise as SPEC section 2 says: orthonormal ``U`` columns and ``V`` rows, small
         random router, attributes and gate, and ``gain = 0`` so the bank starts as the identity."""
-        nn.init.normal_(self.router.weight, std=0.02)
+        for m in self.router.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         for s in range(self.num_schemas):
             nn.init.orthogonal_(self.U[s])  # H x r: orthonormal columns
             nn.init.orthogonal_(self.V[s])  # r x H: orthonormal rows
@@ -76,13 +89,32 @@ class SchemaBank(nn.Module):
 
     def extra_repr(self) -> str:
         """The bank's sizes, shown when the model is printed."""
-        return f"H={self.hidden_size}, S={self.num_schemas}, r={self.rank}, k={self.topk}, ad={self.attr_dim}"
+        return (
+            f"H={self.hidden_size}, S={self.num_schemas}, r={self.rank}, k={self.topk}, "
+            f"ad={self.attr_dim}, router={self.router_input}/{self.router_hidden or 'linear'}"
+        )
 
     def router_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Router logits in float32: ``(..., H) -> (..., S)``."""
+        """Router logits in float32: ``(B, T, H) -> (B, T, S)``, from the input that
+        ``router_input`` names (see :mod:`schemabank.router`)."""
         with torch.autocast(device_type=h.device.type, enabled=False):
-            x = F.rms_norm(h.float(), (self.hidden_size,), eps=RMS_EPS)
-            return F.linear(x, self.router.weight.float())
+            x = F.rms_norm(h.float(), (self.hidden_size,), eps=RMS_EPS)  # (B, T, H)
+            if self.router_input != "token":
+                state = self.prefix_state
+                carry = self._carry if state is not None and state.continues else None
+                mean, carry = prefix_mean(x, state.mask if state else None, carry)
+                self._carry = carry if state is not None else None
+                x = mean if self.router_input == "prefix_mean" else torch.cat([x, mean], -1)
+            if isinstance(self.router, nn.Linear):
+                return F.linear(x, self.router.weight.float())
+            return self.router(x)
+
+    def masked(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (B, T, S) with the schemas outside :attr:`route_mask` at -inf (unchanged
+        without a mask): what the top-k is taken over."""
+        if self.route_mask is None:
+            return logits
+        return logits.masked_fill(~self.route_mask[:, None, :], float("-inf"))
 
     def gates(self) -> torch.Tensor:
         """Per-schema gates ``sigmoid(A · G)``: ``S x r``."""
@@ -100,7 +132,7 @@ class SchemaBank(nn.Module):
         logits = self.router_logits(h)  # (B, T, S) float32
         if self.capture:
             self.last_logits = logits
-        weights = self.routing_weights(logits)  # (B, T, S)
+        weights = self.routing_weights(self.masked(logits))  # (B, T, S)
         S, H, r = self.num_schemas, self.hidden_size, self.rank
         u_all = self.U.permute(1, 0, 2).reshape(H, S * r)  # H x (S·r)
         v_all = self.V.reshape(S * r, H)  # (S·r) x H

@@ -105,6 +105,8 @@ def save_checkpoint(
                     "rank": first.rank,
                     "topk": first.topk,
                     "attr_dim": first.attr_dim,
+                    "router_input": first.router_input,
+                    "router_hidden": first.router_hidden,
                     "hidden_size": first.hidden_size,
                     "layers": list(banks.banks),
                 },
@@ -187,6 +189,8 @@ def load_checkpoint(directory: Path, device: torch.device, dtype: torch.dtype):
                 bcfg["rank"],
                 bcfg["topk"],
                 bcfg["attr_dim"],
+                bcfg.get("router_input", "token"),  # checkpoints from before router designs
+                bcfg.get("router_hidden", 0),
             )
             banks.load_state_dict(_load_tensors(directory / BANK_FILES[0]))
         except (KeyError, TypeError, ValueError) as exc:

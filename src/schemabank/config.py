@@ -47,6 +47,8 @@ def yaml_load(text: str) -> Any:
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULERS = ("constant", "linear", "cosine")
+ROUTINGS = ("learned", "oracle")
+ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.router
 
 
 @dataclass
@@ -97,6 +99,16 @@ class BankConfig:
     """Switch/Mixtral load-balancing loss weight (stage 3); 0 turns it off."""
     lambda_z: float = 0.0
     """Router z-loss weight (stage 3); 0 turns it off."""
+    router_input: str = "token"
+    """What the router reads: ``token`` (its own hidden state, the seed's), ``prefix_mean`` (the
+    causal mean of the prefix's hidden states) or ``token_prefix`` (both); see
+    :mod:`schemabank.router`."""
+    router_hidden: int = 0
+    """Router depth: 0 is a linear map (the seed's); n > 0 an MLP with n hidden units."""
+    routing: str = "learned"
+    """``learned``: the routers choose each token's top-k; ``oracle``: in stages 2 and 3 and at
+    evaluation each token's top-k is chosen only among the schemas its problem's tags own
+    (tags from the reference solution), an upper bound on what routing by tags can give."""
 
 
 @dataclass
@@ -180,6 +192,10 @@ class EvalConfig:
     """Also measure the base model's perplexity (adapter off) for comparison."""
     num_samples: int = 10
     """Sample predictions stored in results.json."""
+    routing: str | None = None
+    """Routing at evaluation: ``learned`` or ``oracle`` (see ``schemabank.routing``); ``null``:
+    as the run was trained. ``schemabank eval --checkpoint RUN --set eval.routing=oracle``
+    evaluates a learned-router run with oracle routing."""
 
 
 @dataclass
@@ -340,6 +356,16 @@ def validate(cfg: Config) -> list[str]:
         p.append("schemabank.layers: must list at least one decoder layer")
     elif len(set(b.layers)) != len(b.layers):
         p.append(f"schemabank.layers: must not repeat a layer, got {b.layers}")
+    if b.router_input not in ROUTER_INPUTS:
+        p.append(
+            f"schemabank.router_input: must be one of {', '.join(ROUTER_INPUTS)}, got {b.router_input!r}"
+        )
+    if b.router_hidden < 0:
+        p.append(f"schemabank.router_hidden: must be >= 0, got {b.router_hidden}")
+    if b.routing not in ROUTINGS:
+        p.append(f"schemabank.routing: must be one of {', '.join(ROUTINGS)}, got {b.routing!r}")
+    if ev.routing is not None and ev.routing not in ROUTINGS:
+        p.append(f"eval.routing: must be one of {', '.join(ROUTINGS)} or null, got {ev.routing!r}")
     for key in ("lambda_ortho", "lambda_balance", "lambda_z"):
         if getattr(b, key) < 0:
             p.append(f"schemabank.{key}: must be >= 0, got {getattr(b, key)}")

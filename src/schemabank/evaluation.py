@@ -18,7 +18,9 @@ computed, so the results are those of one process (``eval.batch_size`` is then p
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,8 @@ from .checkpoint import load_checkpoint
 from .config import Config, EvalConfig
 from .data import (
     Problem,
+    collate,
+    encode_all,
     fewshot_prompt,
     load_gsm8k,
     load_wikitext,
@@ -44,7 +48,7 @@ from .data import (
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype
-from .tags import TAGS
+from .tags import TAGS, routing_target
 
 
 @dataclass
@@ -91,8 +95,12 @@ def generate(
     device: torch.device,
     bf16: bool,
     desc: str = "gsm8k",
+    banks: BankSet | None = None,
+    route_masks: torch.Tensor | None = None,
 ) -> list[Generation]:
-    """Greedy generations for ``prompts`` (in their order)."""
+    """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
+    one row per prompt, each prompt's tokens are routed only among its row's schemas
+    (oracle routing; :meth:`BankSet.restricted`)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
@@ -117,7 +125,7 @@ def generate(
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(
             device
         )
-        with autocast(device, bf16):
+        with _restricted(banks, route_masks, idx, device), autocast(device, bf16):
             seqs = model.generate(**batch, generation_config=gen_cfg, tokenizer=tokenizer)
         new = seqs[:, batch["input_ids"].shape[1] :].tolist()
         for i, ids in zip(idx, new, strict=True):
@@ -126,6 +134,27 @@ def generate(
         bar.update(len(idx))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+def _restricted(banks: BankSet | None, route_masks: torch.Tensor | None, idx: list[int], device):
+    """Oracle routing for the batch of rows ``idx`` of ``route_masks``, or nothing."""
+    if banks is None or route_masks is None:
+        return nullcontext()
+    return banks.restricted(route_masks[idx].to(device))
+
+
+def oracle_masks(problems: list[Problem], num_schemas: int) -> torch.Tensor:
+    """(N, S) bool: the schemas each problem's tags own (all schemas for a problem without tags),
+    the support of its routing target."""
+    return torch.stack([routing_target(p.tags, num_schemas) > 0 for p in problems])
+
+
+def _slots(logits: torch.Tensor, k: int) -> np.ndarray:
+    """Top-k schema ids (B, T, k) of router logits; a slot that gets no weight (oracle routing
+    among fewer than k schemas: its logit is -inf) repeats the token's top-1 schema."""
+    val, idx = logits.topk(k, dim=-1)
+    idx = torch.where(torch.isinf(val), idx[..., :1], idx)
+    return idx.cpu().numpy()
 
 
 @torch.no_grad()
@@ -137,8 +166,10 @@ def route_tokens(
     batch_size: int,
     device: torch.device,
     bf16: bool,
+    route_masks: torch.Tensor | None = None,
 ) -> dict[int, list[np.ndarray]]:
-    """Top-k schema ids of every token of each sequence, per bank: ``{layer: [(L_i, k) arrays]}``."""
+    """Top-k schema ids of every token of each sequence, per bank: ``{layer: [(L_i, k) arrays]}``
+    (under oracle routing with ``route_masks``, as in :func:`generate`)."""
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in banks.banks}
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
@@ -148,9 +179,14 @@ def route_tokens(
         for i, s in enumerate(chunk):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-        with banks.capturing(), autocast(device, bf16):
+        rows = list(range(start, start + len(chunk)))
+        with (
+            banks.capturing(),
+            _restricted(banks, route_masks, rows, device),
+            autocast(device, bf16),
+        ):
             model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
-            topk = [b.last_logits.topk(b.topk, dim=-1).indices.cpu().numpy() for b in banks]
+            topk = [_slots(b.masked(b.last_logits), b.topk) for b in banks]
         for layer, t in zip(banks.banks, topk, strict=True):
             out[layer].extend(t[i, : len(s)] for i, s in enumerate(chunk))
     return out
@@ -193,10 +229,88 @@ def routing_report(
             },
             "dominant_schema": dominant,
             "nmi_tags_dominant": metrics.tag_schema_nmi(tags, dominant),
+            "tag_routing": metrics.tag_routing_scores(tags, per_problem, TAGS, num_schemas),
         }
     keys = ("active", "dead", "entropy_bits", "schema_reuse", "nmi_tags_dominant")
     summary = {k: float(np.mean([v[k] for v in layers.values()])) for k in keys}
     return {"num_schemas": num_schemas, "summary": summary, "layers": layers}
+
+
+@torch.no_grad()
+def routing_fit(
+    model,
+    tokenizer,
+    banks: BankSet,
+    problems: list[Problem],
+    max_length: int,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+) -> dict:
+    """How close the routers come to stage 1's routing targets on ``problems`` (held out, as
+    training text without the tag line), in nats of cross-entropy.
+
+    For each region of tokens (``all``; ``question``, the prompt ``Question: ...\nAnswer:``;
+    ``answer``, the reference solution; ``last``, each problem's last token, which has seen the
+    whole solution), the router's cross-entropy to the problem's target (mean over tokens and
+    banks), the uniform router's ``ln S`` and the perfect router's (the mean entropy of the
+    targets over the same tokens), and the share of the gap between them that the router closes:
+    ``(ln S - ce) / (ln S - perfect)`` (1: perfect, 0: no better than uniform). Per bank too.
+    """
+    S = next(iter(banks)).num_schemas
+    encoded = encode_all(tokenizer, problems, max_length)
+    targets = torch.stack([routing_target(p.tags, S) for p in problems])  # (N, S)
+    entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1)  # (N,)
+    regions = ("all", "question", "answer", "last")
+    sums = {layer: dict.fromkeys(regions, 0.0) for layer in banks.banks}
+    perfect, count = dict.fromkeys(regions, 0.0), dict.fromkeys(regions, 0)
+    for start in range(0, len(problems), batch_size):
+        batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id)
+        tgt = targets[start : start + batch_size].to(device)  # (B, S)
+        ent = entropy[start : start + batch_size]  # (B,)
+        real = batch["attention_mask"].bool()  # (B, T)
+        last = torch.zeros_like(real)
+        last[torch.arange(len(real)), real.sum(1) - 1] = True
+        where = {
+            "all": real,
+            "question": real & (batch["labels"] == -100),
+            "answer": batch["labels"] != -100,
+            "last": last,
+        }
+        with banks.capturing(), autocast(device, bf16):
+            model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                logits_to_keep=1,
+            )
+            logits = {layer: b.last_logits for layer, b in banks.banks.items()}
+        for region, m in where.items():
+            count[region] += int(m.sum())
+            perfect[region] += float((ent[:, None] * m).sum())
+            for layer, lg in logits.items():
+                ce = -(lg.float().log_softmax(-1) * tgt[:, None, :]).sum(-1).cpu()  # (B, T)
+                sums[layer][region] += float(ce[m].sum())
+
+    def summary(ce_sum: dict) -> dict:
+        out = {}
+        for r in regions:
+            ce, best = ce_sum[r] / max(count[r], 1), perfect[r] / max(count[r], 1)
+            gap = math.log(S) - best
+            out[r] = {
+                "ce": ce,
+                "perfect": best,
+                "gap_closed": (math.log(S) - ce) / gap if gap > 0 else None,
+                "tokens": count[r],
+            }
+        return out
+
+    mean = {r: float(np.mean([sums[layer][r] for layer in sums])) for r in regions}
+    return {
+        "problems": len(problems),
+        "uniform": math.log(S),
+        "regions": summary(mean),
+        "layers": {str(layer): summary(v) for layer, v in sums.items()},
+    }
 
 
 def evaluate_gsm8k(
@@ -210,16 +324,23 @@ def evaluate_gsm8k(
     device: torch.device,
     bf16: bool,
     num_samples: int = 10,
+    oracle: bool = False,
+    report_routing: bool = True,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached. ``batch_size`` None picks one for the device.
     With several processes, each generates for its :func:`~schemabank.distributed.shard` of the
-    problems."""
+    problems. ``oracle``: route each problem's tokens among its tags' schemas only (the tags of
+    its reference solution; :func:`oracle_masks`). ``report_routing`` False leaves out the
+    routing report (the banks still act)."""
     # One batch of the whole test set was fastest on an H200 (20 s for 1,319 vs 34 s in batches of 512).
     batch_size = batch_size or (1536 if device.type == "cuda" else 16)
     t0 = time.perf_counter()
     prompts = build_prompts(problems, shots)
     mine = distributed.shard(len(problems))
+    masks = None
+    if oracle and banks is not None:
+        masks = oracle_masks([problems[i] for i in mine], next(iter(banks)).num_schemas)
     my_gens = generate(
         model,
         tokenizer,
@@ -228,6 +349,8 @@ def evaluate_gsm8k(
         max_new_tokens,
         device,
         bf16,
+        banks=banks,
+        route_masks=masks,
     )
     gens = distributed.gather_shards(my_gens, len(problems))
     gen_time = time.perf_counter() - t0
@@ -253,11 +376,12 @@ def evaluate_gsm8k(
             }
             for i in range(min(num_samples, len(problems)))
         ],
+        "routing_mode": "oracle" if oracle and banks is not None else "learned",
         "generated_tokens": sum(len(g.gen_ids) for g in gens),
         "generation_s": gen_time,
     }
     routing = None
-    if banks is not None:
+    if banks is not None and report_routing:
         my_routes = route_tokens(
             model,
             banks,
@@ -266,6 +390,7 @@ def evaluate_gsm8k(
             batch_size,
             device,
             bf16,
+            masks,
         )
         per_problem = distributed.gather_shards(
             list(zip(*my_routes.values(), strict=True)), len(problems)
@@ -363,9 +488,14 @@ def run_evaluation(
     bf16: bool,
     base_context=None,
     dev: list[Problem] = (),
+    oracle: bool = False,
+    max_length: int = 512,
 ) -> dict:
     """GSM8K, routing and perplexity results for one model, as stored in results.json; with
-    ``dev`` problems (held out of training) also their GSM8K accuracy, as ``gsm8k_dev``."""
+    ``dev`` problems (held out of training) also their GSM8K accuracy, as ``gsm8k_dev``.
+    With banks, also :func:`routing_fit` on the dev and the test problems (training text of at
+    most ``max_length`` tokens). ``oracle``: GSM8K with oracle routing (perplexity text has no
+    tags: the routers route it)."""
     model.eval()
     t0 = time.perf_counter()
     out = evaluate_gsm8k(
@@ -379,6 +509,7 @@ def run_evaluation(
         device,
         bf16,
         ecfg.num_samples,
+        oracle=oracle,
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
@@ -389,14 +520,25 @@ def run_evaluation(
             tokenizer,
             dev,
             shots,
-            None,
+            banks,
             ecfg.batch_size,
             ecfg.max_new_tokens,
             device,
             bf16,
             num_samples=0,
+            oracle=oracle,
+            report_routing=False,
         )["gsm8k"]
         timings["gsm8k_dev_s"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+    if banks is not None:
+        fit_batch = ecfg.batch_size or (256 if device.type == "cuda" else 16)
+        splits = {"dev": list(dev), "test": test} if dev else {"test": test}
+        out["routing_fit"] = {
+            name: routing_fit(model, tokenizer, banks, probs, max_length, fit_batch, device, bf16)
+            for name, probs in splits.items()
+        }
+        timings["routing_fit_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()
     out["perplexity"] = None
     if wikitext is not None and ecfg.ppl_windows:
@@ -461,6 +603,8 @@ def _evaluate_checkpoint(checkpoint: Path, cfg: Config, device: torch.device, da
         bf16,
         lambda: base_only(model, banks),
         dev,
+        oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
+        max_length=cfg.training.max_length,
     )
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
     return build_results(

@@ -234,3 +234,45 @@ def tag_schema_nmi(problem_tags: Sequence[Sequence[str]], problem_dominant: Sequ
         return 0.0
     x, y = zip(*pairs, strict=True)
     return normalized_mutual_info(x, y)
+
+
+def tag_routing_scores(
+    problem_tags: Sequence[Sequence[str]],
+    problem_topk: Sequence[np.ndarray],
+    tags: Sequence[str],
+    num_schemas: int,
+) -> dict:
+    """Per-tag routing precision and recall over problems.
+
+    Tag ``j`` owns the block of ``S // T`` schemas starting at ``j * (S // T)`` (see
+    :mod:`schemabank.tags`). A problem is *routed to* a tag when that block receives at least
+    twice its uniform share (``2 · (S // T) / S``) of the problem's top-k routing slots: a router
+    following the tags gives a problem's block(s) all of its slots (a half each with two tags),
+    a uniform one an eighth. Precision: of the problems routed to the tag, the share that have
+    it; recall: of the problems that have it, the share routed to it (None when undefined).
+    """
+    T = len(tags)
+    block = num_schemas // T
+    threshold = 2 * block / num_schemas
+    index = {t: j for j, t in enumerate(tags)}
+    truth = np.zeros((len(problem_tags), T), dtype=bool)
+    routed = np.zeros_like(truth)
+    for i, (ptags, ids) in enumerate(zip(problem_tags, problem_topk, strict=True)):
+        for t in ptags:
+            truth[i, index[t]] = True
+        counts = np.bincount(np.asarray(ids).reshape(-1), minlength=num_schemas)
+        share = counts[: T * block].reshape(T, block).sum(1) / max(counts.sum(), 1)
+        routed[i] = share >= threshold
+    hits = (truth & routed).sum(0)
+
+    def ratio(num, den):
+        return [float(n / d) if d else None for n, d in zip(num, den, strict=True)]
+
+    return {
+        "tags": list(tags),
+        "threshold_share": threshold,
+        "precision": ratio(hits, routed.sum(0)),
+        "recall": ratio(hits, truth.sum(0)),
+        "support": truth.sum(0).tolist(),
+        "routed": routed.sum(0).tolist(),
+    }

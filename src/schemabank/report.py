@@ -447,6 +447,51 @@ def plot_tag_schema(routing: dict, path: Path, title: str) -> dict:
     return data
 
 
+def plot_tag_routing(routing: dict, path: Path, title: str) -> dict:
+    """Per-tag routing precision and recall (one panel per bank), as
+    :func:`schemabank.metrics.tag_routing_scores` defines them."""
+    layers = {k: v["tag_routing"] for k, v in routing["layers"].items() if "tag_routing" in v}
+    fig = _new_figure(7.0, 2.6 * len(layers))
+    axes = fig.subplots(len(layers), 1, squeeze=False)[:, 0]
+    data = {}
+    for ax, (layer, sc) in zip(axes, layers.items(), strict=True):
+        x = np.arange(len(sc["tags"]))
+        prec = [np.nan if v is None else v for v in sc["precision"]]
+        rec = [np.nan if v is None else v for v in sc["recall"]]
+        ax.bar(x - 0.2, prec, 0.4, label="precision")
+        ax.bar(x + 0.2, rec, 0.4, label="recall")
+        ax.set_xticks(x, [f"{t}\n(n={n})" for t, n in zip(sc["tags"], sc["support"], strict=True)])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share")
+        ax.set_title(
+            f"layer {layer}: routed to a tag = its block gets >= {sc['threshold_share']:.2f} of the slots"
+        )
+        ax.legend(loc="upper right", fontsize=8)
+        data[layer] = {"precision": prec, "recall": rec, "tags": sc["tags"]}
+    fig.suptitle(f"{title}: routing by tag (test problems)")
+    _save(fig, path)
+    return data
+
+
+def routing_fit_lines(fit: dict) -> list[str]:
+    """A Markdown table of :func:`schemabank.evaluation.routing_fit` per split and region."""
+    rows = []
+    for split, f in fit.items():
+        for region, v in f["regions"].items():
+            closed = "–" if v["gap_closed"] is None else f"{v['gap_closed']:.2f}"
+            rows.append(
+                [
+                    split,
+                    region,
+                    f"{v['ce']:.3f}",
+                    f"{f['uniform']:.3f}",
+                    f"{v['perfect']:.3f}",
+                    closed,
+                ]
+            )
+    return _table(["split", "tokens", "router CE", "uniform", "perfect", "gap closed"], rows)
+
+
 def _schema_palette(order: list[int]) -> dict[int, tuple]:
     """Distinct colours for the schemas in ``order`` (most used first): tab10, then tab20's
     light shades, then tab20b; enough for 40 schemas."""
@@ -851,6 +896,26 @@ def _run_section(run: RunData, out: Path) -> list[str]:
     name = f"{run.slug}_tag_schema.png"
     run.figures[name] = plot_tag_schema(routing, out / name, run.label)
     md += ["### Tag x schema", "", _image(f"tag x schema heatmap of {run.label}", name), ""]
+    if r.get("routing_fit"):
+        md += [
+            "### Routing against the tag targets",
+            "",
+            "Cross-entropy of the routers to the stage-1 routing targets on held-out problems "
+            "without the tag line, by token region, with the share of the gap between a uniform "
+            "and a perfect router that they close (`routing_fit` in results.json).",
+            "",
+            *routing_fit_lines(r["routing_fit"]),
+            "",
+        ]
+    if any("tag_routing" in v for v in routing["layers"].values()):
+        name = f"{run.slug}_tag_routing.png"
+        run.figures[name] = plot_tag_routing(routing, out / name, run.label)
+        md += [
+            "### Routing precision and recall by tag",
+            "",
+            _image(f"tag routing of {run.label}", name),
+            "",
+        ]
     sample = pick_sample(r["gsm8k"].get("samples", []))
     md += ["### Routed tokens", ""]
     if sample is None:

@@ -21,7 +21,16 @@ Top-level keys (``format: schemabank-results-v1``):
   ``active``, ``dead``, ``entropy_bits``, ``schema_reuse``, ``nmi_tags_dominant``) and ``layers``
   (per bank: ``share`` per schema, ``active``, ``dead``, ``dead_schemas``, ``top``,
   ``entropy_bits``, ``max_entropy_bits``, ``tokens``, ``schema_reuse``, ``tag_schema`` table,
-  ``dominant_schema`` per problem, ``nmi_tags_dominant``);
+  ``dominant_schema`` per problem, ``nmi_tags_dominant``, ``tag_routing``: per-tag routing
+  ``precision`` and ``recall``, ``support``, ``routed``, ``threshold_share``, as
+  :func:`schemabank.metrics.tag_routing_scores` defines them); ``gsm8k.routing_mode`` says
+  whether the routers (``learned``) or the problems' tags (``oracle``) routed;
+- ``routing_fit``: absent without banks; else per split (``dev`` when there is one, ``test``)
+  the routers' cross-entropy to the stage-1 routing targets on the problems' training text
+  without the tag line, per region (``all``, ``question``, ``answer``, ``last`` token): ``ce``,
+  ``perfect``, ``gap_closed`` (share of the gap from ``uniform`` = ln S to ``perfect``),
+  ``tokens``; mean over banks in ``regions``, per bank in ``layers``
+  (:func:`schemabank.evaluation.routing_fit`);
 - ``training``: total steps, per stage (steps, learning rate, time, final loss), time, and
   ``resumed`` (whether it continued from a saved training state); null for evaluations;
 - ``timings``: seconds for setup, training, GSM8K, perplexity and the whole run;
@@ -69,6 +78,7 @@ def build_results(
         "perplexity": evaluation["perplexity"],
         "schema_reuse": evaluation["schema_reuse"],
         "routing": evaluation["routing"],
+        **({"routing_fit": evaluation["routing_fit"]} if "routing_fit" in evaluation else {}),
         "training": training,
         "timings": timings,
         "environment": env,
@@ -126,6 +136,12 @@ def summary_lines(results: dict) -> list[str]:
         lines.append(
             f"  schemas   active {s['active']:.0f}/{r['num_schemas']}, entropy {s['entropy_bits']:.2f} bits, "
             f"reuse {s['schema_reuse']:.2f}, NMI {s['nmi_tags_dominant']:.3f}"
+        )
+    for split, fit in (results.get("routing_fit") or {}).items():
+        closed = {k: v["gap_closed"] for k, v in fit["regions"].items()}
+        lines.append(
+            f"  routing   {split}: gap to the tag targets closed "
+            + ", ".join(f"{k} {v:.2f}" for k, v in closed.items() if v is not None)
         )
     p = results.get("parameters")
     if p:

@@ -222,7 +222,10 @@ class Trainer:
         b = self.cfg.schemabank
         out: dict[str, torch.Tensor] = {}
         capture = self.banks.capturing() if self.banks is not None else nullcontext()
-        with capture, autocast(self.device, self.bf16):
+        oracle = nullcontext()
+        if self.banks is not None and b.routing == "oracle" and "lm" in stage.losses:
+            oracle = self.banks.restricted(targets > 0)  # each problem's tags' schemas only
+        with capture, oracle, autocast(self.device, self.bf16):
             if "lm" in stage.losses:
                 out["lm"] = answer_loss(self.model, batch, positions=positions)
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
@@ -741,6 +744,8 @@ def _run(
         bf16,
         lambda: base_only(model, banks),
         dev_set,
+        oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
+        max_length=cfg.training.max_length,
     )
     results = build_results(
         cfg=cfg,
