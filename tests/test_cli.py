@@ -552,6 +552,33 @@ def test_compare_different_problem_sets_fails(evals, runs, capsys, tmp_path):
     assert not out.exists()
 
 
+def test_compare_pools_pairs_of_seeds(capsys, tmp_path):
+    """Several pairs (the committed routing study's three seeds) are compared one by one and
+    pooled; an odd number of runs is refused."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    runs = [
+        results / name
+        for s in (42, 43, 44)
+        for name in (f"sb_routed_seed{s}", f"lora_b32_lr5e-4_r32_all_seed{s}")
+    ]
+    out = tmp_path / "pooled.json"
+    code, err = call_main(capsys, "compare", *runs, "--output", out)
+    assert code == 0, err
+    c = read_json(out)
+    assert len(c["pairs"]) == 3
+    for key in ("strict", "flexible"):
+        pooled = c["pooled"][key]
+        per_seed = [pair[key]["bootstrap"]["difference"] for pair in c["pairs"]]
+        assert pooled["per_seed_difference"] == pytest.approx(per_seed)
+        assert pooled["difference"] == pytest.approx(sum(per_seed) / 3)
+        assert pooled["ci95"][0] <= pooled["difference"] <= pooled["ci95"][1]
+        assert 0 < pooled["p_value"] <= 1
+    code, err = call_main(capsys, "compare", *runs[:3])
+    assert_user_error(code, err, "in pairs", "got 3")
+
+
 def test_compare_missing_results_file(runs, capsys, tmp_path):
     code, err = call_main(capsys, "compare", runs["schemabank"].dir, tmp_path / "absent_run")
     assert_user_error(code, err, "results file not found", "absent_run")

@@ -434,3 +434,33 @@ def test_tag_schema_nmi_over_problem_tag_pairs():
     assert tag_schema_nmi([["add"], ["mul"], ["add"]], [3, 4, 3]) == pytest.approx(1.0)
     assert tag_schema_nmi([[], []], [0, 1]) == 0.0
     assert tag_schema_nmi([], []) == 0.0
+
+
+def test_pooled_paired_by_hand():
+    from schemabank.metrics import pooled_paired
+
+    a = [[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1]]
+    b = [[0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
+    out = pooled_paired(a, b)
+    assert out["seeds"] == 2 and out["n"] == 8
+    assert out["per_seed_difference"] == [7 / 8, 1.0]
+    assert out["difference"] == pytest.approx(15 / 16)
+    # every problem's seed-averaged difference is positive: of the 2^8 sign patterns only the
+    # all-positive and the all-negative one are as extreme (an exact two-sided test)
+    assert out["p_value"] == pytest.approx(2 / 256)
+    assert out["ci95"][0] <= out["difference"] <= out["ci95"][1]
+    same = pooled_paired(a, a)
+    assert same["difference"] == 0 and same["p_value"] == 1.0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_pooled_paired_keeps_a_problem_together_across_seeds():
+    """The same problems in every seed: a problem that flips A/B in opposite directions in two
+    seeds contributes 0, not two discordant pairs."""
+    from schemabank.metrics import pooled_paired
+
+    a = [[1, 0] * 20, [0, 1] * 20]
+    b = [[0, 1] * 20, [1, 0] * 20]
+    out = pooled_paired(a, b)
+    assert out["difference"] == 0 and out["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        pooled_paired([[1, 0]], [[1, 0, 1]])

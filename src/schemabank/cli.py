@@ -116,8 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", help="paired comparison of two evaluated runs (McNemar, bootstrap)"
     )
-    c.add_argument("run_a", help="run directory or results.json")
-    c.add_argument("run_b", help="run directory or results.json")
+    c.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="RUN_A RUN_B (run directories or results.json); more pairs (one per seed: "
+        "A1 B1 A2 B2 ...) are also pooled",
+    )
     c.add_argument("--output", help="also write the comparison as JSON")
 
     w = sub.add_parser(
@@ -347,10 +352,17 @@ def cmd_verify(args) -> int:
 
 def cmd_compare(args) -> int:
     from .checkpoint import write_json
-    from .compare import compare_runs, format_comparison
+    from .compare import compare_runs, format_comparison, format_pooled, pool_comparisons
 
-    comparison = compare_runs(args.run_a, args.run_b)
-    print("\n".join(format_comparison(comparison)))
+    if len(args.runs) % 2:
+        raise ConfigError(f"compare: give runs in pairs (A B [A B ...]), got {len(args.runs)}")
+    pairs = list(zip(args.runs[::2], args.runs[1::2], strict=True))
+    if len(pairs) == 1:
+        comparison = compare_runs(*pairs[0])
+        print("\n".join(format_comparison(comparison)))
+    else:
+        comparison = pool_comparisons(pairs)
+        print("\n".join(format_pooled(comparison)))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.output), comparison)

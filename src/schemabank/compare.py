@@ -1,7 +1,8 @@
 """Paired comparison of two runs evaluated on the same GSM8K problems.
 
 For strict and flexible accuracy: both accuracies, the exact McNemar test on the problems only one
-run solved, and the difference A − B with a paired-bootstrap 95% interval.
+run solved, and the difference A − B with a paired-bootstrap 95% interval. Several pairs (one per
+seed) are also pooled (:func:`schemabank.metrics.pooled_paired`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,39 @@ def compare_results(a: dict, b: dict, n_resamples: int = 10_000, seed: int = 0) 
 def compare_runs(run_a: str, run_b: str) -> dict:
     """Compare two run directories (or results.json files)."""
     return compare_results(load_results(run_a), load_results(run_b))
+
+
+def pool_comparisons(pairs: list[tuple[str, str]], n_resamples: int = 10_000) -> dict:
+    """Each pair's comparison, and their pooled difference and test (strict and flexible).
+    Every run must have been evaluated on the same problems."""
+    loaded = [(load_results(a), load_results(b)) for a, b in pairs]
+    out = {"pairs": [compare_results(a, b, n_resamples) for a, b in loaded], "pooled": {}}
+    first = loaded[0][0]["gsm8k"]["problems"]
+    for a, _ in loaded[1:]:
+        if [(p["index"], p["gold"]) for p in a["gsm8k"]["problems"]] != [
+            (p["index"], p["gold"]) for p in first
+        ]:
+            raise SchemaBankError("the pairs were not evaluated on the same problems")
+    for key in ("strict", "flexible"):
+        out["pooled"][key] = metrics.pooled_paired(
+            [_outcomes(a, key) for a, _ in loaded],
+            [_outcomes(b, key) for _, b in loaded],
+            n_resamples=n_resamples,
+        )
+    return out
+
+
+def format_pooled(c: dict) -> list[str]:
+    """:func:`pool_comparisons` as lines: each pair's, then the pooled ones."""
+    lines = [line for pair in c["pairs"] for line in format_comparison(pair)]
+    lines.append(f"pooled over {len(c['pairs'])} pairs (sign-flip permutation test over problems)")
+    for key in ("strict", "flexible"):
+        r = c["pooled"][key]
+        lines.append(
+            f"  {key:9s} mean A-B {100 * r['difference']:+.2f} pts (95% CI "
+            f"{100 * r['ci95'][0]:+.2f} to {100 * r['ci95'][1]:+.2f}), p = {r['p_value']:.4g}"
+        )
+    return lines
 
 
 def format_comparison(c: dict) -> list[str]:

@@ -123,6 +123,61 @@ def paired_bootstrap(
     }
 
 
+def pooled_paired(
+    a_runs: Sequence[Sequence[bool]],
+    b_runs: Sequence[Sequence[bool]],
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Pool paired comparisons over seeds: run ``a_runs[k]`` against ``b_runs[k]``, every pair
+    evaluated on the same problems.
+
+    The unit is the problem, since every seed is scored on the same problems (their outcomes are
+    correlated across seeds, so the seeds' discordant pairs are not independent and summing
+    McNemar counts over seeds would overstate the evidence). Each problem gets ``d_i``, the mean
+    over seeds of ``a - b`` (each in {-1, 0, 1}); the pooled difference is ``mean(d)``, with a
+    percentile interval from resampling problems (the same problems for every seed) and the
+    two-sided p-value of a sign-flip permutation test on ``d``: under the null that A and B are
+    exchangeable on each problem, each ``d_i`` is as likely to be ``-d_i``.
+    """
+    x = np.asarray(a_runs, dtype=float)  # (K, N)
+    y = np.asarray(b_runs, dtype=float)
+    if x.shape != y.shape or x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError("pooled_paired needs K >= 1 pairs of outcome lists of one length")
+    d = (x - y).mean(0)  # (N,): each problem's seed-averaged difference
+    diff = float(d.mean()) if d.size else 0.0
+    out = {"seeds": int(x.shape[0]), "n": int(x.shape[1]), "difference": diff}
+    out["per_seed_difference"] = [float(v) for v in (x - y).mean(1)]
+    if d.size < 2 or np.all(d == d[0]):
+        return {**out, "ci95": [diff, diff], "p_value": 1.0 if np.all(d == 0) else 0.0}
+    rng = np.random.default_rng(seed)
+    boot = stats.bootstrap(
+        (d,),
+        np.mean,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=rng,
+    )
+    perm = stats.permutation_test(
+        (d,),
+        lambda u, axis=-1: u.mean(axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        alternative="two-sided",
+        random_state=rng,
+    )
+    return {
+        **out,
+        "ci95": [float(boot.confidence_interval.low), float(boot.confidence_interval.high)],
+        "p_value": float(perm.pvalue),
+        "test": "problem-level sign-flip permutation test of the seed-averaged difference",
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Routing
 
