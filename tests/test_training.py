@@ -383,3 +383,92 @@ def test_padding_script_counts_what_the_trainer_computes(
     # one process pads the batch to its longest; four of one example each pad nothing
     assert "1 process:" in one and "0.0% padding" not in one
     assert "4 processes:" in four and "0.0% padding" in four
+
+
+def _patience_config(tiny_llama, **training):
+    raw = tiny_config(
+        tiny_llama,
+        data={"dev_size": 2},
+        eval={"limit": 2, "batch_size": 2, "max_new_tokens": 2, "ppl_windows": []},
+    )
+    raw["training"] |= {"total_steps": 6, **training}
+    raw["training"]["stages"] = {
+        "stage1_router_pretrain": {
+            "steps": 4,
+            "patience": 1,
+            "eval_every": 1,
+            "tag_curriculum": {"dropout_schedule": [0.0, 0.5]},
+        },
+        "stage2_schema_train": {"steps": 2},
+        "stage3_joint_finetune": {"steps": 0},
+    }
+    return config_from_dict(raw)
+
+
+HELDOUT = {1: 3.0, 2: 2.9, 3: 2.95, 4: 2.8}  # held-out routing loss after each global step
+
+
+def test_stage1_patience_ends_it_and_gives_its_steps_to_stage2(
+    tiny_llama, data_dir, tmp_path, monkeypatch
+):
+    from schemabank import training
+
+    monkeypatch.setattr(Trainer, "heldout_route_ce", lambda self: HELDOUT[self.step])
+    run_dir = training.run(_patience_config(tiny_llama), tmp_path, data_dir)
+    log = read_jsonl(run_dir / "training_log.jsonl")
+    assert [x["stage"] for x in log] == ["router_pretrain"] * 3 + ["schema_train"] * 3
+    assert [x["step"] for x in log] == list(range(1, 7))
+    stages = json.loads((run_dir / "results.json").read_text())["training"]["stages"]
+    held = stages["router_pretrain"]["heldout"]
+    assert held["evals"] == [[1, 3.0], [2, 2.9], [3, 2.95]] and held["steps_run"] == 3
+    assert stages["router_pretrain"]["steps"] == 4 and stages["schema_train"]["steps"] == 3
+
+
+def test_stage1_patience_resumes_exactly(tiny_llama, data_dir, tmp_path, monkeypatch):
+    """Stopped by SIGTERM in stage 2 (after stage 1 ended early) and resumed: the same log as
+    an uninterrupted run."""
+    import signal
+
+    from schemabank import training
+    from schemabank.training import TrainingInterrupted
+
+    monkeypatch.setattr(Trainer, "heldout_route_ce", lambda self: HELDOUT[self.step])
+    whole = training.run(_patience_config(tiny_llama), tmp_path / "a", data_dir)
+    real_step = Trainer.train_step
+
+    def interrupted_step(self, *args, **kw):
+        record = real_step(self, *args, **kw)
+        if self.step == 2:  # in stage 1, before its end: the held-out record must survive
+            self.stop_signal = signal.SIGTERM
+        return record
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    cfg = _patience_config(tiny_llama)
+    with pytest.raises(TrainingInterrupted):
+        training.run(cfg, tmp_path / "b", data_dir)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = training.run(cfg, tmp_path / "b", data_dir, resume=True)
+    a = read_jsonl(whole / "training_log.jsonl")
+    b = read_jsonl(resumed / "training_log.jsonl")
+    assert [x["stage"] for x in b] == [x["stage"] for x in a]
+    assert [x["loss"] for x in b] == pytest.approx([x["loss"] for x in a], rel=1e-5)
+    ra = json.loads((whole / "results.json").read_text())["training"]["stages"]
+    rb = json.loads((resumed / "results.json").read_text())["training"]["stages"]
+    assert rb["router_pretrain"]["heldout"] == ra["router_pretrain"]["heldout"]
+
+
+def test_stage1_patience_needs_a_dev_split(tiny_llama):
+    from schemabank.errors import ConfigError
+
+    raw = tiny_config(tiny_llama)
+    raw["training"]["stages"]["stage1_router_pretrain"] |= {"patience": 2, "eval_every": 0}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert "needs held-out problems" in str(err.value) and "eval_every" in str(err.value)
+
+
+def test_heldout_route_ce_is_the_routing_fit_over_all_tokens(tiny_llama, data_dir):
+    trainer = make_trainer(tiny_llama, data_dir)
+    trainer.heldout = load_gsm8k("train", data_dir)[-2:]
+    ce = trainer.heldout_route_ce()
+    assert 0 < ce < 10 and trainer.model.training

@@ -121,9 +121,16 @@ class TagCurriculumConfig:
 @dataclass
 class Stage1Config:
     steps: int = 250
+    """With ``patience``, the most steps stage 1 may take."""
     learning_rate: float | None = None
     """Overrides training.learning_rate in this stage."""
     tag_curriculum: TagCurriculumConfig = field(default_factory=TagCurriculumConfig)
+    patience: int = 0
+    """0: run every step. n > 0: every ``eval_every`` steps, measure the routing cross-entropy
+    on held-out problems (the dev split, without the tag line) and end stage 1 once it has not
+    improved for n measurements; the steps it did not take go to stage 2."""
+    eval_every: int = 25
+    """Stage-1 steps between two held-out measurements (with ``patience``)."""
 
 
 @dataclass
@@ -417,6 +424,19 @@ def validate(cfg: Config) -> list[str]:
             p.append(f"{key}: every probability must be in [0, 1], got {sched}")
         elif 0 < s1.steps < len(sched):
             p.append(f"{key}: has {len(sched)} phases but stage 1 has only {s1.steps} steps")
+        if s1.patience < 0:
+            p.append(
+                f"training.stages.stage1_router_pretrain.patience: must be >= 0, got {s1.patience}"
+            )
+        if s1.eval_every < 1:
+            p.append(
+                f"training.stages.stage1_router_pretrain.eval_every: must be >= 1, got {s1.eval_every}"
+            )
+        if s1.patience > 0 and cfg.data.dev_size == 0:
+            p.append(
+                "training.stages.stage1_router_pretrain.patience: needs held-out problems; set "
+                "data.dev_size"
+            )
         for name, st in vars(t.stages).items():
             if st.learning_rate is not None and st.learning_rate <= 0:
                 p.append(

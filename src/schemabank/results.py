@@ -31,8 +31,10 @@ Top-level keys (``format: schemabank-results-v1``):
   ``perfect``, ``gap_closed`` (share of the gap from ``uniform`` = ln S to ``perfect``),
   ``tokens``; mean over banks in ``regions``, per bank in ``layers``
   (:func:`schemabank.evaluation.routing_fit`);
-- ``training``: total steps, per stage (steps, learning rate, time, final loss), time, and
-  ``resumed`` (whether it continued from a saved training state); null for evaluations;
+- ``training``: total steps, per stage (steps, learning rate, time, final loss; for a stage 1
+  with ``patience``, ``heldout``: its ``evals`` as [step, routing cross-entropy] pairs,
+  ``best``, and ``steps_run`` when it ended early), time, and ``resumed`` (whether it continued
+  from a saved training state); null for evaluations;
 - ``timings``: seconds for setup, training, GSM8K, perplexity and the whole run;
 - ``environment``: python, torch, transformers, peft and schemabank versions, device, number of
   processes (GPUs) the run used, git commit;

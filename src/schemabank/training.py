@@ -107,8 +107,10 @@ class Trainer:
         train_set: list[Problem],
         device: torch.device,
         bf16: bool,
+        heldout: list[Problem] = (),
     ):
         self.cfg, self.model, self.banks, self.tok = cfg, model, banks, tokenizer
+        self.heldout = list(heldout)  # problems for stage 1's held-out routing loss (patience)
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         self.rank, self.world = distributed.rank(), distributed.world_size()
         seed = cfg.experiment.seed
@@ -432,7 +434,8 @@ class Trainer:
         every = t.checkpoint_every
         self.enter_stage(stage)
         self.prepare_examples(stage)
-        schedule = t.stages.stage1_router_pretrain.tag_curriculum.dropout_schedule
+        s1 = t.stages.stage1_router_pretrain
+        schedule = s1.tag_curriculum.dropout_schedule
         t_stage = t_prev = time.perf_counter()
         pending = None
         for i in range(start, steps):
@@ -442,6 +445,8 @@ class Trainer:
             if pending is not None:
                 t_prev = self._emit(pending, logger, bar, t_prev, t_stage)
             pending = record
+            ended = stage.tagged and s1.patience > 0 and (i + 1) % s1.eval_every == 0
+            ended = ended and self._plateaued(stage, i + 1)  # before a save, which records it
             if (every and self.step % every == 0) or self.stop_requested():
                 t_prev = self._emit(pending, logger, bar, t_prev, t_stage)  # checked before saving
                 pending = None
@@ -452,10 +457,52 @@ class Trainer:
                 if self.stop_requested():
                     distributed.barrier()  # the others wait until rank 0 has saved
                     self._interrupted(stage)
+            if ended:
+                break
         if pending is not None:
             self._emit(pending, logger, bar, t_prev, t_stage)
         self._note_stage(stage, t_stage)
         return {"steps": steps, "learning_rate": lr, **self.stage_summary[stage.label]}
+
+    def heldout_route_ce(self) -> float:
+        """Mean routing cross-entropy to the routing targets over the held-out problems'
+        tokens, without the tag line (the same on every process)."""
+        from .evaluation import routing_fit
+
+        self.model.eval()  # no LoRA dropout in the measurement
+        fit = routing_fit(
+            self.model,
+            self.tok,
+            self.banks,
+            self.heldout,
+            self.cfg.training.max_length,
+            64,
+            self.device,
+            self.bf16,
+        )
+        self.model.train()
+        ce = torch.tensor(fit["regions"]["all"]["ce"], device=self.device)
+        if self.world > 1:  # each process's float may differ in the last bits: agree on one
+            distributed.all_reduce_sum(ce)
+            ce = ce / self.world
+        return float(ce)
+
+    def _plateaued(self, stage: Stage, steps_done: int) -> bool:
+        """Measure the held-out routing loss after ``steps_done`` steps of the stage; record it in
+        the stage summary (which the training state saves) and say whether it has not improved
+        for ``patience`` measurements, which ends the stage there."""
+        entry = self.stage_summary.setdefault(stage.label, {"time_s": 0.0, "final_loss": None})
+        h = entry.setdefault("heldout", {"evals": [], "best": None, "bad": 0, "steps_run": None})
+        ce = self.heldout_route_ce()
+        h["evals"].append([steps_done, ce])
+        if h["best"] is None or ce < h["best"]:
+            h["best"], h["bad"] = ce, 0
+        else:
+            h["bad"] += 1
+        if h["bad"] >= self.cfg.training.stages.stage1_router_pretrain.patience:
+            h["steps_run"] = steps_done
+            return True
+        return False
 
     def stop_requested(self) -> int:
         """The signal to stop for, or 0: this process's (:attr:`stop_signal`, set by a signal
@@ -481,6 +528,12 @@ class Trainer:
             f"{name} at step {self.step} (stage {stage.label}): saved the training state{where}",
             128 + signum,
         )
+
+
+def _steps_run(summary: dict | None, steps: int) -> int:
+    """Steps a stage takes: all of them, unless its held-out routing loss ended it earlier."""
+    ran = ((summary or {}).get("heldout") or {}).get("steps_run")
+    return steps if ran is None else ran
 
 
 def split_batch(lengths: list[int], rank: int, world: int, micro: int | None) -> list[list[int]]:
@@ -669,7 +722,7 @@ def _run(
         for path in replaced:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16)
+    trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16, heldout=dev_set[:256])
     trainer.run_dir = run_dir
     train_time = 0.0
     if resume:
@@ -713,19 +766,24 @@ def _run(
             disable=not main,
         ) as bar,
     ):
+        bonus = 0  # steps a stage 1 ended by its patience left to stage 2
         for stage, steps, lr in stage_plan(cfg):
-            start = min(max(trainer.step - done, 0), steps)
-            if start < steps:
+            steps += bonus
+            length = _steps_run(trainer.stage_summary.get(stage.label), steps)
+            start = min(max(trainer.step - done, 0), length)
+            if start < length:
                 stages[stage.label] = trainer.train_stage(
                     stage, steps, lr, logger, bar, start, checkpoint
                 )
+                length = _steps_run(stages[stage.label], steps)
             else:
                 stages[stage.label] = {
                     "steps": steps,
                     "learning_rate": lr,
                     **trainer.stage_summary[stage.label],
                 }
-            done += steps
+            bonus = steps - length
+            done += length
     train_time += time.perf_counter() - t_train
     t_trained = time.perf_counter()
     set_trainable(model, ())
