@@ -782,6 +782,21 @@ def test_bad_checkpoint(capsys, tmp_path, runs, data_dir, breakage):
     assert not out.exists()
 
 
+def test_eval_checkpoint_without_config_warns_about_the_defaults(capsys, tmp_path, runs, data_dir):
+    """A checkpoint copied without its run's config.yaml is still evaluated, with the default
+    settings, and says so (the routing study's oracle evaluation once ran so without a word)."""
+    ckpt = tmp_path / "copied" / "checkpoint"
+    shutil.copytree(runs["schemabank"].ckpt, ckpt)
+    out = tmp_path / "eval.json"
+    code, err = call_main(
+        capsys, "eval", "--checkpoint", ckpt, "--limit", 1, "--output", out, "--data-dir", data_dir,
+        "--set", "eval.max_new_tokens=2", "--set", "eval.ppl_windows=[]",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "warning" in err and "no config.yaml" in err and "default" in err
+    assert read_json(out)["experiment"]["name"] == "schemabank_gsm8k"
+
+
 def test_eval_limit_zero(capsys, tmp_path, runs, data_dir):
     out = tmp_path / "eval.json"
     code, err = call_main(

@@ -261,6 +261,12 @@ def cmd_eval(args) -> int:
         run_dir, ckpt = _run_dir_of(Path(args.checkpoint))
         cfg_path = run_dir / "config.yaml"
         data = read_yaml(cfg_path) if cfg_path.is_file() else Config().to_dict()
+        if not cfg_path.is_file() and is_main():
+            print(
+                f"schemabank: warning: {run_dir} has no config.yaml: evaluating with the default "
+                "settings (eval section, no dev split, experiment name); --set changes them",
+                file=sys.stderr,
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"{cfg_path}: the top level must be a mapping of sections")
         cfg = config_from_dict(
