@@ -16,15 +16,15 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 test: setup
-	$(BIN)/ruff check src tests scripts train.py evaluate.py
+	$(BIN)/ruff check src tests scripts examples train.py evaluate.py
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src tests scripts train.py evaluate.py
-	$(BIN)/ruff format --check src tests scripts train.py evaluate.py
+	$(BIN)/ruff check src tests scripts examples train.py evaluate.py
+	$(BIN)/ruff format --check src tests scripts examples train.py evaluate.py
 
 format: setup
-	$(BIN)/ruff format src tests scripts train.py evaluate.py
+	$(BIN)/ruff format src tests scripts examples train.py evaluate.py
 
 demo: setup
 	$(BIN)/schemabank train --config configs/smoke.yaml $(if $(DATA_DIR),--data-dir $(DATA_DIR))

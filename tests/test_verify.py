@@ -281,3 +281,17 @@ def test_smoke_run_matches_expected_values(capsys, tmp_path):
         "smoke_tag_routing.png",
         "smoke_tokens_layer20.png",
     }
+
+    # the README's Python front door on the real model (examples/quickstart.py)
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart.py"), str(run)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() and "banks: dict_keys([20])" in proc.stderr

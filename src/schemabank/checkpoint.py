@@ -5,11 +5,18 @@
     checkpoint/
     ├── adapter_model.safetensors, adapter_config.json   # LoRA, loadable by PEFT
     ├── schemabank.safetensors, schemabank_config.json   # banks (SchemaBank mode)
-    └── base_model.json                                  # base model name, path and sha256
+    ├── base_model.json                                  # base model name, path and sha256
+    └── README.md                                        # how to load it
 
 A checkpoint is written into a temporary folder beside its target and renamed into place, so a
 crash never leaves a half-written one. Loading checks that every file is there, that the base
 model's content hash matches the one recorded, and that the tensors have the expected shapes.
+
+Checkpoints are portable: ``adapter_config.json`` names the base model as the config did
+(``smollm2-135m-instruct``, a hub id or the directory given), never the local cache folder a
+GGUF file was converted into, and loading finds the base model again by that name. Plain
+``peft.PeftModel.from_pretrained(base, checkpoint)`` loads the LoRA part alone; :func:`load`
+loads the banks too.
 """
 
 from __future__ import annotations
@@ -93,7 +100,10 @@ def save_checkpoint(
     """Save the adapter into ``directory`` (replacing an older checkpoint only once complete)."""
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
+        acfg = json.loads((tmp / ADAPTER_FILES[1]).read_text(encoding="utf-8"))
+        acfg["base_model_name_or_path"] = base.name  # not the cache folder it was loaded from
+        write_json(tmp / ADAPTER_FILES[1], acfg)
+        atomic_write_text(tmp / "README.md", _model_card(base.name, banks is not None))
         if banks is not None:
             first = next(iter(banks))
             save_file(banks.state_dict(), tmp / BANK_FILES[0], metadata={"format": FORMAT})
@@ -113,6 +123,22 @@ def save_checkpoint(
             )
         write_json(tmp / BASE_FILE, {"format": FORMAT, **base.to_dict()})
     return Path(directory)
+
+
+def _model_card(base_name: str, has_banks: bool) -> str:
+    """The checkpoint's README.md (in place of PEFT's stub): what it is and how to load it."""
+    kind = "a SchemaBank adapter (LoRA + schema banks)" if has_banks else "a LoRA adapter"
+    text = (
+        f"# SchemaBank checkpoint\n\n{kind.capitalize()} for the base model `{base_name}`, "
+        "trained with `schemabank train`.\n\n```python\nimport schemabank\n\n"
+        'model, tokenizer = schemabank.load("path/to/this/checkpoint")\n```\n'
+    )
+    if has_banks:
+        text += (
+            "\n`peft.PeftModel.from_pretrained(base, path)` loads only the LoRA part: the banks "
+            "(`schemabank.safetensors`) are then dropped. `schemabank.load` attaches them.\n"
+        )
+    return text
 
 
 def _read_json(path: Path) -> dict:
@@ -198,3 +224,25 @@ def load_checkpoint(directory: Path, device: torch.device, dtype: torch.dtype):
         for b in banks:
             b.requires_grad_(False)
     return tok, model, banks, info
+
+
+def load(path: str | Path, device: str | torch.device | None = None, dtype=None):
+    """A trained run as ``(model, tokenizer)``, ready for ``model.generate``.
+
+    ``path``: a run directory (its ``checkpoint/`` is read) or a checkpoint folder. The base
+    model is found by the name the checkpoint records and checked against its sha256; the LoRA
+    adapter and, in SchemaBank mode, the banks are attached (``model.banks`` holds the
+    :class:`~schemabank.attach.BankSet`, None for a LoRA-only run). ``device`` defaults to CUDA
+    when available, else the CPU; ``dtype`` of the frozen base to bf16 on CUDA, float32 on the
+    CPU. The model is in eval mode with every parameter frozen.
+    """
+    path = Path(path)
+    directory = path / "checkpoint" if (path / "checkpoint").is_dir() else path
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tok, model, banks, _ = load_checkpoint(directory, device, dtype)
+    model.banks = banks
+    return model, tok
