@@ -1,13 +1,13 @@
 """Load a trained run in Python and solve one GSM8K problem with it.
 
-python examples/quickstart.py [RUN_DIR]      # default: results/smoke_seed0 (make demo)
+python examples/quickstart.py [RUN_DIR]      # default: runs/smoke_seed0 (make demo)
 """
 
 import sys
 
 import schemabank
 
-run = sys.argv[1] if len(sys.argv) > 1 else "results/smoke_seed0"
+run = sys.argv[1] if len(sys.argv) > 1 else "runs/smoke_seed0"
 model, tokenizer = schemabank.load(run)  # base model + LoRA (+ banks), eval mode
 prompt = "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:"
 inputs = tokenizer(prompt, return_tensors="pt").to(model.device)

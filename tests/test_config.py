@@ -375,3 +375,15 @@ def test_run_name_must_be_a_plain_folder_name(tmp_path):
         with pytest.raises(ConfigError, match="experiment.name") as exc:
             config_from_dict({"experiment": {"name": bad}})
         assert "\n" not in str(exc.value)
+
+
+def test_the_demo_run_stays_out_of_the_committed_results():
+    """`make demo` trains configs/smoke.yaml: its run goes to runs/, which git ignores, so the
+    committed study in results/ (and the README table CI checks against it) stays untouched."""
+    from pathlib import Path
+
+    from schemabank.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    assert load_config(root / "configs" / "smoke.yaml").output_dir == "runs"
+    assert "/runs/" in (root / ".gitignore").read_text().splitlines()

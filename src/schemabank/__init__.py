@@ -7,7 +7,7 @@ banks attached), :class:`schemabank.bank.SchemaBank` (one bank),
 lazily, so that ``import schemabank`` (and the CLI's input checks) stay fast.
 
     import schemabank
-    model, tokenizer = schemabank.load("results/smoke_seed0")
+    model, tokenizer = schemabank.load("runs/smoke_seed0")
     ids = tokenizer("Question: Tom has 3 apples and buys 5 more. How many?\nAnswer:",
                     return_tensors="pt").to(model.device)
     print(tokenizer.decode(model.generate(**ids, max_new_tokens=64)[0]))
