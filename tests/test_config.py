@@ -279,9 +279,23 @@ def test_top_level_scalar_is_rejected(tmp_path):
     assert "top level must be a mapping" in config_error(write_yaml(tmp_path, "42\n"))
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    assert load_config(write_yaml(tmp_path, "")) == Config()
-    assert load_config(write_yaml(tmp_path, "# only a comment\n")) == Config()
+def test_empty_file_is_refused(tmp_path):
+    """An empty config would silently start a 1,000-step run of every default."""
+    for text in ("", "# only a comment\n"):
+        message = config_error(write_yaml(tmp_path, text))
+        assert "is empty" in message and "1,000 steps" in message
+    assert load_config(None) == Config()  # the defaults, asked for in code
+
+
+def test_unknown_key_from_set_is_blamed_on_the_set(tmp_path):
+    message = config_error(REPO / "configs" / "baseline.yaml", ["training.foo=1"])
+    assert message.startswith("invalid --set: training.foo: unknown key")
+    assert "baseline.yaml" not in message
+    both = write_yaml(tmp_path, "training: {bar: 2}\n")
+    message = config_error(both, ["newsection.x=1", "training.total_steps=ten"])
+    assert f"invalid config {both}: training.bar: unknown key" in message
+    assert "--set newsection: unknown key" in message
+    assert "--set training.total_steps: must be an integer" in message
 
 
 def test_not_utf8(tmp_path):

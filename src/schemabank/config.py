@@ -461,15 +461,28 @@ def validate(cfg: Config) -> list[str]:
     return p
 
 
-def config_from_dict(data: Any, source: str = "config") -> Config:
-    """Build and validate a :class:`Config`; raise one ConfigError listing every problem."""
+def config_from_dict(data: Any, source: str = "config", set_keys: list[str] = ()) -> Config:
+    """Build and validate a :class:`Config`; raise one ConfigError listing every problem.
+
+    ``set_keys``: the dotted keys that ``--set`` gave; a problem with one of them (or with the
+    section it created) is reported as the override's, not the file's."""
     errors: list[str] = []
     cfg = _build(Config, data if data is not None else {}, "", errors)
     if not errors:
         errors = validate(cfg)
     if errors:
-        raise ConfigError(f"invalid {source}: " + "; ".join(errors))
+        ours = [e for e in errors if not _from_set(e, set_keys)]
+        theirs = [e for e in errors if _from_set(e, set_keys)]
+        if not ours:
+            raise ConfigError("invalid --set: " + "; ".join(theirs))
+        raise ConfigError(f"invalid {source}: " + "; ".join(ours + [f"--set {e}" for e in theirs]))
     return cfg
+
+
+def _from_set(error: str, set_keys: list[str]) -> bool:
+    """Whether a ``key: problem`` error is about a key (or a section) that ``--set`` gave."""
+    key = error.split(": ", 1)[0]
+    return any(k == key or k.startswith(key + ".") for k in set_keys)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -518,11 +531,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML config (or the defaults when ``path`` is None) with ``--set`` overrides."""
     data = {} if path is None else read_yaml(path)
     if data is None:
-        data = {}
+        raise ConfigError(
+            f"config {path} is empty: it would start a run of every default (1,000 steps); "
+            "write the keys you mean, e.g. experiment.mode and training.total_steps"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: the top level must be a mapping of sections")
-    data = apply_overrides(data, overrides or [])
-    return config_from_dict(data, source=f"config {path}" if path else "config")
+    overrides = overrides or []
+    data = apply_overrides(data, overrides)
+    set_keys = [".".join(parse_override(o)[0]) for o in overrides]
+    return config_from_dict(data, source=f"config {path}" if path else "config", set_keys=set_keys)
 
 
 def dump_config(cfg: Config) -> str:
