@@ -127,6 +127,7 @@ def _gguf_cache(info: BaseModelInfo) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = cache_dir() / "gguf" / info.sha256[:16]
+    _remove_stale_temporaries(target.parent)
     if (target / "config.json").is_file():
         return target
     gguf = Path(info.path)
@@ -138,7 +139,7 @@ def _gguf_cache(info: BaseModelInfo) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{os.getpid()}-"))
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -148,7 +149,29 @@ def _gguf_cache(info: BaseModelInfo) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():
             raise
+    except BaseException:  # Ctrl-C while ~500 MB are being written: leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove the conversion folders (``.tmp-<pid>-*``) of processes that no longer run: a
+    conversion killed outright (SIGKILL, a crash) cannot clean up after itself."""
+    for tmp in folder.glob(".tmp-*"):
+        pid = tmp.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def load_base_model(info: BaseModelInfo, device: torch.device, dtype: torch.dtype):
