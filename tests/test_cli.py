@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from schemabank.cli import main
 from schemabank.config import config_from_dict, load_config
 from schemabank.models import hash_model_dir
+from schemabank.telemetry import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("schemabank", "baseline")
@@ -80,8 +81,14 @@ CHECKPOINT_FILES = {
         "base_model.json",
         "schemabank.safetensors",
         "schemabank_config.json",
+        "README.md",
     },
-    "baseline": {"adapter_model.safetensors", "adapter_config.json", "base_model.json"},
+    "baseline": {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "base_model.json",
+        "README.md",
+    },
 }
 BANK_PARAMS = ("router.weight", "U", "V", "A", "G", "gain")
 
@@ -266,6 +273,7 @@ def test_train_writes_every_spec_file(runs, mode):
     assert {p.name for p in run.dir.iterdir()} == {
         "config.yaml",
         "results.json",
+        "samples.jsonl",
         "training_log.jsonl",
         "checkpoint",
     }
@@ -276,11 +284,12 @@ def test_train_writes_every_spec_file(runs, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_no_pickles_anywhere(runs, mode):
-    """Weights are safetensors; every other file is UTF-8 text (JSON / JSONL / YAML)."""
+    """Weights are safetensors; every other file is UTF-8 text (JSON / JSONL / YAML, and the
+    checkpoint's README.md)."""
     for path in runs[mode].dir.rglob("*"):
         if path.is_dir():
             continue
-        assert path.suffix in {".safetensors", ".json", ".jsonl", ".yaml"}, path
+        assert path.suffix in {".safetensors", ".json", ".jsonl", ".yaml", ".md"}, path
         if path.suffix == ".safetensors":
             assert load_file(path), path
         else:
@@ -367,10 +376,48 @@ def test_results_json(runs, mode):
     assert env["transformers"] == transformers.__version__
     assert env["peft"] == peft.__version__
     assert env["schemabank"] == version("schemabank")
+    assert re.fullmatch("[0-9a-f]{64}", env["source_sha256"])
     assert env["device"] == "cpu"
 
     assert r["base_model"]["name"] == run.cfg["model"]["base_model"]
     assert r["config"] == config_from_dict(run.cfg).to_dict()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_samples_jsonl_keeps_every_generation(runs, mode):
+    """One line per test problem, in order, with the outcomes results.json records; dominant
+    schemas per line of the output and bank only with banks."""
+    run = runs[mode]
+    r = run.results()
+    records = read_jsonl(run.dir / "samples.jsonl")
+    assert len(records) == r["gsm8k"]["n"] == 3
+    assert [x["question"] for x in records] == [q for q, _ in TEST[:3]]
+    for x, p in zip(records, r["gsm8k"]["problems"], strict=True):
+        assert x["index"] == p["index"] and x["gold"] == p["gold"]
+        for key in ("strict_pred", "flexible_pred", "strict_correct", "flexible_correct"):
+            assert x[key] == p[key]
+        assert x["prompt"] == f"Question: {x['question']}\nAnswer:"
+        assert isinstance(x["output"], str)
+        if mode == "baseline":
+            assert "dominant_schemas" not in x
+        else:
+            assert list(x["dominant_schemas"]) == [str(layer) for layer in r["routing"]["layers"]]
+            for steps in x["dominant_schemas"].values():
+                assert len(steps) == x["output"].count("\n") + 1
+    samples = r["gsm8k"]["samples"]
+    assert [x["output"] for x in records[: len(samples)]] == [s["output"] for s in samples]
+
+
+def test_overwrite_removes_the_samples_and_a_finished_run_is_not_resumed(tmp_path):
+    from schemabank.errors import SchemaBankError
+    from schemabank.training import check_run_dir
+
+    names = ["results.json", "samples.jsonl", "eval_results.json", "eval_samples.jsonl"]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    assert sorted(p.name for p in check_run_dir(tmp_path, False, True)) == sorted(names)
+    with pytest.raises(SchemaBankError, match="finished"):
+        check_run_dir(tmp_path, True, False)
 
 
 def test_routing_and_parameters_schemabank(runs):
@@ -471,6 +518,24 @@ def test_eval_checkpoint_with_limit(evals):
     assert r["experiment"]["mode"] == "schemabank"
     assert r["config"]["eval"]["limit"] == 2
     assert r["routing"]["num_schemas"] == 8
+
+
+def test_eval_samples_go_beside_each_output(runs, evals):
+    """Every evaluation written to one folder keeps its own samples file, named after it."""
+    assert sorted(p.name for p in evals.dir.glob("*.jsonl")) == [
+        "base_samples.jsonl",
+        "limit2_samples.jsonl",
+        "repro_baseline_samples.jsonl",
+        "repro_schemabank_samples.jsonl",
+    ]
+    assert len(read_jsonl(evals.dir / "limit2_samples.jsonl")) == 2
+    base = read_jsonl(evals.dir / "base_samples.jsonl")
+    assert len(base) == 2 and "dominant_schemas" not in base[0]
+    assert base[0]["prompt"].count("Question:") == 3  # two shots, then the problem
+    for mode in MODES:  # the checkpoint's generations are the trained run's, line for line
+        again = (evals.dir / f"repro_{mode}_samples.jsonl").read_text()
+        assert again == (runs[mode].dir / "samples.jsonl").read_text()
+    assert not (runs["schemabank"].dir / "eval_samples.jsonl").exists()
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -135,6 +135,7 @@ def test_torchrun_two_processes_match_one(tiny_llama, data_dir, tmp_path):
         "checkpoint",
         "config.yaml",
         "results.json",
+        "samples.jsonl",
         "training_log.jsonl",
     ]
     assert [x["step"] for x in read_jsonl(two / "training_log.jsonl")] == list(range(1, 7))
@@ -148,6 +149,8 @@ def test_torchrun_two_processes_match_one(tiny_llama, data_dir, tmp_path):
     assert [s["output"] for s in rb["gsm8k"]["samples"]] == [
         s["output"] for s in ra["gsm8k"]["samples"]
     ]
+    # every generation, gathered in test-set order and written once, as one process writes it
+    assert read_jsonl(two / "samples.jsonl") == read_jsonl(one / "samples.jsonl")
     assert rb["routing"]["layers"].keys() == ra["routing"]["layers"].keys()
     for layer, stats in ra["routing"]["layers"].items():
         assert rb["routing"]["layers"][layer]["tag_schema"] == stats["tag_schema"]

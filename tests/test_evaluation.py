@@ -1,8 +1,10 @@
 """Evaluation: perplexity against a hand computation, greedy generation independent of the batch
-size, stop handling, and the routing report on constructed traces."""
+size, stop handling, the routing report on constructed traces, and the per-problem records of
+samples.jsonl."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -22,8 +24,12 @@ from schemabank.evaluation import (
     generate,
     perplexity,
     routing_report,
+    sample_records,
+    solution_steps,
     step_top1,
+    write_samples,
 )
+from schemabank.results import load_samples, samples_path
 
 CPU = torch.device("cpu")
 
@@ -163,3 +169,66 @@ def test_samples_carry_per_token_routing(tiny_llama):
         assert "".join(sample["tokens"]) == sample["output"]
         assert len(sample["top1"]["1"]) == len(sample["tokens"])
         assert all(0 <= s < 8 for s in sample["top1"]["1"])
+
+
+def test_records_name_each_lines_dominant_schema():
+    gen = Generation([7, 7], [ord(c) for c in "ab\n\n cd"], "ab\n\n cd")
+    routes = {
+        1: [np.array([[0, 1], [0, 1], [3, 0], [4, 0], [9, 9], [9, 9], [9, 9], [5, 0], [5, 0]])]
+    }
+    steps = solution_steps(CharTok(), [gen], routes)
+    assert steps == {1: [[[3, 4], [], [5, 5]]]}
+    scored = [{"strict_pred": None, "strict_correct": False}]
+    (record,) = sample_records([Problem(*TEST[0])], ["prompt"], [gen], scored, steps)
+    # line "ab": schemas 3 and 4 once each (the smaller wins); "" has no text; " cd": 5
+    assert record["dominant_schemas"] == {"1": [3, None, 5]}
+    assert record["gold"] == "13" and record["prompt"] == "prompt" and record["index"] == 0
+
+
+@pytest.mark.parametrize("with_banks", [True, False], ids=["banks", "no-banks"])
+def test_records_keep_every_generation(tiny_llama, with_banks):
+    """One samples.jsonl record per problem, in test-set order, agreeing with the per-problem
+    outcomes; dominant schemas per line and bank only with banks."""
+    tok, model = load(tiny_llama)
+    banks = BankSet.attach(model, [0, 1], 8, 4, 2, 4) if with_banks else None
+    problems = [Problem(q, a) for q, a in TEST]
+    shots = [Problem(q, a) for q, a in TRAIN[:1]]
+    out = evaluate_gsm8k(model, tok, problems, shots, banks, 3, 8, CPU, False, num_samples=1)
+    records, g = out["records"], out["gsm8k"]
+    assert len(records) == len(problems)
+    assert [r["index"] for r in records] == list(range(len(problems)))
+    assert [r["question"] for r in records] == [q for q, _ in TEST]
+    assert [r["prompt"] for r in records] == build_prompts(problems, shots)
+    assert records[0]["output"] == g["samples"][0]["output"]
+    fields = ("gold", "strict_pred", "flexible_pred", "strict_correct", "flexible_correct")
+    assert [{k: r[k] for k in fields} for r in records] == [
+        {k: p[k] for k in fields} for p in g["problems"]
+    ]
+    for r in records:
+        assert ("dominant_schemas" in r) == with_banks
+        for steps in r.get("dominant_schemas", {}).values():
+            assert len(steps) == r["output"].count("\n") + 1
+            assert all(s is None or 0 <= s < 8 for s in steps)
+    if with_banks:
+        assert set(records[0]["dominant_schemas"]) == {"0", "1"}
+
+
+def test_samples_file_round_trip_and_naming(tmp_path):
+    records = [
+        {"index": 0, "output": "x\n#### 1", "dominant_schemas": {"1": [3, None]}},
+        {"index": 1},
+    ]
+    write_samples(tmp_path / "samples.jsonl", records)
+    lines = (tmp_path / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records
+    assert load_samples(tmp_path) == records == load_samples(tmp_path / "results.json")
+    assert load_samples(tmp_path / "eval_results.json") is None  # an older run: none
+    named = {
+        "results.json": "samples.jsonl",
+        "eval_results.json": "eval_samples.jsonl",
+        "limit2.json": "limit2_samples.jsonl",
+        "oracle_results_seed42.json": "oracle_samples_seed42.jsonl",
+    }
+    for results, samples in named.items():
+        assert samples_path(tmp_path / "runs" / results) == tmp_path / "runs" / samples
+    assert len({samples_path(tmp_path / n) for n in named}) == len(named)  # none overwritten

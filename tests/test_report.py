@@ -3,7 +3,7 @@
 The figure functions return what they plotted; these tests check it against results.json and
 training_log.jsonl, that every PNG is a real image linked from report.md, and that runs without a
 training log, without banks or with samples of the older format (no per-token routing) still
-get a report.
+get a report, and that two runs get a few problems of each outcome from their samples.jsonl.
 """
 
 from __future__ import annotations
@@ -21,15 +21,18 @@ from PIL import Image
 from test_cli import assert_user_error, call_main
 
 from schemabank.config import config_from_dict
+from schemabank.evaluation import write_samples
 from schemabank.report import (
     CURVES,
     ReportError,
     _layout_tokens,
     default_output_dir,
+    outcome_examples,
     pick_sample,
     read_training_log,
     write_report,
 )
+from schemabank.results import load_samples
 from schemabank.telemetry import read_jsonl
 from schemabank.training import run
 
@@ -335,3 +338,68 @@ def test_many_runs_get_one_row_each(runs, tmp_path):
         assert entry["strict"]["correct"] == g["strict"]["correct"]
         assert entry["flexible"]["ci95"] == list(g["flexible"]["ci95"])
     assert_valid_png(tmp_path / "report" / "accuracy.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems solved by one run, both or neither (from samples.jsonl)
+
+
+def test_two_runs_list_problems_by_who_solved_them(report, runs):
+    md = report["report"].read_text()
+    a, b = (results_of(runs[m])["gsm8k"]["problems"] for m in MODES)
+    both = sum(x["strict_correct"] and y["strict_correct"] for x, y in zip(a, b, strict=True))
+    neither = sum(
+        not (x["strict_correct"] or y["strict_correct"]) for x, y in zip(a, b, strict=True)
+    )
+    assert "## Problems solved by A only, B only, both, neither" in md
+    assert f"both {both}, neither {neither}." in md
+    assert "| solved by | problem | question (first line) | gold | A's answer | B's answer |" in md
+
+
+def crafted_pair(runs, tmp_path, outcomes: list[tuple[bool, bool]]) -> tuple[Path, Path]:
+    """Copies of the two runs whose samples.jsonl have the given strict outcomes (A, B)."""
+    dirs = []
+    for side, mode in enumerate(MODES):
+        d = tmp_path / mode
+        shutil.copytree(runs[mode], d, ignore=shutil.ignore_patterns("checkpoint"))
+        records = [
+            {
+                "index": i,
+                "question": f"Question {i} | first line\nsecond line",
+                "gold": str(i),
+                "strict_pred": str(i) if ok[side] else None,
+                "flexible_pred": None if ok[side] else "99",
+                "strict_correct": ok[side],
+            }
+            for i, ok in enumerate(outcomes)
+        ]
+        write_samples(d / "samples.jsonl", records)
+        dirs.append(d)
+    return dirs[0], dirs[1]
+
+
+def test_up_to_three_problems_of_each_kind(runs, tmp_path):
+    outcomes = [(True, False)] * 5 + [(False, True), (True, True), (False, False)] * 2
+    a, b = crafted_pair(runs, tmp_path, outcomes)
+    picked = outcome_examples(load_samples(a), load_samples(b))
+    assert picked == {
+        "A only": {"count": 5, "rows": [0, 1, 2]},
+        "B only": {"count": 2, "rows": [5, 8]},
+        "both": {"count": 2, "rows": [6, 9]},
+        "neither": {"count": 2, "rows": [7, 10]},
+    }
+    md = write_report([a, b], tmp_path / "report")["report"].read_text()
+    assert "A only 5, B only 2, both 2, neither 2." in md
+    assert "| A only | 0 | Question 0 \\| first line | 0 | 0 | – (flexible 99) |" in md
+    assert (
+        "| neither | 10 | Question 10 \\| first line | 10 | – (flexible 99) | – (flexible 99) |"
+        in md
+    )
+    assert "| A only | 3 |" not in md and "second line" not in md
+
+
+def test_runs_without_samples_skip_the_section(runs, tmp_path):
+    a, b = crafted_pair(runs, tmp_path, [(True, False)])
+    (b / "samples.jsonl").unlink()
+    md = write_report([a, b], tmp_path / "report")["report"].read_text()
+    assert f"No samples.jsonl for `{b}`" in md and "| solved by |" not in md

@@ -229,6 +229,12 @@ def test_resume_problems_are_one_line_errors(tiny_llama, data_dir, tmp_path, cap
     assert "config changed" in error(
         "--resume", run_dir, "--set", "schemabank.num_schemas=16", "--data-dir", data_dir
     )
+    renamed = run_dir.with_name("renamed_run")  # a renamed folder: no --set to blame
+    run_dir.rename(renamed)
+    message = error("--resume", renamed, "--data-dir", data_dir)
+    assert f"names the run {run_dir.name}" in message and "renamed" in message
+    assert "--set" not in message
+    renamed.rename(run_dir)
     assert (
         config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())) == cfg
     )  # untouched

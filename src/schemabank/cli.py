@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--output",
         help="where to write the results JSON (default: <run>/eval_results.json, "
-        "or results/<model>_<K>shot/results.json for --base-model)",
+        "or results/<model>_<K>shot/results.json for --base-model); every generation goes "
+        "beside it, named with 'results' made 'samples' and .jsonl (eval_samples.jsonl)",
     )
     _add_common(e)
 
@@ -218,6 +219,13 @@ def cmd_train(args) -> int:
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         output_dir = run_dir.parent
         if (output_dir / cfg.run_name).resolve() != run_dir.resolve():
+            named = load_config(run_dir / "config.yaml").run_name  # without the --set
+            if (output_dir / named).resolve() != run_dir.resolve():
+                raise ConfigError(
+                    f"--resume {run_dir}: its config.yaml names the run {named} (experiment.name "
+                    f"and seed), not {run_dir.name}; was the folder renamed? rename it back to "
+                    f"{named} to resume it"
+                )
             raise ConfigError("--resume: --set must not change experiment.name or experiment.seed")
     else:
         cfg = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
@@ -272,17 +280,27 @@ def cmd_eval(args) -> int:
         cfg = config_from_dict(
             apply_overrides(data, args.overrides + extra), source=f"config {cfg_path}"
         )
+        output = Path(args.output) if args.output else run_dir / "eval_results.json"
         _quiet_libraries()
         from .evaluation import evaluate_checkpoint
+        from .results import samples_path
 
-        results = evaluate_checkpoint(ckpt, cfg, data_dir=args.data_dir or cfg.data.dir)
-        output = Path(args.output) if args.output else run_dir / "eval_results.json"
+        results = evaluate_checkpoint(
+            ckpt, cfg, data_dir=args.data_dir or cfg.data.dir, samples_path=samples_path(output)
+        )
     else:
         if args.shots is None:
             extra.append("eval.shots=5")
         cfg = config_from_dict(apply_overrides({}, args.overrides + extra), source="eval options")
+        name = Path(args.base_model).stem.replace("/", "_")
+        output = (
+            Path(args.output)
+            if args.output
+            else Path("results") / f"{name}_{cfg.eval.shots}shot" / "results.json"
+        )
         _quiet_libraries()
         from .evaluation import evaluate_base_model
+        from .results import samples_path
 
         results = evaluate_base_model(
             args.base_model,
@@ -291,12 +309,7 @@ def cmd_eval(args) -> int:
             device_name=cfg.training.device,
             precision=cfg.training.precision,
             dtype=cfg.model.dtype,
-        )
-        name = Path(args.base_model).stem.replace("/", "_")
-        output = (
-            Path(args.output)
-            if args.output
-            else Path("results") / f"{name}_{cfg.eval.shots}shot" / "results.json"
+            samples_path=samples_path(output),
         )
     from .checkpoint import write_json
     from .results import summary_lines

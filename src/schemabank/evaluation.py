@@ -10,6 +10,9 @@ Perplexity: token perplexity of WikiText-2 test text in disjoint windows (stride
 window predicts its tokens 2..W from the earlier ones in the window; the last window may be
 shorter.
 
+Every test problem's generation is also kept, one record a problem (:func:`sample_records`), for
+samples.jsonl beside results.json (format in :mod:`schemabank.results`).
+
 With several processes (:mod:`schemabank.distributed`), the problems and the perplexity batches
 are shared out and their per-problem (per-batch) results gathered in order before any metric is
 computed, so the results are those of one process (``eval.batch_size`` is then per process).
@@ -18,6 +21,7 @@ computed, so the results are those of one process (``eval.batch_size`` is then p
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -33,7 +37,7 @@ from transformers import GenerationConfig
 from . import distributed, metrics
 from .adapter import adapter_parameters, base_only
 from .attach import BankSet
-from .checkpoint import load_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config, EvalConfig
 from .data import (
     Problem,
@@ -194,7 +198,13 @@ def route_tokens(
 
 def step_top1(tokenizer, gen_ids: list[int], top1: np.ndarray) -> list[list[int]]:
     """Split a generation's top-1 schema ids into steps (lines of the generated text)."""
-    pieces = tokenizer.batch_decode([[t] for t in gen_ids], skip_special_tokens=True)
+    return _split_steps(
+        tokenizer.batch_decode([[t] for t in gen_ids], skip_special_tokens=True), top1
+    )
+
+
+def _split_steps(pieces: list[str], top1: np.ndarray) -> list[list[int]]:
+    """:func:`step_top1` given the text of each generated token."""
     steps: list[list[int]] = [[]]
     for piece, s in zip(pieces, top1, strict=True):
         if piece.strip():
@@ -203,22 +213,70 @@ def step_top1(tokenizer, gen_ids: list[int], top1: np.ndarray) -> list[list[int]
     return steps
 
 
+def solution_steps(
+    tokenizer, generations: list[Generation], routes: dict[int, list[np.ndarray]]
+) -> dict[int, list[list[list[int]]]]:
+    """Per bank, each generation's top-1 schemas split into steps (:func:`step_top1`), each
+    generation's tokens decoded once for every bank. ``routes``: as :func:`route_tokens`."""
+    out: dict[int, list] = {layer: [] for layer in routes}
+    for i, g in enumerate(generations):
+        pieces = tokenizer.batch_decode([[t] for t in g.gen_ids], skip_special_tokens=True)
+        for layer, per_problem in routes.items():
+            out[layer].append(_split_steps(pieces, per_problem[i][len(g.prompt_ids) :, 0]))
+    return out
+
+
+def sample_records(
+    problems: list[Problem],
+    prompts: list[str],
+    generations: list[Generation],
+    scored: list[dict],
+    steps: dict[int, list[list[list[int]]]] | None = None,
+) -> list[dict]:
+    """One samples.jsonl record per problem, in test-set order: the question, the exact prompt,
+    the generated text kept, the gold answer, both extractions and outcomes, and with ``steps``
+    (:func:`solution_steps`) each line's dominant schema per bank (None for a line without
+    text)."""
+    records = []
+    for i, (p, prompt, g, s) in enumerate(zip(problems, prompts, generations, scored, strict=True)):
+        record = {
+            "index": i,
+            "question": p.question,
+            "prompt": prompt,
+            "output": g.text,
+            "gold": metrics.normalize_number(p.gold),
+            **s,
+        }
+        if steps is not None:
+            record["dominant_schemas"] = {
+                str(layer): [metrics.dominant(ids) if ids else None for ids in per_problem[i]]
+                for layer, per_problem in steps.items()
+            }
+        records.append(record)
+    return records
+
+
+def write_samples(path: Path, records: list[dict]) -> None:
+    """Write samples.jsonl atomically: one JSON object a line, in the records' order."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 def routing_report(
     tokenizer,
     generations: list[Generation],
     routes: dict[int, list[np.ndarray]],
     problems: list[Problem],
     num_schemas: int,
+    steps: dict[int, list[list[list[int]]]] | None = None,
 ) -> dict:
-    """Usage, entropy, reuse, tag x schema table and NMI per bank, and their means."""
+    """Usage, entropy, reuse, tag x schema table and NMI per bank, and their means. ``steps``:
+    :func:`solution_steps` of the generations, when already made."""
     tags = [p.tags for p in problems]
+    steps = steps or solution_steps(tokenizer, generations, routes)
     layers = {}
     for layer, per_problem in routes.items():
         usage = metrics.schema_usage(np.concatenate(per_problem), num_schemas)
-        solutions = [
-            step_top1(tokenizer, g.gen_ids, r[len(g.prompt_ids) :, 0])
-            for g, r in zip(generations, per_problem, strict=True)
-        ]
+        solutions = steps[layer]
         dominant = [metrics.dominant(r[:, 0]) for r in per_problem]
         layers[str(layer)] = {
             **usage,
@@ -328,7 +386,8 @@ def evaluate_gsm8k(
     report_routing: bool = True,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
-    the routing report when banks are attached. ``batch_size`` None picks one for the device.
+    the routing report when banks are attached; ``records``: every problem's
+    :func:`sample_records` (for samples.jsonl). ``batch_size`` None picks one for the device.
     With several processes, each generates for its :func:`~schemabank.distributed.shard` of the
     problems. ``oracle``: route each problem's tokens among its tags' schemas only (the tags of
     its reference solution; :func:`oracle_masks`). ``report_routing`` False leaves out the
@@ -380,7 +439,7 @@ def evaluate_gsm8k(
         "generated_tokens": sum(len(g.gen_ids) for g in gens),
         "generation_s": gen_time,
     }
-    routing = None
+    routing, steps = None, None
     if banks is not None and report_routing:
         my_routes = route_tokens(
             model,
@@ -396,7 +455,9 @@ def evaluate_gsm8k(
             list(zip(*my_routes.values(), strict=True)), len(problems)
         )  # per problem: its (L, k) array for each bank
         routes = {layer: [arrays[b] for arrays in per_problem] for b, layer in enumerate(my_routes)}
-        routing = routing_report(tokenizer, gens, routes, problems, next(iter(banks)).num_schemas)
+        steps = solution_steps(tokenizer, gens, routes)
+        S = next(iter(banks)).num_schemas
+        routing = routing_report(tokenizer, gens, routes, problems, S, steps)
         for sample in result["samples"]:  # per generated token: its text and top-1 schema per bank
             g = gens[sample["index"]]
             sample["tokens"] = tokenizer.batch_decode([[t] for t in g.gen_ids])
@@ -404,8 +465,9 @@ def evaluate_gsm8k(
                 str(layer): routes[layer][sample["index"]][len(g.prompt_ids) :, 0].tolist()
                 for layer in routes
             }
+    records = sample_records(problems, prompts, gens, scored, steps)
     result["time_s"] = time.perf_counter() - t0
-    return {"gsm8k": result, "routing": routing}
+    return {"gsm8k": result, "routing": routing, "records": records}
 
 
 @torch.no_grad()
@@ -491,8 +553,9 @@ def run_evaluation(
     oracle: bool = False,
     max_length: int = 512,
 ) -> dict:
-    """GSM8K, routing and perplexity results for one model, as stored in results.json; with
-    ``dev`` problems (held out of training) also their GSM8K accuracy, as ``gsm8k_dev``.
+    """GSM8K, routing and perplexity results for one model, as stored in results.json, and
+    ``records`` for samples.jsonl; with ``dev`` problems (held out of training) also their GSM8K
+    accuracy, as ``gsm8k_dev``.
     With banks, also :func:`routing_fit` on the dev and the test problems (training text of at
     most ``max_length`` tokens). ``oracle``: GSM8K with oracle routing (perplexity text has no
     tags: the routers route it)."""
@@ -572,17 +635,30 @@ def load_eval_data(
     return test, train[: ecfg.shots], dev, wikitext
 
 
-def evaluate_checkpoint(checkpoint: Path, cfg: Config, data_dir=None) -> dict:
+def evaluate_checkpoint(
+    checkpoint: Path, cfg: Config, data_dir=None, samples_path: Path | None = None
+) -> dict:
     """Re-evaluate a saved run without training; results of kind ``checkpoint-eval``.
 
     ``cfg`` is the run's config.yaml (its eval section, device and precision are used).
-    Launched as several processes, they share the evaluation out.
+    Launched as several processes, they share the evaluation out. With ``samples_path``, every
+    problem's generation is written there (samples.jsonl, by rank 0).
     """
     with distributed.session(cfg.training.device) as device:
-        return _evaluate_checkpoint(checkpoint, cfg, device, data_dir)
+        return _evaluate_checkpoint(checkpoint, cfg, device, data_dir, samples_path)
 
 
-def _evaluate_checkpoint(checkpoint: Path, cfg: Config, device: torch.device, data_dir) -> dict:
+def _keep_samples(ev: dict, samples_path: Path | None) -> None:
+    """Take the records out of an evaluation and write them to ``samples_path`` (rank 0)."""
+    records = ev.pop("records")
+    if samples_path is not None and distributed.is_main():
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        write_samples(samples_path, records)
+
+
+def _evaluate_checkpoint(
+    checkpoint: Path, cfg: Config, device: torch.device, data_dir, samples_path
+) -> dict:
     t0 = time.perf_counter()
     bf16 = use_bf16(cfg.training.precision, device)
     test, shots, dev, wikitext = load_eval_data(cfg.eval, data_dir, cfg.data.dev_size)
@@ -606,6 +682,7 @@ def _evaluate_checkpoint(checkpoint: Path, cfg: Config, device: torch.device, da
         oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
         max_length=cfg.training.max_length,
     )
+    _keep_samples(ev, samples_path)
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
     return build_results(
         cfg=cfg,
@@ -626,15 +703,23 @@ def evaluate_base_model(
     device_name: str = "auto",
     precision: str = "auto",
     dtype: str = "auto",
+    samples_path: Path | None = None,
 ) -> dict:
     """Evaluate a bare base model (k-shot, no adapter); results of kind ``base-eval``.
-    Launched as several processes, they share the evaluation out."""
+    Launched as several processes, they share the evaluation out. With ``samples_path``, every
+    problem's generation is written there (samples.jsonl, by rank 0)."""
     with distributed.session(device_name) as device:
-        return _evaluate_base_model(name, ecfg, data_dir, device, precision, dtype)
+        return _evaluate_base_model(name, ecfg, data_dir, device, precision, dtype, samples_path)
 
 
 def _evaluate_base_model(
-    name: str, ecfg: EvalConfig, data_dir, device: torch.device, precision: str, dtype: str
+    name: str,
+    ecfg: EvalConfig,
+    data_dir,
+    device: torch.device,
+    precision: str,
+    dtype: str,
+    samples_path: Path | None,
 ) -> dict:
     t0 = time.perf_counter()
     bf16 = use_bf16(precision, device)
@@ -644,6 +729,7 @@ def _evaluate_base_model(
         tok, model = load_base_model(info, device, weight_dtype(dtype, device))
     t1 = time.perf_counter()
     ev = run_evaluation(model, tok, None, test, shots, wikitext, ecfg, device, bf16, None)
+    _keep_samples(ev, samples_path)
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
     return build_results(
         cfg=None,

@@ -12,10 +12,12 @@ Per run (a run directory, or a results file such as ``eval_results.json``):
 - one test problem's generated solution with every token on the colour of its top-1 schema.
 
 With several runs also: accuracy (strict and flexible, 95% Wilson intervals) side by side, and a
-perplexity table. Each ``plot_*`` function writes one PNG and returns the data it plotted, as plain
-lists, so that tests can compare the figures with results.json and the training log. Figures are
-drawn on matplotlib's Agg canvas directly, without pyplot: no display is needed and no global
-backend is switched for whoever imports this module.
+perplexity table; with two (A and B, evaluated on the same problems), a few of the problems that A
+alone, B alone, both and neither solved (strict), from their samples.jsonl. Each ``plot_*``
+function writes one PNG and returns the data it plotted, as plain lists, so that tests can compare
+the figures with results.json and the training log. Figures are drawn on matplotlib's Agg canvas
+directly, without pyplot: no display is needed and no global backend is switched for whoever
+imports this module.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from .errors import SchemaBankError
-from .results import load_results
+from .results import load_results, load_samples
 
 STAGE_COLORS = {
     "router_pretrain": "#1f77b4",
@@ -833,6 +835,87 @@ def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+OUTCOMES = {
+    (True, False): "A only",
+    (False, True): "B only",
+    (True, True): "both",
+    (False, False): "neither",
+}
+
+
+def outcome_examples(a: list[dict], b: list[dict], per_kind: int = 3) -> dict[str, dict]:
+    """Problems by which of two runs solved them (strict), from their samples.jsonl records (the
+    same problems in the same order): ``{kind: {"count": n, "rows": [the first per_kind
+    positions]}}`` for each kind of :data:`OUTCOMES`, in that order."""
+    out = {kind: {"count": 0, "rows": []} for kind in OUTCOMES.values()}
+    for j, (ra, rb) in enumerate(zip(a, b, strict=True)):
+        entry = out[OUTCOMES[(bool(ra["strict_correct"]), bool(rb["strict_correct"]))]]
+        entry["count"] += 1
+        if len(entry["rows"]) < per_kind:
+            entry["rows"].append(j)
+    return out
+
+
+def _answer(record: dict) -> str:
+    """A run's final answer: the strict extraction, else – (with the flexible one if any)."""
+    if record["strict_pred"] is not None:
+        return record["strict_pred"]
+    flexible = record["flexible_pred"]
+    return "–" if flexible is None else f"– (flexible {flexible})"
+
+
+def _cell(text: str) -> str:
+    """Text fit for one markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def outcome_lines(a: RunData, b: RunData, per_kind: int = 3) -> list[str]:
+    """The report's section on the problems A alone, B alone, both and neither solved (strict),
+    with up to ``per_kind`` of each: the question's first line, the gold answer and both runs'
+    answers. One sentence instead when a run has no samples.jsonl or the problems differ."""
+    md = ["## Problems solved by A only, B only, both, neither", ""]
+    samples = [load_samples(r.path) for r in (a, b)]
+    missing = [f"`{r.path}`" for r, s in zip((a, b), samples, strict=True) if s is None]
+    if missing:
+        return md + [
+            f"No samples.jsonl for {' and '.join(missing)} (made before every generation was "
+            "kept): per-problem examples skipped.",
+            "",
+        ]
+    sa, sb = samples
+
+    def key(records):
+        return [(r["index"], r["gold"], r["question"]) for r in records]
+
+    if key(sa) != key(sb):
+        return md + [
+            "The two runs' samples.jsonl hold different problems: per-problem examples skipped.",
+            "",
+        ]
+    picked = outcome_examples(sa, sb, per_kind)
+    counts = ", ".join(f"{kind} {v['count']}" for kind, v in picked.items())
+    md += [
+        f"A = `{a.label}`, B = `{b.label}`, strict-match outcomes of each problem from their "
+        f"samples.jsonl: {counts}. Up to {per_kind} problems of each kind, in test-set order, "
+        "with each run's final answer (strict extraction).",
+        "",
+    ]
+    rows = [
+        [
+            kind,
+            str(sa[j]["index"]),
+            _cell((sa[j]["question"].splitlines() or [""])[0]),
+            _cell(str(sa[j]["gold"])),
+            _cell(_answer(sa[j])),
+            _cell(_answer(sb[j])),
+        ]
+        for kind, v in picked.items()
+        for j in v["rows"]
+    ]
+    header = ["solved by", "problem", "question (first line)", "gold", "A's answer", "B's answer"]
+    return md + _table(header, rows) + [""]
+
+
 def _ranges(ids: list[int]) -> str:
     """``[16, 17, 18, 20]`` as ``16-18, 20``."""
     parts: list[list[int]] = []
@@ -966,6 +1049,8 @@ def write_report(paths: list[str | Path], output_dir: str | Path) -> dict:
                 "`schemabank compare` needs the same problems.",
                 "",
             ]
+    if len(runs) == 2:
+        md += outcome_lines(*runs)
     if any(r.results.get("perplexity") for r in runs):
         md += ["## Perplexity (WikiText-2 test)", ""]
         md += _table(*perplexity_rows(runs))

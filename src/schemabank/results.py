@@ -9,8 +9,9 @@ Top-level keys (``format: schemabank-results-v1``):
   ``total``), ``lora_rank`` and ``lora_target_modules``;
 - ``gsm8k``: ``n``, ``shots``, ``strict`` and ``flexible`` (each ``correct``, ``total``,
   ``accuracy``, ``ci95`` Wilson interval), ``problems`` (per problem: index, gold, predictions
-  and outcomes, for paired comparisons), ``samples`` (full generated text of the first few; with banks also ``tokens``, the
-  generated tokens' text, and ``top1``, each token's top-1 schema per bank),
+  and outcomes, for paired comparisons), ``samples`` (full generated text of the first few,
+  all of them in samples.jsonl below; with banks also ``tokens``, the generated tokens' text,
+  and ``top1``, each token's top-1 schema per bank),
   ``generated_tokens``, ``generation_s``, ``time_s``;
 - ``gsm8k_dev``: the same on the dev problems held out of training (``data.dev_size``; no
   routing report, no samples); null without a dev set;
@@ -36,9 +37,25 @@ Top-level keys (``format: schemabank-results-v1``):
   ``best``, and ``steps_run`` when it ended early), time, and ``resumed`` (whether it continued
   from a saved training state); null for evaluations;
 - ``timings``: seconds for setup, training, GSM8K, perplexity and the whole run;
-- ``environment``: python, torch, transformers, peft and schemabank versions, device, number of
-  processes (GPUs) the run used, git commit;
+- ``environment``: python, torch, transformers, peft and schemabank versions (``schemabank``
+  from the installed distribution, else the package's ``__version__``: never empty),
+  ``source_sha256`` (sha256 of the package's ``*.py`` files, paths and bytes in path order:
+  :func:`schemabank.runtime.tree_sha256`; it names the code even when the run was made from a
+  copy without ``.git``), device, number of processes (GPUs) the run used, ``git`` commit
+  (``-dirty`` with uncommitted changes; null outside a git checkout);
 - ``config``: the resolved configuration.
+
+Every generation is kept in samples.jsonl beside the results file (:func:`samples_path`; written
+by rank 0 just before it, atomically): one JSON object a line, one line per GSM8K test problem,
+in test-set order (as lm-evaluation-harness's ``--log_samples``, kept simple):
+
+- ``index`` (the problem's position in the test set, as in ``gsm8k.problems``), ``question``,
+  ``prompt`` (the exact text the model was given, few-shot examples included), ``output`` (the
+  generated text kept: up to EOS or ``Question:``), ``gold`` (normalised answer);
+- ``strict_pred``, ``flexible_pred`` (the two extractions, null when nothing matched) and
+  ``strict_correct``, ``flexible_correct``, the outcomes ``gsm8k.problems`` records;
+- ``dominant_schemas`` (with banks only): per bank layer, one entry per line of ``output`` (split
+  at ``\\n``): the most frequent top-1 schema of the line's tokens, null for a line without text.
 """
 
 from __future__ import annotations
@@ -51,6 +68,7 @@ from .errors import SchemaBankError
 from .models import BaseModelInfo
 
 FORMAT = "schemabank-results-v1"
+SAMPLES = "samples.jsonl"  # beside results.json in a run directory
 
 
 def build_results(
@@ -110,6 +128,36 @@ def load_results(path: str | Path) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT or "gsm8k" not in data:
         raise SchemaBankError(f"{path}: not a SchemaBank results file ({FORMAT})")
     return data
+
+
+def samples_path(results_path: str | Path) -> Path:
+    """The samples.jsonl of a results file (or of the results.json in a run directory): beside
+    it, named as it is with its last ``results`` made ``samples`` (``_samples`` added to a name
+    without ``results``) and the suffix ``.jsonl``: ``results.json`` → ``samples.jsonl``,
+    ``eval_results.json`` → ``eval_samples.jsonl``, ``lora.json`` → ``lora_samples.jsonl``. So
+    results files of different names in one folder keep their samples apart (the one pair that
+    meets is ``X.json`` with ``X_results.json``)."""
+    path = Path(results_path)
+    if path.is_dir():
+        return path / SAMPLES
+    stem, i = path.stem, path.stem.rfind("results")
+    name = f"{stem[:i]}samples{stem[i + len('results') :]}" if i >= 0 else f"{stem}_samples"
+    return path.with_name(f"{name}.jsonl")
+
+
+def load_samples(results_path: str | Path) -> list[dict] | None:
+    """The records of the samples.jsonl beside a results file or in a run directory, or None
+    when there is none (runs made before it existed)."""
+    path = samples_path(results_path)
+    if not path.is_file():
+        return None
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise SchemaBankError(f"{path}:{n}: malformed JSON line") from None
+    return records
 
 
 def summary_lines(results: dict) -> list[str]:

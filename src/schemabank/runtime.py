@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import platform
 import random
 import subprocess
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+PACKAGE_DIR = Path(__file__).resolve().parent  # the schemabank package this process runs
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -70,9 +74,43 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def schemabank_version() -> str:
+    """The installed distribution's version; ``schemabank.__version__`` when there is no
+    distribution metadata (the source run from a copy through ``PYTHONPATH``)."""
+    from . import __version__
+
+    return _version("schemabank") or __version__
+
+
+def tree_sha256(directory: Path) -> str:
+    """sha256 of every ``*.py`` under ``directory``, in order of relative path, each as its
+    path, its length and its bytes: the same source gives the same hash wherever it lies."""
+    h = hashlib.sha256()
+    for path in sorted(directory.rglob("*.py"), key=lambda p: p.relative_to(directory).as_posix()):
+        data = path.read_bytes()
+        h.update(f"{path.relative_to(directory).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+@functools.cache
+def source_sha256() -> str:
+    """:func:`tree_sha256` of the running package: provenance that needs no git checkout.
+    Computed once a process, first when this module is imported, so that a run records the
+    source it loaded rather than a later edit of the files."""
+    return tree_sha256(PACKAGE_DIR)
+
+
+source_sha256()  # now, at import: the source this process loaded
+
+
 def git_hash() -> str | None:
-    """The source tree's git commit (with ``-dirty`` when it has changes), if it is a checkout."""
-    root = Path(__file__).resolve().parents[2]
+    """The source tree's git commit (with ``-dirty`` when it has changes), if the package lies
+    in a checkout (``src/schemabank`` under a folder with ``.git``); None for a copy without it,
+    even inside another repository."""
+    root = PACKAGE_DIR.parents[1]
+    if not (root / ".git").exists():
+        return None
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -95,7 +133,8 @@ def git_hash() -> str | None:
 
 
 def environment(device: torch.device) -> dict:
-    """Library versions, device, number of processes and source revision, for results.json."""
+    """Library versions, device, number of processes and the source's hash and git commit,
+    for results.json."""
     from .distributed import world_size
 
     name = (
@@ -108,7 +147,8 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "peft": _version("peft"),
-        "schemabank": _version("schemabank"),
+        "schemabank": schemabank_version(),
+        "source_sha256": source_sha256(),
         "device": device.type,
         "device_name": name,
         "processes": world_size(),

@@ -8,7 +8,8 @@ One AdamW optimiser holds every adapter parameter; a stage freezes what it does 
 
 Launched as several processes (torchrun, accelerate launch), each computes its share of every
 global batch and the gradients are summed (see :mod:`schemabank.distributed`); rank 0 alone
-writes the log, the training state, the checkpoint and the results.
+writes the log, the training state, the checkpoint and the results (results.json, and
+samples.jsonl with every test problem's generation, written just before it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .data import (
     split_dev,
 )
 from .errors import CheckpointError, SchemaBankError
-from .evaluation import run_evaluation
+from .evaluation import run_evaluation, write_samples
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, seed_everything, use_bf16, weight_dtype
@@ -614,18 +615,25 @@ def answer_loss(
     return total / max(h.shape[0], 1)
 
 
+# What a run directory holds (``overwrite`` removes every one of them): results.json and its
+# sidecar samples.jsonl (:func:`schemabank.results.samples_path`), the same pair from
+# ``schemabank eval``'s default output, and the rest.
 RUN_FILES = (
     "config.yaml",
     "training_log.jsonl",
     "results.json",
+    "samples.jsonl",
     "eval_results.json",
+    "eval_samples.jsonl",
     "checkpoint",
     STATE_DIR,
 )
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
-    """Refuse to start over an existing run unless asked to; return what ``overwrite`` replaces."""
+    """Refuse to start over an existing run unless asked to; return what ``overwrite`` replaces.
+    A run is finished once it has results.json (written last; samples.jsonl goes with it, and a
+    resumed run writes it again)."""
     existing = [run_dir / f for f in RUN_FILES if (run_dir / f).exists()]
     if resume:
         if (run_dir / "results.json").exists() and not (run_dir / STATE_DIR).exists():
@@ -805,6 +813,7 @@ def _run(
         oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
         max_length=cfg.training.max_length,
     )
+    records = evaluation.pop("records")
     results = build_results(
         cfg=cfg,
         info=info,
@@ -825,6 +834,7 @@ def _run(
         },
     )
     if main:
+        write_samples(run_dir / "samples.jsonl", records)
         write_json(run_dir / "results.json", results)
         shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # the checkpoint supersedes it
     return run_dir

@@ -1,0 +1,67 @@
+"""Provenance in results.json's ``environment``: a package version and a hash of the source that
+are never empty, even for a run from an exported copy of the source without ``.git``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+
+import torch
+
+from schemabank import __version__, runtime
+from schemabank.runtime import PACKAGE_DIR, tree_sha256
+
+PRINT_ENVIRONMENT = (
+    "import json, torch, schemabank, schemabank.runtime as r; "
+    "print(json.dumps({'file': schemabank.__file__, **r.environment(torch.device('cpu'))}))"
+)
+
+
+def test_exported_copy_records_version_and_source_hash_without_git(tmp_path):
+    copy = tmp_path / "export" / "src" / "schemabank"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    original = tree_sha256(PACKAGE_DIR)  # right after the copy: the same files
+    proc = subprocess.run(
+        [sys.executable, "-c", PRINT_ENVIRONMENT],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(copy.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    env = json.loads(proc.stdout.splitlines()[-1])
+    assert env["file"] == str(copy / "__init__.py")  # the copy ran, not the checkout
+    assert env["schemabank"]
+    assert env["source_sha256"] == original == tree_sha256(copy)
+    assert env["git"] is None
+
+    path = copy / "metrics.py"
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 1  # one byte of one file
+    path.write_bytes(bytes(data))
+    assert tree_sha256(copy) != original
+
+
+def test_hash_covers_file_names_and_only_python_files(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    before = tree_sha256(tmp_path)
+    (tmp_path / "notes.txt").write_text("not source")
+    (tmp_path / "__pycache__").mkdir()
+    assert tree_sha256(tmp_path) == before
+    (tmp_path / "a.py").rename(tmp_path / "b.py")
+    assert tree_sha256(tmp_path) != before
+
+
+def test_version_falls_back_to_the_package_when_metadata_is_missing(monkeypatch):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(runtime.metadata, "version", missing)
+    env = runtime.environment(torch.device("cpu"))
+    assert env["schemabank"] == __version__
+    assert env["source_sha256"] == runtime.source_sha256()
