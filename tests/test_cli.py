@@ -929,3 +929,10 @@ def test_out_of_gpu_memory_is_a_one_line_error(monkeypatch, capsys):
     assert cli.main(["train", "--config", "x.yaml"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out of GPU memory" in err and "training.batch_size" in err
+
+
+def test_results_identify_problems_by_their_questions(runs):
+    from schemabank.metrics import question_hash
+
+    problems = runs["schemabank"].results()["gsm8k"]["problems"]
+    assert [p["question_sha256"] for p in problems] == [question_hash(q) for q, _ in TEST[:3]]

@@ -464,3 +464,26 @@ def test_pooled_paired_keeps_a_problem_together_across_seeds():
     assert out["difference"] == 0 and out["p_value"] == 1.0
     with pytest.raises(ValueError):
         pooled_paired([[1, 0]], [[1, 0, 1]])
+
+
+def test_compare_identifies_problems_by_their_questions():
+    """Two runs on different questions with the same gold answers are not paired."""
+    from schemabank.compare import check_same_problems
+    from schemabank.errors import SchemaBankError
+    from schemabank.metrics import question_hash
+
+    def probs(questions):
+        return [
+            {"index": i, "question_sha256": question_hash(q), "gold": "8"}
+            for i, q in enumerate(questions)
+        ]
+
+    check_same_problems(probs(["a", "b"]), probs(["a", "b"]))
+    with pytest.raises(SchemaBankError, match=r"1 of 2 differ in their questions .*position 1"):
+        check_same_problems(probs(["a", "b"]), probs(["a", "c"]))
+    with pytest.raises(SchemaBankError, match=r"\(2 vs 1\)"):
+        check_same_problems(probs(["a", "b"]), probs(["a"]))
+    old = [{"index": i, "gold": g} for i, g in enumerate(["8", "9"])]  # before the hash
+    check_same_problems(old, old)
+    with pytest.raises(SchemaBankError, match="gold answers"):
+        check_same_problems(old, [{"index": 0, "gold": "8"}, {"index": 1, "gold": "7"}])

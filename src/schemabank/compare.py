@@ -16,16 +16,39 @@ def _outcomes(results: dict, key: str) -> list[bool]:
     return [bool(p[f"{key}_correct"]) for p in results["gsm8k"]["problems"]]
 
 
-def compare_results(a: dict, b: dict, n_resamples: int = 10_000, seed: int = 0) -> dict:
-    """Paired comparison of two results dicts (strict and flexible): both accuracies, the exact
-    McNemar test and the bootstrap interval of A − B. The runs must have been evaluated on the
-    same problems (same indices and gold answers), else :class:`SchemaBankError`."""
-    pa, pb = a["gsm8k"]["problems"], b["gsm8k"]["problems"]
-    if [(p["index"], p["gold"]) for p in pa] != [(p["index"], p["gold"]) for p in pb]:
+def _identity(p: dict, hashed: bool) -> tuple:
+    """A problem by content, its question's hash and gold answer (for results from before the
+    hash was recorded: its index and gold answer)."""
+    return (p["question_sha256"] if hashed else p["index"], p["gold"])
+
+
+def check_same_problems(pa: list[dict], pb: list[dict]) -> None:
+    """Raise :class:`SchemaBankError` saying how two runs' problem lists differ, unless they are
+    the same problems in the same order."""
+    if len(pa) != len(pb):
         raise SchemaBankError(
             f"the runs were not evaluated on the same problems ({len(pa)} vs {len(pb)}); "
             "re-evaluate them with the same --limit"
         )
+    hashed = all("question_sha256" in p for p in pa + pb)
+    ka, kb = [_identity(p, hashed) for p in pa], [_identity(p, hashed) for p in pb]
+    differ = [i for i, (x, y) in enumerate(zip(ka, kb, strict=True)) if x != y]
+    if differ:
+        what = "questions or gold answers" if hashed else "gold answers"
+        raise SchemaBankError(
+            f"the runs were not evaluated on the same problems: {len(differ)} of {len(pa)} differ "
+            f"in their {what} (first at position {differ[0]}); were they evaluated on different "
+            "data files?"
+        )
+
+
+def compare_results(a: dict, b: dict, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Paired comparison of two results dicts (strict and flexible): both accuracies, the exact
+    McNemar test and the bootstrap interval of A − B. The runs must have been evaluated on the
+    same problems (the same questions, by hash, and gold answers, in the same order), else
+    :class:`SchemaBankError` (:func:`check_same_problems`)."""
+    pa, pb = a["gsm8k"]["problems"], b["gsm8k"]["problems"]
+    check_same_problems(pa, pb)
     out = {"n": len(pa), "a": a["experiment"], "b": b["experiment"]}
     for key in ("strict", "flexible"):
         xa, xb = _outcomes(a, key), _outcomes(b, key)
@@ -50,10 +73,7 @@ def pool_comparisons(pairs: list[tuple[str, str]], n_resamples: int = 10_000) ->
     out = {"pairs": [compare_results(a, b, n_resamples) for a, b in loaded], "pooled": {}}
     first = loaded[0][0]["gsm8k"]["problems"]
     for a, _ in loaded[1:]:
-        if [(p["index"], p["gold"]) for p in a["gsm8k"]["problems"]] != [
-            (p["index"], p["gold"]) for p in first
-        ]:
-            raise SchemaBankError("the pairs were not evaluated on the same problems")
+        check_same_problems(first, a["gsm8k"]["problems"])
     for key in ("strict", "flexible"):
         out["pooled"][key] = metrics.pooled_paired(
             [_outcomes(a, key) for a, _ in loaded],

@@ -422,7 +422,12 @@ def evaluate_gsm8k(
         "strict": metrics.accuracy_summary([s["strict_correct"] for s in scored]),
         "flexible": metrics.accuracy_summary([s["flexible_correct"] for s in scored]),
         "problems": [
-            {"index": i, "gold": metrics.normalize_number(p.gold), **s}
+            {
+                "index": i,
+                "question_sha256": metrics.question_hash(p.question),
+                "gold": metrics.normalize_number(p.gold),
+                **s,
+            }
             for i, (p, s) in enumerate(zip(problems, scored, strict=True))
         ],
         "samples": [

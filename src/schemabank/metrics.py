@@ -65,6 +65,13 @@ def score(output: str, gold: str) -> dict:
 # Statistics
 
 
+def question_hash(question: str) -> str:
+    """A problem's identity for paired comparisons: sha256 of its question text (16 hex digits)."""
+    import hashlib
+
+    return hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
+
+
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion."""
     if total == 0:

@@ -8,8 +8,8 @@ Top-level keys (``format: schemabank-results-v1``):
 - ``parameters``: trainable adapter parameters per group (``lora``, ``router``, ``schema``,
   ``total``), ``lora_rank`` and ``lora_target_modules``;
 - ``gsm8k``: ``n``, ``shots``, ``strict`` and ``flexible`` (each ``correct``, ``total``,
-  ``accuracy``, ``ci95`` Wilson interval), ``problems`` (per problem: index, gold, predictions
-  and outcomes, for paired comparisons), ``samples`` (full generated text of the first few,
+  ``accuracy``, ``ci95`` Wilson interval), ``problems`` (per problem: index,
+  ``question_sha256`` (its identity in paired comparisons), gold, predictions and outcomes), ``samples`` (full generated text of the first few,
   all of them in samples.jsonl below; with banks also ``tokens``, the generated tokens' text,
   and ``top1``, each token's top-1 schema per bank),
   ``generated_tokens``, ``generation_s``, ``time_s``;
