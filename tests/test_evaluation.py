@@ -232,3 +232,36 @@ def test_samples_file_round_trip_and_naming(tmp_path):
     for results, samples in named.items():
         assert samples_path(tmp_path / "runs" / results) == tmp_path / "runs" / samples
     assert len({samples_path(tmp_path / n) for n in named}) == len(named)  # none overwritten
+
+
+def test_prompts_longer_than_the_context_lose_their_start_and_are_counted(tiny_llama, capsys):
+    tok, model = load(tiny_llama)
+    room = len(tok(f"Question: {TEST[0][0]}\nAnswer:").input_ids) + 2
+    model.config.max_position_embeddings = room + 6  # a short context: `room` prompt tokens
+    long_q = " ".join(q for q, _ in TRAIN)  # far longer
+    problems = [Problem(long_q, TRAIN[0][1]), Problem(*TEST[0])]
+    out = evaluate_gsm8k(model, tok, problems, [], None, 2, 6, CPU, False)["gsm8k"]
+    assert out["max_prompt_tokens"] == room and out["truncated_prompts"] == 1
+    assert "1 of 2 prompts were longer than the model's context" in capsys.readouterr().err
+    prompt = f"Question: {long_q}\nAnswer:"
+    gens = generate(model, tok, [prompt], 1, 6, CPU, False, max_prompt_tokens=room)
+    full = tok(prompt).input_ids
+    assert gens[0].prompt_ids == full[-room:] and gens[0].truncated == len(full) - room
+
+
+def test_windows_longer_than_the_context_are_refused(tiny_llama):
+    from schemabank.config import EvalConfig
+    from schemabank.errors import SchemaBankError
+    from schemabank.evaluation import check_context
+
+    tok, model = load(tiny_llama)
+    model.config.max_position_embeddings = 64
+    with pytest.raises(
+        SchemaBankError, match=r"a window of 128 tokens is longer than the model's context \(64"
+    ):
+        check_context(model, EvalConfig(ppl_windows=[16, 128]))
+    with pytest.raises(SchemaBankError, match="max_new_tokens: 64 leaves no room"):
+        check_context(model, EvalConfig(ppl_windows=[16], max_new_tokens=64))
+    check_context(model, EvalConfig(ppl_windows=[16, 64], max_new_tokens=8))
+    with pytest.raises(SchemaBankError, match="longer than the model's context"):
+        evaluate_perplexity(model, tok, " ".join(q for q, _ in TRAIN) * 4, [128], None, CPU, False)

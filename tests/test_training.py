@@ -472,3 +472,15 @@ def test_heldout_route_ce_is_the_routing_fit_over_all_tokens(tiny_llama, data_di
     trainer.heldout = load_gsm8k("train", data_dir)[-2:]
     ce = trainer.heldout_route_ce()
     assert 0 < ce < 10 and trainer.model.training
+
+
+def test_a_perplexity_window_beyond_the_context_is_refused_before_training(
+    tiny_llama, data_dir, tmp_path
+):
+    from schemabank import training
+    from schemabank.errors import SchemaBankError
+
+    cfg = config_from_dict(tiny_config(tiny_llama, eval={"ppl_windows": [16, 16384]}))
+    with pytest.raises(SchemaBankError, match=r"16384 tokens is longer than the model's context"):
+        training.run(cfg, tmp_path, data_dir)
+    assert not (tmp_path / cfg.run_name).exists()  # nothing trained, nothing written

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from .data import (
     question_prompt,
     split_dev,
 )
+from .errors import SchemaBankError
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype
@@ -62,6 +64,8 @@ class Generation:
     prompt_ids: list[int]
     gen_ids: list[int]
     text: str
+    truncated: int = 0
+    """Tokens cut from the prompt's start to fit the model's context."""
 
 
 def build_prompts(problems: list[Problem], shots: list[Problem]) -> list[str]:
@@ -101,12 +105,15 @@ def generate(
     desc: str = "gsm8k",
     banks: BankSet | None = None,
     route_masks: torch.Tensor | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
     one row per prompt, each prompt's tokens are routed only among its row's schemas
     (oracle routing; :meth:`BankSet.restricted`)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
+    cut = [max(0, len(ids) - (max_prompt_tokens or len(ids))) for ids in encoded]
+    encoded = [ids[n:] for ids, n in zip(encoded, cut, strict=True)]  # from the left
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -134,10 +141,34 @@ def generate(
         new = seqs[:, batch["input_ids"].shape[1] :].tolist()
         for i, ids in zip(idx, new, strict=True):
             kept, text = _kept_tokens(tokenizer, ids, metrics.STOP_STRING)
-            out[i] = Generation(encoded[i], kept, text)
+            out[i] = Generation(encoded[i], kept, text, cut[i])
         bar.update(len(idx))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+def context_length(model) -> int | None:
+    """The model's context in tokens (``max_position_embeddings``), if its config says."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_context(model, ecfg) -> None:
+    """Refuse, before any long work, an evaluation the model's context cannot hold: perplexity
+    windows longer than it, or ``max_new_tokens`` that leave no room for a prompt."""
+    ctx = context_length(model)
+    if ctx is None:
+        return
+    too_long = [w for w in ecfg.ppl_windows if w > ctx]
+    if too_long:
+        raise SchemaBankError(
+            f"eval.ppl_windows: a window of {too_long[0]} tokens is longer than the model's "
+            f"context ({ctx} tokens)"
+        )
+    if ecfg.max_new_tokens >= ctx:
+        raise SchemaBankError(
+            f"eval.max_new_tokens: {ecfg.max_new_tokens} leaves no room for a prompt in the "
+            f"model's context ({ctx} tokens)"
+        )
 
 
 def _restricted(banks: BankSet | None, route_masks: torch.Tensor | None, idx: list[int], device):
@@ -400,6 +431,8 @@ def evaluate_gsm8k(
     masks = None
     if oracle and banks is not None:
         masks = oracle_masks([problems[i] for i in mine], next(iter(banks)).num_schemas)
+    ctx = context_length(model)
+    max_prompt = ctx - max_new_tokens if ctx else None  # longer prompts lose their start
     my_gens = generate(
         model,
         tokenizer,
@@ -410,14 +443,25 @@ def evaluate_gsm8k(
         bf16,
         banks=banks,
         route_masks=masks,
+        max_prompt_tokens=max_prompt,
     )
     gens = distributed.gather_shards(my_gens, len(problems))
     gen_time = time.perf_counter() - t0
+    truncated = sum(1 for g in gens if g.truncated)
+    if truncated and distributed.is_main():
+        print(
+            f"schemabank: warning: {truncated} of {len(gens)} prompts were longer than the "
+            f"model's context leaves room for ({ctx} tokens less {max_new_tokens} new ones) and "
+            "lost their start (gsm8k.truncated_prompts in results.json)",
+            file=sys.stderr,
+        )
     scored = [metrics.score(g.text, p.gold) for g, p in zip(gens, problems, strict=True)]
     result = {
         "n": len(problems),
         "shots": len(shots),
         "max_new_tokens": max_new_tokens,
+        "max_prompt_tokens": max_prompt,
+        "truncated_prompts": truncated,
         "batch_size": batch_size,
         "strict": metrics.accuracy_summary([s["strict_correct"] for s in scored]),
         "flexible": metrics.accuracy_summary([s["flexible_correct"] for s in scored]),
@@ -530,6 +574,12 @@ def evaluate_perplexity(
     if max_tokens is not None:
         ids = ids[:max_tokens]
     out: dict = {"tokens": len(ids), "windows": {}}
+    ctx = context_length(model)
+    if ctx is not None and any(w > ctx for w in windows):
+        raise SchemaBankError(
+            f"eval.ppl_windows: a window of {max(windows)} tokens is longer than the model's "
+            f"context ({ctx} tokens)"
+        )
     for w in windows:
         entry = perplexity(model, ids, w, device, bf16)
         out[f"ppl_{w}"] = entry["ppl"]
@@ -671,6 +721,7 @@ def _evaluate_checkpoint(
         tok, model, banks, info = load_checkpoint(
             checkpoint, device, weight_dtype(cfg.model.dtype, device)
         )
+    check_context(model, cfg.eval)
     t1 = time.perf_counter()
     ev = run_evaluation(
         model,
@@ -732,6 +783,7 @@ def _evaluate_base_model(
     info = resolve_base_model(name)
     with distributed.main_first():
         tok, model = load_base_model(info, device, weight_dtype(dtype, device))
+    check_context(model, ecfg)
     t1 = time.perf_counter()
     ev = run_evaluation(model, tok, None, test, shots, wikitext, ecfg, device, bf16, None)
     _keep_samples(ev, samples_path)

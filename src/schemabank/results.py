@@ -12,7 +12,8 @@ Top-level keys (``format: schemabank-results-v1``):
   ``question_sha256`` (its identity in paired comparisons), gold, predictions and outcomes), ``samples`` (full generated text of the first few,
   all of them in samples.jsonl below; with banks also ``tokens``, the generated tokens' text,
   and ``top1``, each token's top-1 schema per bank),
-  ``generated_tokens``, ``generation_s``, ``time_s``;
+  ``generated_tokens``, ``generation_s``, ``time_s``, ``max_prompt_tokens`` (the model's context
+  less ``max_new_tokens``) and ``truncated_prompts`` (prompts that lost their start to fit it);
 - ``gsm8k_dev``: the same on the dev problems held out of training (``data.dev_size``; no
   routing report, no samples); null without a dev set;
 - ``perplexity``: ``ppl_<W>`` and ``base_ppl_<W>`` for each window W (512 and 4096), ``tokens``,

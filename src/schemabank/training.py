@@ -40,7 +40,7 @@ from .data import (
     split_dev,
 )
 from .errors import CheckpointError, SchemaBankError
-from .evaluation import run_evaluation, write_samples
+from .evaluation import check_context, run_evaluation, write_samples
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, seed_everything, use_bf16, weight_dtype
@@ -722,6 +722,7 @@ def _run(
     with distributed.main_first():  # a model to convert and cache is converted once
         tok, base = load_base_model(info, device, weight_dtype(cfg.model.dtype, device))
     seed_everything(cfg.experiment.seed)
+    check_context(base, cfg.eval)  # before training, not after it
     model, banks, _ = build_adapter(base, cfg)
     t_loaded = time.perf_counter()
 
