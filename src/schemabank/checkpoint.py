@@ -65,6 +65,30 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def check_writable(folder: str | Path) -> None:
+    """Refuse, before any long work, an output folder that cannot be written into: an existing
+    file in its place, a read-only file system, a full disk (a one-byte file must fit)."""
+    folder = Path(folder)
+    for above in (folder, *folder.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise SchemaBankError(f"output folder {folder}: {above} is an existing file")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        raise SchemaBankError(
+            f"output folder {folder} cannot be written: {exc.strerror or exc}"
+        ) from None
+
+
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (see :func:`atomic_write_text`)."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -281,6 +281,9 @@ def cmd_eval(args) -> int:
             apply_overrides(data, args.overrides + extra), source=f"config {cfg_path}"
         )
         output = Path(args.output) if args.output else run_dir / "eval_results.json"
+        from .checkpoint import check_writable
+
+        check_writable(output.parent)  # before the evaluation, not after it
         _quiet_libraries()
         from .evaluation import evaluate_checkpoint
         from .results import samples_path
@@ -298,6 +301,9 @@ def cmd_eval(args) -> int:
             if args.output
             else Path("results") / f"{name}_{cfg.eval.shots}shot" / "results.json"
         )
+        from .checkpoint import check_writable
+
+        check_writable(output.parent)
         _quiet_libraries()
         from .evaluation import evaluate_base_model
         from .results import samples_path
@@ -457,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
         if is_main():  # every process reads the same inputs, so meets the same problem
             print(f"schemabank: error: {message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file that cannot be written or read: name it and the cause
+        where = f"{exc.filename}: " if exc.filename else ""
+        if is_main():
+            print(f"schemabank: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # torch.OutOfMemoryError, named so that torch need not be imported
         if type(exc).__name__ != "OutOfMemoryError":

@@ -18,7 +18,7 @@ import math
 import shutil
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .adapter import adapter_parameters, base_only, build_adapter
 from .bank import balance_loss, routing_ce, z_loss
-from .checkpoint import atomic_write_text, save_checkpoint, write_json
+from .checkpoint import atomic_write_text, check_writable, save_checkpoint, write_json
 from .config import Config, dump_config
 from .data import (
     DataOrder,
@@ -710,6 +710,8 @@ def _run(
     data_dir = data_dir or cfg.data.dir
     run_dir = Path(output_dir or cfg.output_dir) / cfg.run_name
     replaced = check_run_dir(run_dir, resume, overwrite)
+    if main:
+        check_writable(run_dir.parent)  # before the model loads, not after the training
 
     # Read and check every input before the long work starts.
     train_set, dev_set = split_dev(load_gsm8k("train", data_dir), cfg.data.dev_size)
@@ -797,7 +799,22 @@ def _run(
     t_trained = time.perf_counter()
     set_trainable(model, ())
     if main:
-        save_checkpoint(run_dir / "checkpoint", model, banks, info)
+        try:
+            save_checkpoint(run_dir / "checkpoint", model, banks, info)
+        except OSError as exc:  # the trained weights must survive: keep a state to resume
+            if trainer.last_saved_step != trainer.step:
+                with suppress(OSError):
+                    checkpoint()
+            kept = (
+                f"the training state of step {trainer.last_saved_step} is in {run_dir}/state; "
+                f"free the space and continue with: schemabank train --resume {run_dir}"
+                if trainer.last_saved_step is not None
+                else "no training state could be saved"
+            )
+            raise SchemaBankError(
+                f"cannot write the checkpoint {run_dir / 'checkpoint'}: "
+                f"{exc.strerror or exc}; {kept}"
+            ) from None
 
     evaluation = run_evaluation(
         model,
@@ -835,7 +852,14 @@ def _run(
         },
     )
     if main:
-        write_samples(run_dir / "samples.jsonl", records)
-        write_json(run_dir / "results.json", results)
+        try:
+            write_samples(run_dir / "samples.jsonl", records)
+            write_json(run_dir / "results.json", results)
+        except OSError as exc:
+            raise SchemaBankError(
+                f"cannot write the results of {run_dir}: {exc.strerror or exc} "
+                f"({exc.filename}); the trained checkpoint is in {run_dir}/checkpoint: evaluate "
+                f"it again with: schemabank eval --checkpoint {run_dir}/checkpoint"
+            ) from None
         shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # the checkpoint supersedes it
     return run_dir
