@@ -223,10 +223,9 @@ def load_checkpoint(directory: Path, device: torch.device, dtype: torch.dtype):
     tok, base = load_base_model(info, device, dtype)
     try:
         model = peft.PeftModel.from_pretrained(base, str(directory), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        raise CheckpointError(
-            f"cannot load the LoRA adapter of {directory}: {str(exc).splitlines()[0]}"
-        ) from None
+    except (RuntimeError, ValueError, KeyError, OSError, TypeError, AttributeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load the LoRA adapter of {directory}: {first}") from None
     model.eval()
     banks = None
     if has_banks:
@@ -243,8 +242,8 @@ def load_checkpoint(directory: Path, device: torch.device, dtype: torch.dtype):
                 bcfg.get("router_hidden", 0),
             )
             banks.load_state_dict(_load_tensors(directory / BANK_FILES[0]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"cannot load the banks of {directory}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"cannot load the banks of {directory}: {exc!r}") from None
         for b in banks:
             b.requires_grad_(False)
     return tok, model, banks, info

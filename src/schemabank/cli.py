@@ -442,6 +442,9 @@ def cmd_table(args) -> int:
     return 0
 
 
+READERS = ("compare", "report", "verify", "table")  # commands that read results files
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Variable-length batches fragment PyTorch's CUDA cache; expandable segments avoid that.
@@ -463,6 +466,17 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
         if is_main():  # every process reads the same inputs, so meets the same problem
             print(f"schemabank: error: {message}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        if args.command not in READERS:
+            raise
+        # results.json's core is checked on loading; a deeper part that does not fit (an edited
+        # file, another version's) lands here instead of in a traceback
+        print(
+            f"schemabank: error: a results file given is malformed or from another version "
+            f"(in its {type(exc).__name__}: {exc})".replace("\n", " "),
+            file=sys.stderr,
+        )
         return 1
     except OSError as exc:  # a file that cannot be written or read: name it and the cause
         where = f"{exc.filename}: " if exc.filename else ""

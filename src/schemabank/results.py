@@ -128,7 +128,47 @@ def load_results(path: str | Path) -> dict:
         raise SchemaBankError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or "gsm8k" not in data:
         raise SchemaBankError(f"{path}: not a SchemaBank results file ({FORMAT})")
+    problem = _core_problem(data)
+    if problem:
+        raise SchemaBankError(f"{path}: not a valid results file: {problem}")
     return data
+
+
+def _core_problem(data: dict) -> str | None:
+    """The first problem with the part of results.json every command reads (the experiment and
+    the GSM8K accuracies and outcomes), or None."""
+    number = (int, float)
+
+    def bad(value, kind) -> bool:
+        return isinstance(value, bool) and kind is not bool or not isinstance(value, kind)
+
+    exp = data.get("experiment")
+    if not isinstance(exp, dict):
+        return "experiment: must be a mapping"
+    for key, kind in (("name", str), ("mode", str), ("seed", (int, type(None)))):
+        if bad(exp.get(key), kind):
+            return f"experiment.{key}: missing or of the wrong type"
+    g = data["gsm8k"]
+    if not isinstance(g, dict) or bad(g.get("n"), int):
+        return "gsm8k.n: missing or not an integer"
+    for key in ("strict", "flexible"):
+        a = g.get(key)
+        if not isinstance(a, dict) or bad(a.get("correct"), int) or bad(a.get("total"), int):
+            return f"gsm8k.{key}: needs integers correct and total"
+        ci = a.get("ci95")
+        if bad(a.get("accuracy"), number) or not (
+            isinstance(ci, list) and len(ci) == 2 and not any(bad(x, number) for x in ci)
+        ):
+            return f"gsm8k.{key}: needs a number accuracy and a two-number ci95"
+    problems = g.get("problems")
+    if not isinstance(problems, list):
+        return "gsm8k.problems: must be a list"
+    for i, p in enumerate(problems):
+        if not isinstance(p, dict) or bad(p.get("index"), int) or "gold" not in p:
+            return f"gsm8k.problems[{i}]: needs index and gold"
+        if any(bad(p.get(f"{k}_correct"), bool) for k in ("strict", "flexible")):
+            return f"gsm8k.problems[{i}]: needs true/false strict_correct and flexible_correct"
+    return None
 
 
 def samples_path(results_path: str | Path) -> Path:
