@@ -4,6 +4,8 @@ cause, and the work already done kept (a training state to resume, a checkpoint 
 from __future__ import annotations
 
 import errno
+import json
+from pathlib import Path
 
 import pytest
 from conftest import tiny_config
@@ -102,3 +104,72 @@ def test_any_write_error_in_a_command_is_one_line(capsys, tmp_path, tiny_llama, 
     blocker.write_text("x")
     code, err = call_main(capsys, "compare", run_dir, run_dir, "--output", blocker / "c.json")
     assert_user_error(code, err, "file")
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    ck = run_dir / "checkpoint"
+    return {
+        **load_file(ck / "adapter_model.safetensors"),
+        **load_file(ck / "schemabank.safetensors"),
+    }
+
+
+def test_every_write_of_a_run_failing_in_turn_is_recovered_exactly(
+    tmp_path, tiny_llama, data_dir, monkeypatch
+):
+    """Every file a run writes is renamed into place (os.replace): make each of those renames fail
+    in turn (the config, each training state, the checkpoint, the samples, the results). The run
+    either finishes or, resumed from its state (started again when it had none), ends with the
+    weights and results of an uninterrupted run."""
+    import os
+
+    import torch
+
+    cfg = small(tiny_llama, checkpoint_every=3)  # 6 steps: states at 3 and 6
+    real = os.replace
+    calls = []
+
+    def counting(src, dst, *a, **k):
+        calls.append(Path(dst).name)
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", counting)
+    reference = training.run(cfg, tmp_path / "ref", data_dir)
+    monkeypatch.setattr(os, "replace", real)
+    assert {"config.yaml", STATE_DIR, "checkpoint", "results.json"} <= set(calls)
+    want = _weights(reference)
+    want_results = json.loads((reference / "results.json").read_text())["gsm8k"]["problems"]
+
+    def fail_at(n):  # os.replace whose n-th call fails
+        count = [0]
+
+        def failing(src, dst, *a, **kw):
+            count[0] += 1
+            if count[0] == n:
+                raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+            return real(src, dst, *a, **kw)
+
+        return failing
+
+    for k in range(len(calls)):
+        out = tmp_path / f"fail{k}"
+        monkeypatch.setattr(os, "replace", fail_at(k + 1))
+        try:
+            training.run(cfg, out, data_dir)
+            failed = False
+        except (SchemaBankError, OSError):
+            failed = True
+        monkeypatch.setattr(os, "replace", real)
+        run_dir = out / cfg.run_name
+        if failed:
+            resume = (run_dir / STATE_DIR).is_dir()
+            training.run(cfg, out, data_dir, resume=resume, overwrite=not resume)
+        got = _weights(run_dir)
+        assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want), (
+            k,
+            calls[k],
+        )
+        problems = json.loads((run_dir / "results.json").read_text())["gsm8k"]["problems"]
+        assert problems == want_results, (k, calls[k])
