@@ -173,3 +173,17 @@ def test_every_write_of_a_run_failing_in_turn_is_recovered_exactly(
         )
         problems = json.loads((run_dir / "results.json").read_text())["gsm8k"]["problems"]
         assert problems == want_results, (k, calls[k])
+
+
+def test_a_read_only_or_full_output_folder_is_refused_before_loading(tmp_path, monkeypatch):
+    """As root, permissions do not stop a write: the file system's refusal is simulated."""
+    import tempfile
+
+    from schemabank.checkpoint import check_writable
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(SchemaBankError, match="cannot be written: Read-only file system"):
+        check_writable(tmp_path / "runs")
