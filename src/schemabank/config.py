@@ -181,6 +181,9 @@ class TrainingConfig:
     device: str = "auto"
     stages: StagesConfig = field(default_factory=StagesConfig)
     """SchemaBank mode only; their steps must add up to total_steps."""
+    report_to: list[str] = field(default_factory=list)
+    """Also send the training log and the evaluation results to these trackers:
+    ``tensorboard`` (``<run>/tensorboard``), ``wandb``, ``trackio`` (optional extras)."""
 
 
 @dataclass
@@ -402,6 +405,11 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"training.max_length: must be >= 16, got {t.max_length}")
     if t.precision not in PRECISIONS:
         p.append(f"training.precision: must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    unknown = [x for x in t.report_to if x not in ("tensorboard", "wandb", "trackio")]
+    if unknown:
+        p.append(
+            f"training.report_to: {unknown[0]!r} is not a tracker (tensorboard, wandb, trackio)"
+        )
     if t.device not in DEVICES:
         p.append(f"training.device: must be one of {', '.join(DEVICES)}, got {t.device!r}")
     if e.mode == "schemabank":

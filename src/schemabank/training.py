@@ -48,6 +48,7 @@ from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
 from .tags import dropout_for_step, routing_target
 from .telemetry import LOG_FIELDS, JsonlLogger, NullLogger
+from .tracking import check_trackers, eval_values, make_trackers, step_values
 
 
 class TrainingError(SchemaBankError):
@@ -139,6 +140,7 @@ class Trainer:
         self.stop_signal = 0  # set (to the signal number) by run()'s SIGINT/SIGTERM handler
         self.agreed_stop = 0  # several processes: the signal any had at the last logged step
         self.run_dir: Path | None = None
+        self.trackers: list = []  # training.report_to (rank 0)
         self.last_saved_step: int | None = None
 
     def encode_many(self, keys: list[tuple[int, bool]]) -> None:
@@ -404,6 +406,8 @@ class Trainer:
         line["tokens_per_s"] = line["tokens"] / max(now - t_prev, 1e-9)
         line["elapsed_s"] = now - t_stage
         logger.log({k: line.get(k) for k in LOG_FIELDS})
+        for tracker in self.trackers:
+            tracker.log(step_values(line), line["step"])
         bar.set_postfix(stage=line["stage"], loss=f"{line['loss']:.3f}")
         bar.update(1)
         self.last_line = line
@@ -712,6 +716,7 @@ def _run(
     replaced = check_run_dir(run_dir, resume, overwrite)
     if main:
         check_writable(run_dir.parent)  # before the model loads, not after the training
+        check_trackers(cfg.training.report_to)
 
     # Read and check every input before the long work starts.
     train_set, dev_set = split_dev(load_gsm8k("train", data_dir), cfg.data.dev_size)
@@ -735,131 +740,141 @@ def _run(
         run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16, heldout=dev_set[:256])
     trainer.run_dir = run_dir
-    train_time = 0.0
-    if resume:
-        meta = load_state(run_dir, trainer)
+    if main and cfg.training.report_to:
+        trainer.trackers = make_trackers(cfg.training.report_to, run_dir, cfg.to_dict())
+    try:
+        train_time = 0.0
+        if resume:
+            meta = load_state(run_dir, trainer)
+            if main:
+                _truncate_log(run_dir / "training_log.jsonl", meta["log_lines"])
+            trainer.stage_summary = meta["stage_summary"]
+            trainer.last_line = meta["last_line"]
+            trainer.last_saved_step = trainer.step
+            train_time = meta["train_time_s"]
         if main:
-            _truncate_log(run_dir / "training_log.jsonl", meta["log_lines"])
-        trainer.stage_summary = meta["stage_summary"]
-        trainer.last_line = meta["last_line"]
-        trainer.last_saved_step = trainer.step
-        train_time = meta["train_time_s"]
-    if main:
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))  # once the state has loaded
-    log_path = run_dir / "training_log.jsonl"
-    t_train = time.perf_counter()
+            atomic_write_text(
+                run_dir / "config.yaml", dump_config(cfg)
+            )  # once the state has loaded
+        log_path = run_dir / "training_log.jsonl"
+        t_train = time.perf_counter()
 
-    def checkpoint():
-        if main:
-            save_state(
-                run_dir,
-                trainer,
-                {
-                    "log_lines": trainer.step,
-                    "stage_summary": trainer.stage_summary,
-                    "last_line": trainer.last_line,
-                    "train_time_s": train_time + time.perf_counter() - t_train,
-                    "base_sha256": info.sha256,
-                },
-            )
-        trainer.last_saved_step = trainer.step
-
-    stages = {}
-    done = 0  # global steps before the current stage
-    with (
-        stop_on_signals(trainer),
-        JsonlLogger(log_path, append=resume) if main else NullLogger() as logger,
-        tqdm(
-            total=cfg.training.total_steps,
-            initial=trainer.step,
-            desc=cfg.run_name,
-            unit="step",
-            disable=not main,
-        ) as bar,
-    ):
-        bonus = 0  # steps a stage 1 ended by its patience left to stage 2
-        for stage, steps, lr in stage_plan(cfg):
-            steps += bonus
-            length = _steps_run(trainer.stage_summary.get(stage.label), steps)
-            start = min(max(trainer.step - done, 0), length)
-            if start < length:
-                stages[stage.label] = trainer.train_stage(
-                    stage, steps, lr, logger, bar, start, checkpoint
+        def checkpoint():
+            if main:
+                save_state(
+                    run_dir,
+                    trainer,
+                    {
+                        "log_lines": trainer.step,
+                        "stage_summary": trainer.stage_summary,
+                        "last_line": trainer.last_line,
+                        "train_time_s": train_time + time.perf_counter() - t_train,
+                        "base_sha256": info.sha256,
+                    },
                 )
-                length = _steps_run(stages[stage.label], steps)
-            else:
-                stages[stage.label] = {
-                    "steps": steps,
-                    "learning_rate": lr,
-                    **trainer.stage_summary[stage.label],
-                }
-            bonus = steps - length
-            done += length
-    train_time += time.perf_counter() - t_train
-    t_trained = time.perf_counter()
-    set_trainable(model, ())
-    if main:
-        try:
-            save_checkpoint(run_dir / "checkpoint", model, banks, info)
-        except OSError as exc:  # the trained weights must survive: keep a state to resume
-            if trainer.last_saved_step != trainer.step:
-                with suppress(OSError):
-                    checkpoint()
-            kept = (
-                f"the training state of step {trainer.last_saved_step} is in {run_dir}/state; "
-                f"free the space and continue with: schemabank train --resume {run_dir}"
-                if trainer.last_saved_step is not None
-                else "no training state could be saved"
-            )
-            raise SchemaBankError(
-                f"cannot write the checkpoint {run_dir / 'checkpoint'}: "
-                f"{exc.strerror or exc}; {kept}"
-            ) from None
+            trainer.last_saved_step = trainer.step
 
-    evaluation = run_evaluation(
-        model,
-        tok,
-        banks,
-        test_set,
-        shots,
-        wikitext,
-        cfg.eval,
-        device,
-        bf16,
-        lambda: base_only(model, banks),
-        dev_set,
-        oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
-        max_length=cfg.training.max_length,
-    )
-    records = evaluation.pop("records")
-    results = build_results(
-        cfg=cfg,
-        info=info,
-        env=environment(device),
-        evaluation=evaluation,
-        parameters=adapter_parameters(model),
-        training={
-            "total_steps": trainer.step,
-            "stages": stages,
-            "time_s": train_time,
-            "resumed": resume,
-        },
-        timings={
-            "setup_s": t_loaded - t_start,
-            "train_s": t_trained - t_loaded,
-            **evaluation.pop("timings"),
-            "total_s": time.perf_counter() - t_start,
-        },
-    )
-    if main:
-        try:
-            write_samples(run_dir / "samples.jsonl", records)
-            write_json(run_dir / "results.json", results)
-        except OSError as exc:
-            raise SchemaBankError(
-                f"cannot write the results of {run_dir}: {exc.strerror or exc} "
-                f"({exc.filename}); the trained checkpoint is in {run_dir}/checkpoint: evaluate "
-                f"it again with: schemabank eval --checkpoint {run_dir}/checkpoint"
-            ) from None
-        shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # the checkpoint supersedes it
-    return run_dir
+        stages = {}
+        done = 0  # global steps before the current stage
+        with (
+            stop_on_signals(trainer),
+            JsonlLogger(log_path, append=resume) if main else NullLogger() as logger,
+            tqdm(
+                total=cfg.training.total_steps,
+                initial=trainer.step,
+                desc=cfg.run_name,
+                unit="step",
+                disable=not main,
+            ) as bar,
+        ):
+            bonus = 0  # steps a stage 1 ended by its patience left to stage 2
+            for stage, steps, lr in stage_plan(cfg):
+                steps += bonus
+                length = _steps_run(trainer.stage_summary.get(stage.label), steps)
+                start = min(max(trainer.step - done, 0), length)
+                if start < length:
+                    stages[stage.label] = trainer.train_stage(
+                        stage, steps, lr, logger, bar, start, checkpoint
+                    )
+                    length = _steps_run(stages[stage.label], steps)
+                else:
+                    stages[stage.label] = {
+                        "steps": steps,
+                        "learning_rate": lr,
+                        **trainer.stage_summary[stage.label],
+                    }
+                bonus = steps - length
+                done += length
+        train_time += time.perf_counter() - t_train
+        t_trained = time.perf_counter()
+        set_trainable(model, ())
+        if main:
+            try:
+                save_checkpoint(run_dir / "checkpoint", model, banks, info)
+            except OSError as exc:  # the trained weights must survive: keep a state to resume
+                if trainer.last_saved_step != trainer.step:
+                    with suppress(OSError):
+                        checkpoint()
+                kept = (
+                    f"the training state of step {trainer.last_saved_step} is in {run_dir}/state; "
+                    f"free the space and continue with: schemabank train --resume {run_dir}"
+                    if trainer.last_saved_step is not None
+                    else "no training state could be saved"
+                )
+                raise SchemaBankError(
+                    f"cannot write the checkpoint {run_dir / 'checkpoint'}: "
+                    f"{exc.strerror or exc}; {kept}"
+                ) from None
+
+        evaluation = run_evaluation(
+            model,
+            tok,
+            banks,
+            test_set,
+            shots,
+            wikitext,
+            cfg.eval,
+            device,
+            bf16,
+            lambda: base_only(model, banks),
+            dev_set,
+            oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
+            max_length=cfg.training.max_length,
+        )
+        records = evaluation.pop("records")
+        results = build_results(
+            cfg=cfg,
+            info=info,
+            env=environment(device),
+            evaluation=evaluation,
+            parameters=adapter_parameters(model),
+            training={
+                "total_steps": trainer.step,
+                "stages": stages,
+                "time_s": train_time,
+                "resumed": resume,
+            },
+            timings={
+                "setup_s": t_loaded - t_start,
+                "train_s": t_trained - t_loaded,
+                **evaluation.pop("timings"),
+                "total_s": time.perf_counter() - t_start,
+            },
+        )
+        if main:
+            try:
+                write_samples(run_dir / "samples.jsonl", records)
+                write_json(run_dir / "results.json", results)
+            except OSError as exc:
+                raise SchemaBankError(
+                    f"cannot write the results of {run_dir}: {exc.strerror or exc} "
+                    f"({exc.filename}); the trained checkpoint is in {run_dir}/checkpoint: evaluate "
+                    f"it again with: schemabank eval --checkpoint {run_dir}/checkpoint"
+                ) from None
+            shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # the checkpoint supersedes it
+            for tracker in trainer.trackers:
+                tracker.log(eval_values(results), trainer.step)
+        return run_dir
+    finally:
+        for tracker in trainer.trackers:
+            tracker.close()
