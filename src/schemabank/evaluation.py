@@ -674,6 +674,27 @@ def run_evaluation(
     return out
 
 
+def evaluate_run(cfg: Config, model, tokenizer, banks, test, shots, wikitext, dev, device, bf16):
+    """:func:`run_evaluation` of a trained adapter as its config says: the eval section, oracle
+    routing (``eval.routing``, else ``schemabank.routing``), the training text's length for the
+    routing fit, and the base model's perplexity with the adapter off."""
+    return run_evaluation(
+        model,
+        tokenizer,
+        banks,
+        test,
+        shots,
+        wikitext,
+        cfg.eval,
+        device,
+        bf16,
+        lambda: base_only(model, banks),
+        dev,
+        oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
+        max_length=cfg.training.max_length,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluating a saved run, or a bare base model
 
@@ -723,21 +744,7 @@ def _evaluate_checkpoint(
         )
     check_context(model, cfg.eval)
     t1 = time.perf_counter()
-    ev = run_evaluation(
-        model,
-        tok,
-        banks,
-        test,
-        shots,
-        wikitext,
-        cfg.eval,
-        device,
-        bf16,
-        lambda: base_only(model, banks),
-        dev,
-        oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
-        max_length=cfg.training.max_length,
-    )
+    ev = evaluate_run(cfg, model, tok, banks, test, shots, wikitext, dev, device, bf16)
     _keep_samples(ev, samples_path)
     timings = {"setup_s": t1 - t0, **ev.pop("timings"), "total_s": time.perf_counter() - t0}
     return build_results(

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
-from .adapter import adapter_parameters, base_only, build_adapter
+from .adapter import adapter_parameters, build_adapter
 from .bank import balance_loss, routing_ce, z_loss
 from .checkpoint import atomic_write_text, check_writable, save_checkpoint, write_json
 from .config import Config, dump_config
@@ -40,7 +40,7 @@ from .data import (
     split_dev,
 )
 from .errors import CheckpointError, SchemaBankError
-from .evaluation import check_context, run_evaluation, write_samples
+from .evaluation import check_context, evaluate_run, write_samples
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, seed_everything, use_bf16, weight_dtype
@@ -826,20 +826,8 @@ def _run(
                     f"{exc.strerror or exc}; {kept}"
                 ) from None
 
-        evaluation = run_evaluation(
-            model,
-            tok,
-            banks,
-            test_set,
-            shots,
-            wikitext,
-            cfg.eval,
-            device,
-            bf16,
-            lambda: base_only(model, banks),
-            dev_set,
-            oracle=(cfg.eval.routing or cfg.schemabank.routing) == "oracle",
-            max_length=cfg.training.max_length,
+        evaluation = evaluate_run(
+            cfg, model, tok, banks, test_set, shots, wikitext, dev_set, device, bf16
         )
         records = evaluation.pop("records")
         results = build_results(
