@@ -67,16 +67,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def check_writable(folder: str | Path) -> None:
     """Refuse, before any long work, an output folder that cannot be written into: an existing
-    file in its place, a read-only file system, a full disk (a one-byte file must fit)."""
+    file in its place, a read-only file system, a full disk (a one-byte file must fit). Nothing
+    is left behind: the probe goes into the nearest folder that exists."""
     folder = Path(folder)
-    for above in (folder, *folder.parents):
-        if above.exists():
-            if not above.is_dir():
-                raise SchemaBankError(f"output folder {folder}: {above} is an existing file")
-            break
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise SchemaBankError(f"output folder {folder}: {existing} is an existing file")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        fd, tmp = tempfile.mkstemp(dir=existing, prefix=".write-check-")
         try:
             os.write(fd, b"x")
             os.fsync(fd)
@@ -247,7 +245,7 @@ def load_checkpoint(directory: Path, device: torch.device, dtype: torch.dtype):
                 bcfg.get("router_hidden", 0),
             )
             banks.load_state_dict(_load_tensors(directory / BANK_FILES[0]))
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
             raise CheckpointError(f"cannot load the banks of {directory}: {exc!r}") from None
         for b in banks:
             b.requires_grad_(False)

@@ -135,8 +135,9 @@ def load_results(path: str | Path) -> dict:
 
 
 def _core_problem(data: dict) -> str | None:
-    """The first problem with the part of results.json every command reads (the experiment and
-    the GSM8K accuracies and outcomes), or None."""
+    """The first part of results.json's core (the experiment, the GSM8K accuracies and
+    outcomes that every command reads) that is there but of the wrong shape, or None. (A
+    missing part is met, and reported in one line, by the command that needs it.)"""
     number = (int, float)
 
     def bad(value, kind) -> bool:
@@ -146,28 +147,32 @@ def _core_problem(data: dict) -> str | None:
     if not isinstance(exp, dict):
         return "experiment: must be a mapping"
     for key, kind in (("name", str), ("mode", str), ("seed", (int, type(None)))):
-        if bad(exp.get(key), kind):
-            return f"experiment.{key}: missing or of the wrong type"
+        if key in exp and bad(exp[key], kind):
+            return f"experiment.{key}: of the wrong type"
     g = data["gsm8k"]
-    if not isinstance(g, dict) or bad(g.get("n"), int):
-        return "gsm8k.n: missing or not an integer"
+    if not isinstance(g, dict):
+        return "gsm8k: must be a mapping"
     for key in ("strict", "flexible"):
         a = g.get(key)
-        if not isinstance(a, dict) or bad(a.get("correct"), int) or bad(a.get("total"), int):
-            return f"gsm8k.{key}: needs integers correct and total"
-        ci = a.get("ci95")
-        if bad(a.get("accuracy"), number) or not (
-            isinstance(ci, list) and len(ci) == 2 and not any(bad(x, number) for x in ci)
+        if a is None:
+            continue
+        if not isinstance(a, dict) or any(k in a and bad(a[k], int) for k in ("correct", "total")):
+            return f"gsm8k.{key}: correct and total must be integers"
+        ci = a.get("ci95", [0, 0])
+        if (
+            "accuracy" in a
+            and bad(a["accuracy"], number)
+            or not (isinstance(ci, list) and len(ci) == 2 and not any(bad(x, number) for x in ci))
         ):
-            return f"gsm8k.{key}: needs a number accuracy and a two-number ci95"
-    problems = g.get("problems")
+            return f"gsm8k.{key}: accuracy must be a number and ci95 two numbers"
+    problems = g.get("problems", [])
     if not isinstance(problems, list):
         return "gsm8k.problems: must be a list"
     for i, p in enumerate(problems):
-        if not isinstance(p, dict) or bad(p.get("index"), int) or "gold" not in p:
-            return f"gsm8k.problems[{i}]: needs index and gold"
-        if any(bad(p.get(f"{k}_correct"), bool) for k in ("strict", "flexible")):
-            return f"gsm8k.problems[{i}]: needs true/false strict_correct and flexible_correct"
+        if not isinstance(p, dict) or bad(p.get("index", 0), int):
+            return f"gsm8k.problems[{i}]: must be a mapping with an integer index"
+        if any(bad(p.get(f"{k}_correct", False), bool) for k in ("strict", "flexible")):
+            return f"gsm8k.problems[{i}]: strict_correct and flexible_correct must be true/false"
     return None
 
 
