@@ -260,6 +260,9 @@ def cmd_eval(args) -> int:
             raise ConfigError(
                 f"--{flag.replace('_', '-')}: must be >= {0 if flag == 'shots' else 1}, got {value}"
             )
+    from .checkpoint import check_writable  # after the cheap checks: these import torch
+    from .results import samples_path
+
     extra = [
         f"eval.{k}={getattr(args, k)}"
         for k in ("limit", "batch_size", "shots")
@@ -281,12 +284,9 @@ def cmd_eval(args) -> int:
             apply_overrides(data, args.overrides + extra), source=f"config {cfg_path}"
         )
         output = Path(args.output) if args.output else run_dir / "eval_results.json"
-        from .checkpoint import check_writable
-
         check_writable(output.parent)  # before the evaluation, not after it
         _quiet_libraries()
         from .evaluation import evaluate_checkpoint
-        from .results import samples_path
 
         results = evaluate_checkpoint(
             ckpt, cfg, data_dir=args.data_dir or cfg.data.dir, samples_path=samples_path(output)
@@ -301,12 +301,9 @@ def cmd_eval(args) -> int:
             if args.output
             else Path("results") / f"{name}_{cfg.eval.shots}shot" / "results.json"
         )
-        from .checkpoint import check_writable
-
         check_writable(output.parent)
         _quiet_libraries()
         from .evaluation import evaluate_base_model
-        from .results import samples_path
 
         results = evaluate_base_model(
             args.base_model,

@@ -48,6 +48,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULERS = ("constant", "linear", "cosine")
 ROUTINGS = ("learned", "oracle")
+TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.router
 
 
@@ -405,11 +406,9 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"training.max_length: must be >= 16, got {t.max_length}")
     if t.precision not in PRECISIONS:
         p.append(f"training.precision: must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    unknown = [x for x in t.report_to if x not in ("tensorboard", "wandb", "trackio")]
+    unknown = [x for x in t.report_to if x not in TRACKERS]
     if unknown:
-        p.append(
-            f"training.report_to: {unknown[0]!r} is not a tracker (tensorboard, wandb, trackio)"
-        )
+        p.append(f"training.report_to: {unknown[0]!r} is not a tracker ({', '.join(TRACKERS)})")
     if t.device not in DEVICES:
         p.append(f"training.device: must be one of {', '.join(DEVICES)}, got {t.device!r}")
     if e.mode == "schemabank":

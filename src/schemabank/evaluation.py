@@ -152,19 +152,23 @@ def context_length(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def check_context(model, ecfg) -> None:
-    """Refuse, before any long work, an evaluation the model's context cannot hold: perplexity
-    windows longer than it, or ``max_new_tokens`` that leave no room for a prompt."""
+def check_windows(model, windows: list[int]) -> None:
+    """Refuse perplexity windows longer than the model's context."""
     ctx = context_length(model)
-    if ctx is None:
-        return
-    too_long = [w for w in ecfg.ppl_windows if w > ctx]
+    too_long = [w for w in windows if ctx is not None and w > ctx]
     if too_long:
         raise SchemaBankError(
             f"eval.ppl_windows: a window of {too_long[0]} tokens is longer than the model's "
             f"context ({ctx} tokens)"
         )
-    if ecfg.max_new_tokens >= ctx:
+
+
+def check_context(model, ecfg) -> None:
+    """Refuse, before any long work, an evaluation the model's context cannot hold: perplexity
+    windows longer than it, or ``max_new_tokens`` that leave no room for a prompt."""
+    check_windows(model, ecfg.ppl_windows)
+    ctx = context_length(model)
+    if ctx is not None and ecfg.max_new_tokens >= ctx:
         raise SchemaBankError(
             f"eval.max_new_tokens: {ecfg.max_new_tokens} leaves no room for a prompt in the "
             f"model's context ({ctx} tokens)"
@@ -372,13 +376,15 @@ def routing_fit(
                 attention_mask=batch["attention_mask"].to(device),
                 logits_to_keep=1,
             )
-            logits = {layer: b.last_logits for layer, b in banks.banks.items()}
+            ce = {  # (B, T) per bank: each token's cross-entropy to its problem's target
+                layer: -(b.last_logits.float().log_softmax(-1) * tgt[:, None, :]).sum(-1).cpu()
+                for layer, b in banks.banks.items()
+            }
         for region, m in where.items():
             count[region] += int(m.sum())
             perfect[region] += float((ent[:, None] * m).sum())
-            for layer, lg in logits.items():
-                ce = -(lg.float().log_softmax(-1) * tgt[:, None, :]).sum(-1).cpu()  # (B, T)
-                sums[layer][region] += float(ce[m].sum())
+            for layer, c in ce.items():
+                sums[layer][region] += float(c[m].sum())
 
     def summary(ce_sum: dict) -> dict:
         out = {}
@@ -574,12 +580,7 @@ def evaluate_perplexity(
     if max_tokens is not None:
         ids = ids[:max_tokens]
     out: dict = {"tokens": len(ids), "windows": {}}
-    ctx = context_length(model)
-    if ctx is not None and any(w > ctx for w in windows):
-        raise SchemaBankError(
-            f"eval.ppl_windows: a window of {max(windows)} tokens is longer than the model's "
-            f"context ({ctx} tokens)"
-        )
+    check_windows(model, windows)
     for w in windows:
         entry = perplexity(model, ids, w, device, bf16)
         out[f"ppl_{w}"] = entry["ppl"]

@@ -42,6 +42,7 @@ from .config import BankConfig
 from .data import Problem, collate, encode_all
 from .errors import SchemaBankError
 from .report import STYLE, _new_figure, _save
+from .router import prefix_mean
 from .runtime import autocast
 from .tags import TAGS
 
@@ -138,9 +139,7 @@ def probe_features(
         per_layer: dict[str, list[torch.Tensor]] = {kind: [] for kind in INPUTS}
         for layer in layers:
             h = F.rms_norm(out.hidden_states[layer + 1].float(), (H,), eps=RMS_EPS)  # (B, T, H)
-            # Right padding: the running mean up to a real token never includes padding.
-            count = torch.arange(1, h.shape[1] + 1, device=device)[None, :, None]  # (1, T, 1)
-            prefix = h.cumsum(dim=1) / count  # (B, T, H)
+            prefix, _ = prefix_mean(h, None, None)  # (B, T, H); right padding comes after
             per_layer["prefix_mean"].append(prefix[at["token"]].cpu())  # (sampled, H)
             for kind, where in at.items():
                 per_layer[kind].append(h[where].cpu())  # (sampled or B, H)

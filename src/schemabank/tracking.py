@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-TRACKERS = ("tensorboard", "wandb", "trackio")
 STEP_KEYS = ("loss", "lm_loss", "route_loss", "ortho", "lr", "tag_dropout", "grad_norm")
 STEP_KEYS += ("tokens_per_s", "gain")
 
@@ -27,6 +26,8 @@ def _missing(name: str, package: str) -> ConfigError:
 
 
 class TensorBoard:
+    package = "tensorboard"
+
     def __init__(self, run_dir: Path, config: dict):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -74,23 +75,24 @@ class Trackio(_RunLogger):
     package = "trackio"
 
 
+KINDS = {"tensorboard": TensorBoard, "wandb": WandB, "trackio": Trackio}  # config.TRACKERS
+
+
 def check_trackers(names: list[str]) -> None:
     """Import every tracker ``names`` asks for, so that a missing one fails before the long
     work starts."""
     import importlib
 
-    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
     for name in names:
         try:
-            importlib.import_module(packages[name])
+            importlib.import_module(KINDS[name].package)
         except ImportError:
-            raise _missing(name, packages[name]) from None
+            raise _missing(name, KINDS[name].package) from None
 
 
 def make_trackers(names: list[str], run_dir: Path, config: dict) -> list:
     """The trackers ``names`` asks for (``training.report_to``), started."""
-    kinds = {"tensorboard": TensorBoard, "wandb": WandB, "trackio": Trackio}
-    return [kinds[name](Path(run_dir), config) for name in names]
+    return [KINDS[name](Path(run_dir), config) for name in names]
 
 
 def step_values(line: dict) -> dict[str, float]:
