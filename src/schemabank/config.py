@@ -174,6 +174,15 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512
     """Training sequences are truncated to this many tokens."""
+    compile: bool = False
+    """Run the step's forward and backward through ``torch.compile``: on CUDA with
+    ``mode="reduce-overhead"`` (CUDA graphs, few kernel launches), elsewhere inductor's default.
+    The loss and gradients are the eager step's; compiling costs time once per stage and batch
+    shape (cached on disk for the next run). ``false``: the eager step."""
+    pad_to_multiple_of: int | None = None
+    """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
+    shapes (what a compiled step needs; the loss is unchanged). ``null``: 64 with ``compile``,
+    else no rounding."""
     checkpoint_every: int = 100
     """Save the resumable training state (adapter, optimiser, RNGs, data position) every this many
     steps to ``<run>/state``; 0 saves it only on SIGINT/SIGTERM."""
@@ -402,6 +411,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"training.max_grad_norm: must be > 0, got {t.max_grad_norm}")
     if t.checkpoint_every < 0:
         p.append(f"training.checkpoint_every: must be >= 0, got {t.checkpoint_every}")
+    if t.pad_to_multiple_of is not None and t.pad_to_multiple_of < 1:
+        p.append(f"training.pad_to_multiple_of: must be >= 1 or null, got {t.pad_to_multiple_of}")
     if t.max_length < 16:
         p.append(f"training.max_length: must be >= 16, got {t.max_length}")
     if t.precision not in PRECISIONS:

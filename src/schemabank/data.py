@@ -204,15 +204,21 @@ def encode_all(
     return [_join(p, a + eos, max_length) for p, a in zip(prompts, answers, strict=True)]
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of (ids, labels) into input_ids, attention_mask and labels (B, T).
+def collate(
+    examples: list[tuple[list[int], list[int]]], pad_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad a list of (ids, labels) into input_ids, attention_mask and labels (B, T), with
+    ``T`` the longest example rounded up to a multiple of ``pad_to_multiple_of`` when given.
 
     Each of ids and labels is filled from one flat array (a Python loop per token, at numpy's
     speed), since the training step waits for it."""
     lengths = torch.tensor([len(ids) for ids, _ in examples])
     if any(len(lab) != len(ids) for ids, lab in examples):
         raise ValueError("collate: every example's ids and labels must have the same length")
-    mask = torch.arange(int(lengths.max())) < lengths[:, None]  # (B, T)
+    T = int(lengths.max())
+    if pad_to_multiple_of:
+        T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+    mask = torch.arange(T) < lengths[:, None]  # (B, T)
 
     def padded(rows, fill: int) -> torch.Tensor:
         out = torch.full(mask.shape, fill, dtype=torch.long)

@@ -142,6 +142,9 @@ class Trainer:
         self.run_dir: Path | None = None
         self.trackers: list = []  # training.report_to (rank 0)
         self.last_saved_step: int | None = None
+        t = cfg.training
+        self.pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if t.compile else None)
+        self._compiled_losses = compile_step(self.forward_losses, device) if t.compile else None
 
     def encode_many(self, keys: list[tuple[int, bool]]) -> None:
         """Tokenise the training examples ``keys`` (``(problem index, tagged)`` pairs) not yet
@@ -204,7 +207,7 @@ class Trainer:
     def to_device(self, examples, targets: torch.Tensor):
         """Examples as one padded batch on the device, their routing targets, and the batch's
         :func:`answer_positions` (found on the host, so that the loss need not ask the GPU)."""
-        host = collate(examples, self.tok.pad_token_id)
+        host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
         positions = answer_positions(host["labels"])
         return {k: self.move(v) for k, v in host.items()}, self.move(targets), self.move(positions)
 
@@ -223,21 +226,53 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """Forward pass; every loss the stage uses, and the regularisers for the log.
         ``positions``: :func:`answer_positions` of the batch, on the device (found from the
-        labels when not given, which waits for the GPU)."""
-        b = self.cfg.schemabank
-        out: dict[str, torch.Tensor] = {}
+        labels when not given, which waits for the GPU). With ``training.compile`` the compiled
+        :meth:`forward_losses` runs, with the LM loss over fixed shapes (:func:`masked_answer_loss`)."""
         capture = self.banks.capturing() if self.banks is not None else nullcontext()
         oracle = nullcontext()
-        if self.banks is not None and b.routing == "oracle" and "lm" in stage.losses:
+        if (
+            self.banks is not None
+            and self.cfg.schemabank.routing == "oracle"
+            and "lm" in stage.losses
+        ):
             oracle = self.banks.restricted(targets > 0)  # each problem's tags' schemas only
-        with capture, oracle, autocast(self.device, self.bf16):
+        b = self.cfg.schemabank
+        weights = {"ortho": b.lambda_ortho, "balance": b.lambda_balance, "z": b.lambda_z}
+        optimised = tuple(k for k, w in weights.items() if k in stage.losses and w > 0)
+        with capture, oracle:
+            if self._compiled_losses is not None:
+                for x in batch.values():  # one graph for every length (a CUDA graph per length)
+                    torch._dynamo.mark_dynamic(x, 1)
+                return self._compiled_losses(stage, batch, targets, None, optimised)
+            return self.forward_losses(stage, batch, targets, positions, optimised)
+
+    def forward_losses(
+        self,
+        stage: Stage,
+        batch: dict,
+        targets: torch.Tensor,
+        positions: torch.Tensor | None,
+        optimised: tuple[str, ...],
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`losses` inside the banks' capture (and oracle) context: the part that
+        ``training.compile`` compiles. ``positions`` None: the LM loss over every position
+        (:func:`masked_answer_loss`, fixed shapes), else over those positions alone.
+        ``optimised``: the regularisers that carry gradients (decided outside, from the config's
+        weights, so that a compiled graph never branches on a number)."""
+        b = self.cfg.schemabank
+        out: dict[str, torch.Tensor] = {}
+        with autocast(self.device, self.bf16):
             if "lm" in stage.losses:
-                out["lm"] = answer_loss(self.model, batch, positions=positions)
+                if positions is None:
+                    out["lm"] = masked_answer_loss(self.model, batch)
+                else:
+                    out["lm"] = answer_loss(self.model, batch, positions=positions)
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
                 self.model(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
                     logits_to_keep=1,
+                    use_cache=False,
                 )
             if self.banks is not None:
                 logits = self.banks.last_logits()
@@ -252,15 +287,12 @@ class Trainer:
             out["route"] = mean([routing_ce(lg, targets, mask) for lg in logits])
         # Regularisers are logged at every step; they carry gradients only where optimised.
         regularisers = {
-            "ortho": (b.lambda_ortho, self.banks.ortho),
-            "balance": (
-                b.lambda_balance,
-                lambda: mean([balance_loss(lg, b.topk, mask) for lg in logits]),
-            ),
-            "z": (b.lambda_z, lambda: mean([z_loss(lg, mask) for lg in logits])),
+            "ortho": self.banks.ortho,
+            "balance": lambda: mean([balance_loss(lg, b.topk, mask) for lg in logits]),
+            "z": lambda: mean([z_loss(lg, mask) for lg in logits]),
         }
-        for name, (weight, fn) in regularisers.items():
-            with torch.set_grad_enabled(name in stage.losses and weight > 0):
+        for name, fn in regularisers.items():
+            with torch.set_grad_enabled(name in optimised):
                 out[name] = fn()
         return out
 
@@ -295,6 +327,8 @@ class Trainer:
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
         totals: dict[str, torch.Tensor] = {}
         padded = 0
+        if self._compiled_losses is not None and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done
         for chunk in chunks:
             batch, chunk_targets, positions = self.to_device(
                 [examples[j] for j in chunk], targets[chunk]
@@ -617,6 +651,44 @@ def answer_loss(
         logits = head(h[s : s + chunk]).float()  # (n, V)
         total = total + F.cross_entropy(logits, y[s : s + chunk], reduction="sum")
     return total / max(h.shape[0], 1)
+
+
+def masked_answer_loss(model, batch: dict) -> torch.Tensor:
+    """:func:`answer_loss` over fixed shapes, for a compiled step: the vocabulary projection runs
+    on every position and the positions that do not predict an answer token are ignored, so no
+    shape depends on the labels (more work and memory, (B, T, V) logits, in exchange for one
+    graph per batch shape)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
+        return model(**batch).loss
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # (B, T, H)
+    labels = batch["labels"][:, 1:]  # position t predicts t + 1
+    logits = base.get_output_embeddings()(hidden[:, :-1]).float()  # (B, T - 1, V)
+    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+    return total / (labels != -100).sum().clamp_min(1)
+
+
+# The compiled step's default length rounding (training.pad_to_multiple_of): few batch shapes.
+COMPILE_PAD_MULTIPLE = 64
+# torch.compile's backend for training.compile (tests use "aot_eager": the same graphs, no codegen).
+COMPILE_BACKEND = "inductor"
+
+
+def compile_step(fn, device: torch.device):
+    """``fn`` (:meth:`Trainer.forward_losses`) under ``torch.compile``: on CUDA with
+    ``mode="reduce-overhead"`` (its forward and backward replayed as CUDA graphs). The batch
+    length is symbolic (:meth:`Trainer.losses` marks it), so each stage compiles once, and CUDA
+    graphs are recorded once per length; the recompilation limit is raised to hold the stages."""
+    import torch._dynamo.config as dynamo_config
+
+    for key in ("recompile_limit", "cache_size_limit"):  # the name changed across versions
+        if hasattr(dynamo_config, key):
+            setattr(dynamo_config, key, max(getattr(dynamo_config, key), 64))
+    mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+    return torch.compile(fn, backend=COMPILE_BACKEND, mode=mode)
 
 
 # What a run directory holds (``overwrite`` removes every one of them): results.json and its
