@@ -158,5 +158,12 @@ def test_bench_cli_writes_json(tiny_llama, data_dir, tmp_path, capsys):
     assert added <= t["baseline"].keys() and added <= t["peft_eager"].keys()
     assert t["peft_eager"]["lora_rank"] == 2 and "baseline_over_peft_eager_step_time" in t
     assert "stage-3 / baseline step time" in capsys.readouterr().out
+    argv = ["bench", "--config", str(cfg), "--data-dir", str(data_dir), "--steps", "2"]
+    rc = main([*argv, "--warmup", "0", "--only", "train", "--peers", "none", "--output", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["settings"]["peers"] == [] and r["settings"]["compile_mode"] is None
+    assert not [k for k in r["training"] if "peft" in k]
+    assert "peft_eager" not in capsys.readouterr().out
     assert main(["bench", "--config", str(cfg), "--steps", "0"]) == 1
     assert "--steps" in capsys.readouterr().err
