@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from conftest import tiny_config
+import torch
+from conftest import TRAIN, tiny_config
 
-from schemabank.bench import format_bench, run_bench
+from schemabank.adapter import build_adapter
+from schemabank.bench import draw_batches, format_bench, make_peer, run_bench
 from schemabank.cli import main
 from schemabank.config import config_from_dict
+from schemabank.data import load_gsm8k
+from schemabank.models import load_base_model, resolve_base_model
+from schemabank.runtime import seed_everything
+from schemabank.stages import BASELINE
+from schemabank.training import Trainer
 
 
 def test_bench_measures_training_and_evaluation(tiny_llama, data_dir):
@@ -29,12 +37,94 @@ def test_bench_measures_training_and_evaluation(tiny_llama, data_dir):
         t["stage3_over_baseline_step_time"]
         == t["schemabank_stage3"]["step_ms"] / t["baseline"]["step_ms"]
     )
+    # On CPU the default peers are eager PEFT only (compiling is slow there).
+    assert r["settings"]["peers"] == ["peft_eager"] and "peft_compiled" not in t
+    assert t["peft_eager"]["steps"] == 4 and t["peft_eager"]["step_ms"] > 0
+    assert t["baseline_over_peft_eager_step_time"] == (
+        t["baseline"]["step_ms"] / t["peft_eager"]["step_ms"]
+    )
+    assert "stage3_over_peft_compiled_step_time" not in t
     g = r["evaluation"]["gsm8k"]
     assert g["problems"] == 3 and g["generated_tokens"] > 0 and g["time_s"] >= g["generation_s"]
     assert r["evaluation"]["perplexity"]["tokens"] == 200
     assert r["environment"]["torch"] and r["settings"]["train_batch_size"] == 4
     text = "\n".join(format_bench(r))
     assert "schemabank_stage3" in text and "gsm8k: 3 problems" in text
+    assert "baseline / peft_eager step time" in text
+
+
+def same_length_data(root: Path) -> Path:
+    """A data folder whose training problems are one problem repeated: every batch has one
+    padded shape, so a compiled model compiles once (in the warmup)."""
+    (root / "gsm8k").mkdir(parents=True)
+    q, a = TRAIN[0]
+    line = json.dumps({"question": q, "answer": a}) + "\n"
+    (root / "gsm8k" / "train.jsonl").write_text(line * 8)
+    return root
+
+
+def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path):
+    """Both peers (the compiled one through the fast aot_eager backend) run on the batches our
+    trainers run on, in the same order, and the ratios are those of the reported step times."""
+    cfg = config_from_dict(tiny_config(tiny_llama, training={"batch_size": 2}))
+    r = run_bench(
+        cfg,
+        data_dir=same_length_data(tmp_path),
+        steps=2,
+        warmup=2,
+        parts=("train",),
+        peers="all",
+        compile_backend="aot_eager",
+    )
+    t = r["training"]
+    models = ("baseline", "schemabank_stage3", "peft_eager", "peft_compiled")
+    assert r["settings"]["peers"] == ["peft_eager", "peft_compiled"]
+    assert len({t[m]["batches_sha256"] for m in models}) == 1
+    for m in models:
+        x = t[m]
+        assert x["steps"] == 2 and x["warmup_steps"] == 2
+        assert x["step_ms"] > 0 and x["tokens_per_s"] > 0 and x["warmup_s"] > 0
+        assert x["tokens_per_step"] == t["baseline"]["tokens_per_step"]
+        assert x["batch_shapes"] == 1 and x["new_shapes_timed"] == 0
+    c = t["peft_compiled"]
+    assert c["compile_backend"] == "aot_eager" and c["compile_mode"] == "default"
+    assert c["compile_s"] == c["warmup_s"] - 2 * c["step_ms"] / 1000
+    assert t["peft_eager"]["lora_rank"] == c["lora_rank"] == 2
+    ms = {m: t[m]["step_ms"] for m in models}
+    assert t["baseline_over_peft_eager_step_time"] == ms["baseline"] / ms["peft_eager"]
+    assert t["baseline_over_peft_compiled_step_time"] == ms["baseline"] / ms["peft_compiled"]
+    assert t["stage3_over_peft_compiled_step_time"] == ms["schemabank_stage3"] / ms["peft_compiled"]
+    text = "\n".join(format_bench(r))
+    assert "stage-3 / peft_compiled step time" in text and "backend aot_eager" in text
+    assert "warning" not in text
+
+
+def test_peer_is_the_baselines_lora_and_trains(tiny_llama, data_dir):
+    """A peer starts from the baseline's LoRA weights (rank and initialisation) and its step,
+    on batches drawn from a Trainer's data path, trains them."""
+    cfg = config_from_dict(tiny_config(tiny_llama, "baseline", training={"batch_size": 2}))
+    info = resolve_base_model(cfg.model.base_model)
+    device = torch.device("cpu")
+    tok, base = load_base_model(info, device, torch.float32)
+    seed_everything(cfg.experiment.seed)
+    model, banks, rank = build_adapter(base, cfg)
+    trainer = Trainer(cfg, model, banks, tok, load_gsm8k("train", data_dir), device, False)
+    batches = draw_batches(trainer, BASELINE, 2)
+    assert [len(b.micro) for b in batches] == [1, 1] and batches[0].shares == [1.0]
+    assert batches[0].micro[0][1]["labels"].shape == batches[0].micro[0][1]["input_ids"].shape
+
+    peer = make_peer(cfg, info, device, False, rank)
+    lora = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    theirs = {k: v for k, v in peer.model.state_dict().items() if "lora_" in k}
+    assert lora.keys() == theirs.keys() and all(torch.equal(lora[k], theirs[k]) for k in lora)
+    peer.begin()
+    for b in batches:
+        peer.step(b)
+    after = {k: v for k, v in peer.model.state_dict().items() if "lora_" in k}
+    assert any(not torch.equal(lora[k], after[k]) for k in lora)
+    assert [shape for _, shape in peer.seen] == [
+        tuple(b.micro[0][1]["input_ids"].shape) for b in batches
+    ]
 
 
 def test_bench_cli_writes_json(tiny_llama, data_dir, tmp_path, capsys):
@@ -63,6 +153,17 @@ def test_bench_cli_writes_json(tiny_llama, data_dir, tmp_path, capsys):
     assert rc == 0
     r = json.loads(out.read_text())
     assert "training" in r and "evaluation" not in r
+    t = r["training"]
+    added = {"warmup_s", "batch_shapes", "new_shapes_timed", "batches_sha256"}
+    assert added <= t["baseline"].keys() and added <= t["peft_eager"].keys()
+    assert t["peft_eager"]["lora_rank"] == 2 and "baseline_over_peft_eager_step_time" in t
     assert "stage-3 / baseline step time" in capsys.readouterr().out
+    argv = ["bench", "--config", str(cfg), "--data-dir", str(data_dir), "--steps", "2"]
+    rc = main([*argv, "--warmup", "0", "--only", "train", "--peers", "none", "--output", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["settings"]["peers"] == [] and r["settings"]["compile_mode"] is None
+    assert not [k for k in r["training"] if "peft" in k]
+    assert "peft_eager" not in capsys.readouterr().out
     assert main(["bench", "--config", str(cfg), "--steps", "0"]) == 1
     assert "--steps" in capsys.readouterr().err

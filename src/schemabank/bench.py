@@ -9,18 +9,27 @@ perplexities. Prints a table and returns a JSON-able dict with the device, versi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 
+import peft
 import torch
 
-from .adapter import base_only, build_adapter
+from .adapter import base_only, build_adapter, make_lora_config
 from .config import Config
 from .data import load_gsm8k, load_wikitext
 from .evaluation import evaluate_gsm8k, evaluate_perplexity
 from .models import load_base_model, resolve_base_model
-from .runtime import environment, pick_device, seed_everything, use_bf16, weight_dtype
-from .stages import BASELINE, STAGES
-from .training import Trainer
+from .runtime import (
+    autocast,
+    environment,
+    pick_device,
+    seed_everything,
+    use_bf16,
+    weight_dtype,
+)
+from .stages import BASELINE, STAGES, Stage
+from .training import Trainer, split_batch
 
 
 def _sync(device: torch.device) -> None:
@@ -37,51 +46,260 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def bench_training(
-    cfg: Config, info, train_set, device, bf16: bool, steps: int, warmup: int, rounds: int = 2
-) -> dict:
-    """Step time and tokens/s of the baseline and of SchemaBank stage 3 at ``cfg``'s batch size.
+PEERS = {"none": (), "eager": ("peft_eager",), "all": ("peft_eager", "peft_compiled")}
+"""``--peers`` choices: which plain-PEFT peers :func:`bench_training` times beside our trainers."""
 
-    Both models are built first and timed in alternating blocks (``rounds`` each), on the same
-    batches in the same order, so that neither gains from running second.
+
+@dataclasses.dataclass
+class Batch:
+    """One optimiser step's data, drawn once from a Trainer's data path and replayed to every
+    measured model: the host examples (as ``Trainer.next_examples`` returns them) and, for the
+    peers, the micro-batches already on the device (``Trainer.to_device``'s padding)."""
+
+    examples: list[tuple[list[int], list[int]]]
+    targets: torch.Tensor  # (B, S): routing targets
+    n_ans: list[int]  # answer tokens per example
+    micro: list[tuple[list[int], dict]]  # (example indices, device batch) per micro-batch
+    shares: list[float]  # each micro-batch's share of the batch's answer tokens
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(ids) for ids, _ in self.examples)
+
+
+def draw_batches(trainer: Trainer, stage: Stage, n: int) -> list[Batch]:
+    """``n`` batches from ``trainer``'s data path (its data order, tokenisation, micro-batch
+    split and ``to_device`` padding), for :func:`bench_training` to replay."""
+    micro_size = trainer.cfg.training.micro_batch_size
+    out = []
+    for _ in range(n):
+        examples, targets, n_ans = trainer.next_examples(stage, 1.0)
+        n_tok = [len(ids) for ids, _ in examples]
+        chunks = split_batch(n_tok, trainer.rank, trainer.world, micro_size)
+        ans = max(sum(n_ans), 1)
+        micro = [
+            (chunk, trainer.to_device([examples[j] for j in chunk], targets[chunk])[0])
+            for chunk in chunks
+        ]
+        shares = [sum(n_ans[j] for j in chunk) / ans for chunk in chunks]
+        out.append(Batch(examples, targets, n_ans, micro, shares))
+    return out
+
+
+class _Measured:
+    """A model under measurement: ``begin`` before each block of steps, ``step`` per batch;
+    ``seen`` records each micro-batch it computed (examples and padded shape)."""
+
+    def __init__(self):
+        self.seen: list[tuple[list, tuple[int, ...]]] = []
+        self.acc = {"time": 0.0, "steps": 0, "tokens": 0, "padded": 0, "peak": 0.0}
+
+    def begin(self) -> None: ...
+
+    def step(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+
+class _Ours(_Measured):
+    """One of our Trainers, fed the replayed batches: ``train_step`` runs unchanged, taking its
+    batch from here instead of drawing one and moving it to the device itself (its
+    ``to_device`` included in the step, as in training)."""
+
+    def __init__(self, trainer: Trainer, stage: Stage):
+        super().__init__()
+        self.trainer, self.stage = trainer, stage
+        self._next = None
+        to_device = trainer.to_device
+
+        def recorded(examples, targets):
+            moved = to_device(examples, targets)
+            self.seen.append((examples, tuple(moved[0]["input_ids"].shape)))
+            return moved
+
+        # Instance attributes shadow the methods, for this bench-owned trainer only.
+        trainer.next_examples = lambda stage, p_drop: self._next
+        trainer.to_device = recorded
+
+    def begin(self) -> None:
+        self.trainer.enter_stage(self.stage)
+
+    def step(self, batch: Batch) -> None:
+        self._next = (batch.examples, batch.targets, batch.n_ans)
+        self.trainer.train_step(self.stage, self.trainer.cfg.training.learning_rate, 1.0)
+
+
+class _Peer(_Measured):
+    """Plain PEFT LoRA trained by the standard recipe, on the replayed device batches: the
+    model's own loss (``labels=``), ``backward``, fused AdamW (on CUDA), ``zero_grad(set_to_none
+    =True)``, under the Trainer's bf16 autocast. Micro-batches (``training.micro_batch_size``)
+    accumulate gradients, each loss weighted by its share of the answer tokens, as ours do.
+
+    ``compiled``: run the model through ``torch.compile(model, mode=mode, backend=backend)``;
+    with CUDA graphs (``reduce-overhead``), each optimiser step is marked as a new step."""
+
+    def __init__(
+        self,
+        model,
+        cfg: Config,
+        device: torch.device,
+        bf16: bool,
+        compiled: bool = False,
+        mode: str | None = None,
+        backend: str = "inductor",
+    ):
+        super().__init__()
+        self.model, self.device, self.bf16 = model, device, bf16
+        t = cfg.training
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=t.learning_rate,
+            weight_decay=t.weight_decay,
+            fused=device.type == "cuda",
+        )
+        self.forward = torch.compile(model, mode=mode, backend=backend) if compiled else model
+        self.mark_step = compiled and device.type == "cuda"
+
+    def begin(self) -> None:
+        self.model.train()
+
+    def step(self, batch: Batch) -> None:
+        if self.mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        for (chunk, b), share in zip(batch.micro, batch.shares, strict=True):
+            self.seen.append(([batch.examples[j] for j in chunk], tuple(b["input_ids"].shape)))
+            with autocast(self.device, self.bf16):
+                out = self.forward(
+                    input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]
+                )
+            loss = out.loss if len(batch.micro) == 1 else out.loss * share
+            loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def make_peer(
+    cfg: Config,
+    info,
+    device: torch.device,
+    bf16: bool,
+    rank: int,
+    compiled: bool = False,
+    mode: str | None = None,
+    backend: str = "inductor",
+) -> _Peer:
+    """Plain PEFT LoRA on a fresh base: ``cfg.lora`` at ``rank`` (the baseline's, from
+    :func:`build_adapter`) through :func:`make_lora_config`, seeded as the baseline is (the same
+    initial LoRA weights, unless ``lora.match_params``, whose rank probe draws first)."""
+    _, base = load_base_model(info, device, weight_dtype(cfg.model.dtype, device))
+    seed_everything(cfg.experiment.seed)
+    model = peft.get_peft_model(base, make_lora_config(cfg.lora, rank))
+    return _Peer(model, cfg, device, bf16, compiled, mode, backend)
+
+
+def batches_digest(seen: list[tuple[list, tuple[int, ...]]]) -> str:
+    """sha256 of the micro-batches a model computed, in order: each one's padded shape and its
+    examples' token ids and labels. Equal digests: the models were given identical batches."""
+    h = hashlib.sha256()
+    for examples, shape in seen:
+        h.update(repr(shape).encode())
+        for ids, labels in examples:
+            h.update(repr((ids, labels)).encode())
+    return h.hexdigest()
+
+
+def bench_training(
+    cfg: Config,
+    info,
+    train_set,
+    device,
+    bf16: bool,
+    steps: int,
+    warmup: int,
+    rounds: int = 2,
+    peers: tuple[str, ...] = (),
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
+) -> dict:
+    """Step time and tokens/s of the baseline and of SchemaBank stage 3 at ``cfg``'s batch size,
+    and of the plain-PEFT ``peers`` (``peft_eager``, ``peft_compiled``) at the baseline's LoRA.
+
+    Every model is built first; the batches (``warmup`` + ``steps``) are drawn once from the
+    baseline trainer's data path and replayed to every model in the same order (each model's
+    ``batches_sha256`` shows it). Each model runs its ``warmup`` steps, timed as a whole
+    (``warmup_s``); then the timed steps run in alternating blocks (``rounds`` per model), so that
+    none gains from running second, with the device synchronised around each block.
+    ``step_ms`` is the steady state: the timed steps' mean. Our step includes its host-side
+    collation and copy to the device (``Trainer.to_device``, as in training); the peers are
+    given the batches already on the device, as a static-batch benchmark would. ``peak_memory_gib`` is the peak
+    allocated during the model's blocks, every measured model's weights being resident.
+
+    The compiled peer (``torch.compile`` with ``compile_mode``, default ``reduce-overhead`` on
+    CUDA, since CUDA graphs need CUDA, else the default mode) reports ``compile_s``: the warmup's
+    wall time minus ``warmup`` steady steps, i.e. what compiling (and recording CUDA graphs)
+    added to the warmup (None without warmup steps). Each new batch shape may compile again:
+    ``batch_shapes`` counts the padded shapes a model computed and ``new_shapes_timed`` those
+    first met in the timed steps, whose compilation then falls inside ``step_ms``.
     """
-    runs = {}
+    unknown = set(peers) - set(PEERS["all"])
+    if unknown:
+        raise ValueError(f"unknown peers {sorted(unknown)}; known: {list(PEERS['all'])}")
+    if compile_mode is None and device.type == "cuda":
+        compile_mode = "reduce-overhead"
+    models: dict[str, _Measured] = {}
+    per_block = max(1, steps // rounds)
     for mode, stage in (("baseline", BASELINE), ("schemabank_stage3", STAGES[2])):
         c = dataclasses.replace(
             cfg, experiment=dataclasses.replace(cfg.experiment, mode=mode.split("_")[0])
         )
         tok, base = load_base_model(info, device, weight_dtype(c.model.dtype, device))
         seed_everything(c.experiment.seed)
-        model, banks, _ = build_adapter(base, c)
+        model, banks, r = build_adapter(base, c)
         trainer = Trainer(c, model, banks, tok, train_set, device, bf16)
-        trainer.enter_stage(stage)
         trainer.prepare_examples(stage)  # as train_stage does, before the steps
-        for _ in range(warmup):
-            trainer.train_step(stage, c.training.learning_rate, 1.0)
-        runs[mode] = (
-            trainer,
-            stage,
-            {"time": 0.0, "steps": 0, "tokens": 0, "padded": 0, "peak": 0.0},
+        if mode == "baseline":  # the batches every model replays, from the Trainer's data path
+            lora_rank = r
+            batches = draw_batches(trainer, BASELINE, warmup + per_block * rounds)
+        models[mode] = _Ours(trainer, stage)
+    for name in peers:
+        compiled = name == "peft_compiled"
+        models[name] = make_peer(
+            cfg, info, device, bf16, lora_rank, compiled, compile_mode, compile_backend
         )
-    per_block = max(1, steps // rounds)
-    for _ in range(rounds):
-        for trainer, stage, acc in runs.values():
-            trainer.enter_stage(stage)
+
+    warm, timed = batches[:warmup], batches[warmup:]
+    warmup_s, seen_in_warmup = {}, {}
+    for name, m in models.items():
+        m.begin()
+        _sync(device)
+        t0 = time.perf_counter()
+        for batch in warm:
+            m.step(batch)
+        _sync(device)
+        warmup_s[name] = time.perf_counter() - t0
+        seen_in_warmup[name] = {shape for _, shape in m.seen}
+    for r in range(rounds):
+        block = timed[r * per_block : (r + 1) * per_block]
+        for m in models.values():
+            acc = m.acc
+            m.begin()
             _sync(device)
             _peak_reset(device)
             t0 = time.perf_counter()
-            for _ in range(per_block):
-                rec = trainer.train_step(stage, trainer.cfg.training.learning_rate, 1.0)
-                acc["tokens"] += rec["tokens"]
-                acc["padded"] += rec["padded_tokens"]
+            for batch in block:
+                m.step(batch)
             _sync(device)
             acc["time"] += time.perf_counter() - t0
-            acc["steps"] += per_block
+            acc["steps"] += len(block)
+            acc["tokens"] += sum(b.tokens for b in block)
+            acc["padded"] += sum(x["input_ids"].numel() for b in block for _, x in b.micro)
             acc["peak"] = max(acc["peak"], _peak_gib(device) or 0.0)
+
     out = {}
-    for mode, (trainer, _, acc) in runs.items():
-        t = trainer.cfg.training
-        out[mode] = {
+    t = cfg.training
+    for name, m in models.items():
+        acc = m.acc
+        shapes = {shape for _, shape in m.seen}
+        out[name] = {
             "batch_size": t.batch_size,
             "micro_batch_size": t.micro_batch_size or t.batch_size,
             "steps": acc["steps"],
@@ -90,10 +308,26 @@ def bench_training(
             "tokens_per_step": acc["tokens"] / acc["steps"],
             "padding_share": 1 - acc["tokens"] / acc["padded"],
             "peak_memory_gib": acc["peak"] if device.type == "cuda" else None,
+            "warmup_steps": len(warm),
+            "warmup_s": warmup_s[name],
+            "batch_shapes": len(shapes),
+            "new_shapes_timed": len(shapes - seen_in_warmup[name]),
+            "batches_sha256": batches_digest(m.seen),
         }
-    out["stage3_over_baseline_step_time"] = (
-        out["schemabank_stage3"]["step_ms"] / out["baseline"]["step_ms"]
-    )
+    for name in peers:
+        out[name]["lora_rank"] = lora_rank
+    if "peft_compiled" in out:
+        x = out["peft_compiled"]
+        x["compile_mode"] = compile_mode or "default"
+        x["compile_backend"] = compile_backend
+        x["compile_s"] = x["warmup_s"] - len(warm) * x["step_ms"] / 1000 if warm else None
+    ms = {name: x["step_ms"] for name, x in out.items()}
+    out["stage3_over_baseline_step_time"] = ms["schemabank_stage3"] / ms["baseline"]
+    for peer in ("peft_eager", "peft_compiled"):
+        if peer in ms:
+            out[f"baseline_over_{peer}_step_time"] = ms["baseline"] / ms[peer]
+    if "peft_compiled" in ms:
+        out["stage3_over_peft_compiled_step_time"] = ms["schemabank_stage3"] / ms["peft_compiled"]
     return out
 
 
@@ -174,12 +408,24 @@ def run_bench(
     limit: int | None = None,
     checkpoint=None,
     parts=("train", "eval"),
+    peers: str | None = None,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
 ) -> dict:
     """Measure training throughput (``steps`` timed steps per mode after ``warmup``) and/or
     evaluation speed (generation for ``limit`` problems, perplexity) on this device; ``parts``
-    picks which. Returns the figures with the settings and environment they were measured in."""
+    picks which. ``peers`` (a key of :data:`PEERS`; default ``all`` on CUDA, ``eager`` elsewhere,
+    where compiling is slow) picks the plain-PEFT models timed beside ours, compiled with
+    ``compile_mode`` and ``compile_backend`` (see :func:`bench_training`). Returns the figures
+    with the settings and environment they were measured in."""
     device = pick_device(cfg.training.device)
     bf16 = use_bf16(cfg.training.precision, device)
+    if peers is None:
+        peers = "all" if device.type == "cuda" else "eager"
+    if peers not in PEERS:
+        raise ValueError(f"peers: {peers!r} is not one of {list(PEERS)}")
+    if compile_mode is None and device.type == "cuda":
+        compile_mode = "reduce-overhead"
     info = resolve_base_model(cfg.model.base_model)
     result = {
         "environment": environment(device),
@@ -199,11 +445,27 @@ def run_bench(
             "checkpoint": str(checkpoint) if checkpoint else None,
             "layers": cfg.schemabank.layers,
             "num_schemas": cfg.schemabank.num_schemas,
+            "peers": list(PEERS[peers]),
+            "compile_mode": (compile_mode or "default")
+            if "peft_compiled" in PEERS[peers]
+            else None,
+            "compile_backend": compile_backend if "peft_compiled" in PEERS[peers] else None,
         },
     }
     if "train" in parts:
         train_set = load_gsm8k("train", data_dir)
-        result["training"] = bench_training(cfg, info, train_set, device, bf16, steps, warmup)
+        result["training"] = bench_training(
+            cfg,
+            info,
+            train_set,
+            device,
+            bf16,
+            steps,
+            warmup,
+            peers=PEERS[peers],
+            compile_mode=compile_mode,
+            compile_backend=compile_backend,
+        )
     if "eval" in parts:
         result["evaluation"] = bench_evaluation(
             cfg, info, device, bf16, data_dir, limit, checkpoint
@@ -222,16 +484,42 @@ def format_bench(r: dict) -> list[str]:
     if t:
         lines.append(
             f"{'training':28s} {'batch':>6s} {'micro':>6s} {'step ms':>9s} {'tokens/s':>10s} "
-            f"{'padding':>8s} {'peak GiB':>9s}"
+            f"{'padding':>8s} {'peak GiB':>9s} {'warmup s':>9s} {'shapes':>7s}"
         )
-        for k in ("baseline", "schemabank_stage3"):
-            x = t[k]
+        for k in ("baseline", "schemabank_stage3", "peft_eager", "peft_compiled"):
+            x = t.get(k)
+            if x is None:
+                continue
             mem = f"{x['peak_memory_gib']:.2f}" if x["peak_memory_gib"] is not None else "-"
+            warm = f"{x['warmup_s']:.1f}" if "warmup_s" in x else "-"
+            shapes = str(x.get("batch_shapes", "-"))
             lines.append(
                 f"  {k:26s} {x['batch_size']:6d} {x['micro_batch_size']:6d} {x['step_ms']:9.1f} "
-                f"{x['tokens_per_s']:10.0f} {100 * x['padding_share']:7.1f}% {mem:>9s}"
+                f"{x['tokens_per_s']:10.0f} {100 * x['padding_share']:7.1f}% {mem:>9s} "
+                f"{warm:>9s} {shapes:>7s}"
             )
+        c = t.get("peft_compiled")
+        if c is not None:
+            took = f"{c['compile_s']:.1f} s" if c["compile_s"] is not None else "- (no warmup)"
+            lines.append(
+                f"  peft_compiled: torch.compile mode {c['compile_mode']}, backend "
+                f"{c['compile_backend']}; compiling added {took} to the warmup (warmup time "
+                f"- warmup x step time); {c['batch_shapes']} batch shapes"
+            )
+            if c["new_shapes_timed"]:
+                lines.append(
+                    f"  warning: {c['new_shapes_timed']} batch shapes first met in the timed "
+                    "steps: peft_compiled's step time includes compiling (or recording CUDA "
+                    "graphs) for them; more --warmup steps or fewer batch shapes avoid it"
+                )
         lines.append(f"  stage-3 / baseline step time: {t['stage3_over_baseline_step_time']:.3f}")
+        for key, label in (
+            ("baseline_over_peft_eager_step_time", "baseline / peft_eager"),
+            ("baseline_over_peft_compiled_step_time", "baseline / peft_compiled"),
+            ("stage3_over_peft_compiled_step_time", "stage-3 / peft_compiled"),
+        ):
+            if key in t:
+                lines.append(f"  {label} step time: {t[key]:.3f}")
     e = r.get("evaluation")
     if e:
         g = e["gsm8k"]

@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_overrides(b, "override a config value, e.g. --set training.batch_size=64")
     b.add_argument("--steps", type=int, default=20, help="timed training steps per mode")
-    b.add_argument("--warmup", type=int, default=5, help="untimed training steps first")
+    b.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="training steps per mode before the timed ones, timed only as a whole (the "
+        "compiled peer's compile time is what they took beyond as many steady steps)",
+    )
     b.add_argument(
         "--limit", type=int, help="GSM8K test problems to generate for (default: all 1,319)"
     )
@@ -98,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--only", choices=["train", "eval"], help="measure only training or only evaluation"
+    )
+    b.add_argument(
+        "--peers",
+        choices=["none", "eager", "all"],
+        help="plain PEFT LoRA peers timed on the same batches at the baseline's LoRA: eager, "
+        "and eager plus torch.compile (default: all on CUDA, eager elsewhere)",
+    )
+    b.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the compiled peer (default: reduce-overhead on CUDA, "
+        "torch's default elsewhere)",
     )
     b.add_argument("--output", help="write the figures as JSON here")
     _add_common(b)
@@ -348,6 +366,8 @@ def cmd_bench(args) -> int:
         limit=args.limit,
         checkpoint=args.checkpoint,
         parts=parts,
+        peers=args.peers,
+        compile_mode=args.compile_mode,
     )
     print("\n".join(format_bench(result)))
     if args.output:
