@@ -143,8 +143,8 @@ class StaticDecoder:
     ) -> torch.Tensor:
         """New tokens (B, n) for a left-padded batch ``input_ids`` (B, P) with its
         ``attention_mask``, n <= ``max_new_tokens``: the loop ends once every row has met EOS
-        or ``stopped`` (a host-side test of a row's new ids so far, made every ``check_every``
-        steps and at the end), or after ``max_new_tokens``."""
+        or ``stopped`` (a host-side test of the open rows' new ids so far, a list of id lists
+        to a list of bools, made every ``check_every`` steps), or after ``max_new_tokens``."""
         B, P = input_ids.shape
         if P + self.max_new_tokens > self.cache_len:
             raise ValueError(
@@ -185,17 +185,21 @@ class StaticDecoder:
         """Whether every row has met EOS or ``stopped`` (rows found done are marked in
         ``done``); one host sync."""
         running = self.running.tolist()
-        ids = new.tolist()
         for b in range(len(done)):
-            if not done[b]:
-                done[b] = not running[b] or (stopped is not None and stopped(ids[b]))
+            done[b] = done[b] or not running[b]
+        open_rows = [b for b in range(len(done)) if not done[b]]
+        if stopped is not None and open_rows:
+            ids = new[open_rows].tolist()
+            for b, stop in zip(open_rows, stopped(ids), strict=True):
+                done[b] = stop
         return all(done)
 
 
 def stop_test(tokenizer, stop: str):
-    """A ``stopped`` test for :meth:`StaticDecoder.decode`: the row's text contains ``stop``."""
+    """A ``stopped`` test for :meth:`StaticDecoder.decode`: which rows' text (a list of id
+    lists) contains ``stop``."""
 
-    def stopped(ids: list[int]) -> bool:
-        return stop in tokenizer.decode(ids, skip_special_tokens=True)
+    def stopped(rows: list[list[int]]) -> list[bool]:
+        return [stop in text for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     return stopped
