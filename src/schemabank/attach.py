@@ -66,6 +66,8 @@ def _prefix_hook(state: PrefixState):
     whether the pass continues the sequences of the previous one (a non-empty KV cache)."""
 
     def hook(module, args, kwargs):
+        if state.held:
+            return
         x = kwargs.get("input_ids", args[0] if args else None)
         if x is None:
             x = kwargs["inputs_embeds"]

@@ -69,6 +69,7 @@ class SchemaBank(nn.Module):
         """(B, S) bool: each sequence's top-k is chosen among these schemas (oracle routing)."""
         self.prefix_state: PrefixState | None = None  # set by BankSet for prefix routers
         self._carry: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._carry_buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # start_carry's
         self.reset_parameters()
 
     @torch.no_grad()
@@ -100,14 +101,45 @@ class SchemaBank(nn.Module):
         with torch.autocast(device_type=h.device.type, enabled=False):
             x = F.rms_norm(h.float(), (self.hidden_size,), eps=RMS_EPS)  # (B, T, H)
             if self.router_input != "token":
-                state = self.prefix_state
-                carry = self._carry if state is not None and state.continues else None
-                mean, carry = prefix_mean(x, state.mask if state else None, carry)
-                self._carry = carry if state is not None else None
+                mean = self._prefix_mean(x)
                 x = mean if self.router_input == "prefix_mean" else torch.cat([x, mean], -1)
             if isinstance(self.router, nn.Linear):
                 return F.linear(x, self.router.weight.float())
             return self.router(x)
+
+    def _prefix_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Running mean (B, T, H) of the RMS-normed states ``x`` over each sequence's real
+        tokens, continuing the carry of the previous pass when :attr:`prefix_state` says so."""
+        state = self.prefix_state
+        if state is None:  # no BankSet: each pass alone
+            return prefix_mean(x, None, None)[0]
+        carry = self._carry if state.continues else None
+        means, new = prefix_mean(x, state.mask, carry)
+        if carry is None:
+            self._carry = new
+        else:  # in place: a captured decode step replays against the same buffers
+            carry[0].copy_(new[0])
+            carry[1].copy_(new[1])
+        return means
+
+    def start_carry(self, batch_size: int) -> None:
+        """Start the running prefix sums of ``batch_size`` new sequences at zero, in buffers
+        kept at fixed addresses while the batch size stays (for a decoder that sets
+        :attr:`prefix_state` itself and continues the carry from its first pass on)."""
+        buf = self._carry_buffers
+        device = self.U.device
+        if buf is None or buf[1].shape[0] != batch_size or buf[1].device != device:
+            buf = (
+                torch.zeros(batch_size, self.hidden_size, device=device),  # (B, H) sums
+                torch.zeros(batch_size, device=device),  # (B,) counts
+            )
+            for t in buf:
+                torch._dynamo.mark_static_address(t)  # CUDA-graph replay may mutate it
+            self._carry_buffers = buf
+        else:
+            for t in buf:
+                t.zero_()
+        self._carry = buf
 
     def masked(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (B, T, S) with the schemas outside :attr:`route_mask` at -inf (unchanged

@@ -4,6 +4,8 @@ On real GSM8K batches and the same device: training tokens/s and step time of th
 and of SchemaBank stage 3 (the most expensive stage) at the same batch, peak GPU memory, the time
 and generated tokens/s of the GSM8K evaluation (routing statistics included), and the time of the
 perplexities. Prints a table and returns a JSON-able dict with the device, versions and settings.
+The generation loop is the config's (``--set eval.decoder=static --set eval.compile_decoder=true``
+times the static-cache decoder with its step captured; :mod:`schemabank.decode`).
 """
 
 from __future__ import annotations
@@ -361,6 +363,8 @@ def bench_evaluation(
         device,
         bf16,
         0,
+        decoder=cfg.eval.decoder,
+        compile_decoder=cfg.eval.compile_decoder,
     )
     _sync(device)
     t_gsm = time.perf_counter() - t0
@@ -441,6 +445,8 @@ def run_bench(
             "warmup": warmup,
             "eval_batch_size": cfg.eval.batch_size,
             "max_new_tokens": cfg.eval.max_new_tokens,
+            "decoder": cfg.eval.decoder,
+            "compile_decoder": cfg.eval.compile_decoder,
             "limit": limit,
             "checkpoint": str(checkpoint) if checkpoint else None,
             "layers": cfg.schemabank.layers,
@@ -522,11 +528,12 @@ def format_bench(r: dict) -> list[str]:
                 lines.append(f"  {label} step time: {t[key]:.3f}")
     e = r.get("evaluation")
     if e:
-        g = e["gsm8k"]
+        g, s = e["gsm8k"], r.get("settings", {})
         lines.append(
             f"gsm8k: {g['problems']} problems in {g['time_s']:.1f} s (generation {g['generation_s']:.1f} s, "
             f"routing {g['routing_s']:.1f} s), {g['generated_tokens_per_s']:.0f} generated tokens/s, "
-            f"batch {g['batch_size']}"
+            f"batch {g['batch_size']}, decoder {s.get('decoder', 'hf')}"
+            + (" (compile_decoder)" if s.get("compile_decoder") else "")
         )
         p = e["perplexity"]
         lines.append(

@@ -50,6 +50,7 @@ SCHEDULERS = ("constant", "linear", "cosine")
 ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.router
+DECODERS = ("hf", "static")  # see schemabank.decode
 
 
 @dataclass
@@ -216,6 +217,12 @@ class EvalConfig:
     """Routing at evaluation: ``learned`` or ``oracle`` (see ``schemabank.routing``); ``null``:
     as the run was trained. ``schemabank eval --checkpoint RUN --set eval.routing=oracle``
     evaluates a learned-router run with oracle routing."""
+    decoder: str = "hf"
+    """GSM8K generation loop: ``hf`` (Hugging Face ``generate``) or ``static`` (greedy over a
+    static KV cache, :mod:`schemabank.decode`: the same tokens, less host work a token)."""
+    compile_decoder: bool = False
+    """Capture the ``static`` decoder's single-token step with ``torch.compile``
+    (``reduce-overhead``: one CUDA graph a token; CUDA only, eager elsewhere)."""
 
 
 @dataclass
@@ -472,6 +479,10 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.ppl_windows: every window must be >= 2 tokens, got {ev.ppl_windows}")
     if ev.ppl_max_tokens is not None and ev.ppl_max_tokens < 2:
         p.append(f"eval.ppl_max_tokens: must be >= 2 or null, got {ev.ppl_max_tokens}")
+    if ev.decoder not in DECODERS:
+        p.append(f"eval.decoder: must be one of {', '.join(DECODERS)}, got {ev.decoder!r}")
+    elif ev.compile_decoder and ev.decoder != "static":
+        p.append("eval.compile_decoder: needs eval.decoder static (HF generate is not captured)")
     if ev.num_samples < 0:
         p.append(f"eval.num_samples: must be >= 0, got {ev.num_samples}")
     if cfg.data.dev_size < 0:

@@ -50,6 +50,7 @@ from .data import (
     question_prompt,
     split_dev,
 )
+from .decode import StaticDecoder, stop_test
 from .errors import SchemaBankError
 from .models import load_base_model, resolve_base_model
 from .results import build_results
@@ -106,10 +107,14 @@ def generate(
     banks: BankSet | None = None,
     route_masks: torch.Tensor | None = None,
     max_prompt_tokens: int | None = None,
+    decoder: str = "hf",
+    compile_decoder: bool = False,
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
     one row per prompt, each prompt's tokens are routed only among its row's schemas
-    (oracle routing; :meth:`BankSet.restricted`)."""
+    (oracle routing; :meth:`BankSet.restricted`). ``decoder``: ``hf`` (HF ``generate``) or
+    ``static`` (:class:`~schemabank.decode.StaticDecoder`, the same tokens; its single-token step
+    captured as a CUDA graph with ``compile_decoder``)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
     cut = [max(0, len(ids) - (max_prompt_tokens or len(ids))) for ids in encoded]
@@ -123,6 +128,18 @@ def generate(
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=[metrics.STOP_STRING],
     )
+    static = None
+    if decoder == "static" and prompts:
+        longest = max(len(ids) for ids in encoded)  # one cache length: one step shape
+        static = StaticDecoder(
+            model,
+            longest + max_new_tokens,
+            max_new_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            compile=compile_decoder,
+        )
+    stopped = stop_test(tokenizer, metrics.STOP_STRING)
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(
         total=len(prompts),
@@ -137,8 +154,11 @@ def generate(
             device
         )
         with _restricted(banks, route_masks, idx, device), autocast(device, bf16):
-            seqs = model.generate(**batch, generation_config=gen_cfg, tokenizer=tokenizer)
-        new = seqs[:, batch["input_ids"].shape[1] :].tolist()
+            if static is not None:
+                new = static.decode(batch["input_ids"], batch["attention_mask"], stopped).tolist()
+            else:
+                seqs = model.generate(**batch, generation_config=gen_cfg, tokenizer=tokenizer)
+                new = seqs[:, batch["input_ids"].shape[1] :].tolist()
         for i, ids in zip(idx, new, strict=True):
             kept, text = _kept_tokens(tokenizer, ids, metrics.STOP_STRING)
             out[i] = Generation(encoded[i], kept, text, cut[i])
@@ -421,6 +441,8 @@ def evaluate_gsm8k(
     num_samples: int = 10,
     oracle: bool = False,
     report_routing: bool = True,
+    decoder: str = "hf",
+    compile_decoder: bool = False,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached; ``records``: every problem's
@@ -428,7 +450,8 @@ def evaluate_gsm8k(
     With several processes, each generates for its :func:`~schemabank.distributed.shard` of the
     problems. ``oracle``: route each problem's tokens among its tags' schemas only (the tags of
     its reference solution; :func:`oracle_masks`). ``report_routing`` False leaves out the
-    routing report (the banks still act)."""
+    routing report (the banks still act). ``decoder``, ``compile_decoder``: as
+    :func:`generate`."""
     # One batch of the whole test set was fastest on an H200 (20 s for 1,319 vs 34 s in batches of 512).
     batch_size = batch_size or (1536 if device.type == "cuda" else 16)
     t0 = time.perf_counter()
@@ -450,6 +473,8 @@ def evaluate_gsm8k(
         banks=banks,
         route_masks=masks,
         max_prompt_tokens=max_prompt,
+        decoder=decoder,
+        compile_decoder=compile_decoder,
     )
     gens = distributed.gather_shards(my_gens, len(problems))
     gen_time = time.perf_counter() - t0
@@ -629,6 +654,8 @@ def run_evaluation(
         bf16,
         ecfg.num_samples,
         oracle=oracle,
+        decoder=ecfg.decoder,
+        compile_decoder=ecfg.compile_decoder,
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
@@ -647,6 +674,8 @@ def run_evaluation(
             num_samples=0,
             oracle=oracle,
             report_routing=False,
+            decoder=ecfg.decoder,
+            compile_decoder=ecfg.compile_decoder,
         )["gsm8k"]
         timings["gsm8k_dev_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()

@@ -16,6 +16,8 @@ Every input is causal: a token's route depends on its prefix alone, so KV-cache 
 each new token exactly as a full forward pass over the sequence does. The prefix mean is carried
 between the forward passes of one generation as a running sum and count per sequence
 (:class:`PrefixState`), reset whenever a forward pass starts a new sequence (no past key values).
+A pass that continues its sequences updates the carry in place, so a decoder whose step is
+captured as a CUDA graph (:mod:`schemabank.decode`) replays against the same buffers.
 
 Depth (``schemabank.router_hidden``): 0 is a linear map without bias (the seed's); ``n > 0`` is a
 two-layer MLP ``Linear(in, n) -> GELU -> Linear(n, S, bias=False)``. Either way the module is the
@@ -50,6 +52,10 @@ class PrefixState:
     def __init__(self):
         self.mask: torch.Tensor | None = None  # (B, T_new) 1 for real tokens, or None: all real
         self.continues = False
+        self.held = False
+        """True while a decoder sets the state itself (:mod:`schemabank.decode`); the decoder's
+        pre-hook then leaves it alone (it reads the KV cache's length, a value on the device that
+        a captured step cannot branch on)."""
 
     def set(self, mask: torch.Tensor | None, continues: bool) -> None:
         self.mask, self.continues = mask, continues

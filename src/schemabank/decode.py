@@ -1,0 +1,205 @@
+"""Greedy decoding over a static KV cache, the gpt-fast recipe, for GSM8K generation.
+
+HF ``generate`` spends most of a decode step on the host (Python around hundreds of kernel
+launches). Here a left-padded prompt batch is prefilled in one forward pass into a transformers
+``StaticCache`` long enough for the longest prompt plus every new token, and each new token is one
+forward pass of shape (B, 1) whose inputs all live in buffers of fixed shape and address, updated
+in place: the KV cache, the 2-D attention mask (B, cache length), the position ids, the last
+tokens, the rows still running and the prefix routers' running sums
+(:meth:`~schemabank.bank.SchemaBank.start_carry`). So the step can be captured as one CUDA graph
+(``torch.compile(mode="reduce-overhead", fullgraph=True)``).
+
+It makes the tokens HF ``generate`` makes: greedy, position ids from the cumulative attention mask,
+pad tokens after a row's EOS. The attention mask is 1 from the prompt's end to the cache's end:
+the causal mask already hides the slots not yet written. The stop string is checked on the host
+only every ``check_every`` steps, so a row may run past it for a few tokens; the caller trims at
+the stop string and EOS, as it trims HF's output.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import StaticCache
+
+from .attach import decoder_module
+from .bank import SchemaBank
+
+
+def _core(model):
+    """The Hugging Face model under a PEFT wrapper (LoRA layers stay in it), or ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _cache_arg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in newer transformers (5.2x),
+    ``past_key_values`` before."""
+    params = inspect.signature(decoder_module(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class StaticDecoder:
+    """Greedy decoding of left-padded prompt batches with a static KV cache.
+
+    ``cache_len``: the cache's length, at least the longest prompt plus ``max_new_tokens``; one
+    length for every batch keeps the step's shapes, so a captured step is captured once per
+    batch size. ``compile``: capture the single-token step with ``torch.compile`` (on CUDA as
+    ``mode="reduce-overhead", fullgraph=True``: a CUDA graph; elsewhere only with ``backend``
+    given, e.g. ``"aot_eager"`` in tests, else it stays eager). The decoder sets the prefix state
+    of the banks' prefix routers itself (:attr:`~schemabank.router.PrefixState.held`).
+    """
+
+    def __init__(
+        self,
+        model,
+        cache_len: int,
+        max_new_tokens: int,
+        eos_token_id: int | None,
+        pad_token_id: int | None,
+        compile: bool = False,
+        backend: str | None = None,
+    ):
+        self.model = _core(model)
+        self.cache_len, self.max_new_tokens = cache_len, max_new_tokens
+        self.eos = eos_token_id
+        self.pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
+        self.cache_arg = _cache_arg(self.model)
+        banks = [m for m in self.model.modules() if isinstance(m, SchemaBank)]
+        self.prefix_banks = [b for b in banks if b.prefix_state is not None]
+        self.prefix_states = list(
+            {id(b.prefix_state): b.prefix_state for b in self.prefix_banks}.values()
+        )
+        self.batch_size: int | None = None
+        self.step = self._step
+        self.graphs = False  # CUDA graphs: mark each replay's step
+        if compile:
+            device = next(self.model.parameters()).device
+            if backend is not None:
+                self.step = torch.compile(
+                    self._step, backend=backend, fullgraph=True, dynamic=False
+                )
+            elif device.type == "cuda":
+                self.step = torch.compile(
+                    self._step, mode="reduce-overhead", fullgraph=True, dynamic=False
+                )
+                self.graphs = True
+
+    def _buffers(self, batch_size: int, device: torch.device) -> None:
+        """Allocate the cache and the step's buffers for ``batch_size`` rows (kept while the
+        batch size stays, so a captured step replays against the same addresses)."""
+        if self.batch_size == batch_size:
+            self.cache.reset()
+            return
+        self.batch_size = batch_size
+        self.cache = StaticCache(config=self.model.config, max_cache_len=self.cache_len)
+        B, L = batch_size, self.cache_len
+        self.mask = torch.ones(B, L, dtype=torch.long, device=device)  # (B, L)
+        self.tokens = torch.zeros(B, 1, dtype=torch.long, device=device)  # (B, 1) last tokens
+        self.positions = torch.zeros(B, 1, dtype=torch.long, device=device)  # (B, 1)
+        self.running = torch.ones(B, dtype=torch.bool, device=device)  # (B,) before EOS
+        for t in (self.mask, self.tokens, self.positions, self.running):
+            torch._dynamo.mark_static_address(t)
+
+    def _forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """Next-token logits (B, V) of one pass that continues the cache."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_arg: self.cache},
+        )
+        return out.logits[:, -1]
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy next tokens (B,), pad for rows past their EOS (as HF ``generate``), and the
+        running rows, tokens and positions advanced in place."""
+        nxt = torch.where(self.running, logits.argmax(-1), self.pad)
+        if self.eos is not None:
+            self.running &= nxt != self.eos
+        self.tokens.copy_(nxt[:, None])
+        self.positions.add_(1)
+        return nxt
+
+    def _step(self) -> torch.Tensor:
+        """One new token for every row: the single-token pass over the static buffers."""
+        return self._pick(self._forward(self.tokens, self.mask, self.positions))
+
+    def _hold(self, mask: torch.Tensor | None) -> None:
+        """Prefix state of the pass to come: ``mask`` (B, T_new) real tokens, continuing the
+        carry (started at zero by :meth:`decode`)."""
+        for state in self.prefix_states:
+            state.set(mask, True)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        stopped=None,
+        check_every: int = 16,
+    ) -> torch.Tensor:
+        """New tokens (B, n) for a left-padded batch ``input_ids`` (B, P) with its
+        ``attention_mask``, n <= ``max_new_tokens``: the loop ends once every row has met EOS
+        or ``stopped`` (a host-side test of the open rows' new ids so far, a list of id lists
+        to a list of bools, made every ``check_every`` steps), or after ``max_new_tokens``."""
+        B, P = input_ids.shape
+        if P + self.max_new_tokens > self.cache_len:
+            raise ValueError(
+                f"a prompt of {P} tokens and {self.max_new_tokens} new ones do not fit the "
+                f"cache ({self.cache_len} tokens)"
+            )
+        device = input_ids.device
+        self._buffers(B, device)
+        self.mask[:, :P].copy_(attention_mask)
+        self.mask[:, P:] = 1
+        self.running.fill_(True)
+        out = torch.full((B, self.max_new_tokens), self.pad, dtype=torch.long, device=device)
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        for bank in self.prefix_banks:
+            bank.start_carry(B)
+        for state in self.prefix_states:
+            state.held = True
+        try:
+            self._hold(attention_mask)
+            self.positions.copy_(positions[:, -1:])
+            logits = self._forward(input_ids, self.mask, positions)  # prefill (B, P)
+            out[:, 0] = self._pick(logits)
+            self._hold(None)  # every new token is real
+            done = [False] * B
+            for j in range(1, self.max_new_tokens):
+                if j % check_every == 0 and self._all_done(out[:, :j], stopped, done):
+                    return out[:, :j]
+                if self.graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                out[:, j] = self.step()
+        finally:
+            for state in self.prefix_states:
+                state.held = False
+                state.set(None, False)
+        return out
+
+    def _all_done(self, new: torch.Tensor, stopped, done: list[bool]) -> bool:
+        """Whether every row has met EOS or ``stopped`` (rows found done are marked in
+        ``done``); one host sync."""
+        running = self.running.tolist()
+        for b in range(len(done)):
+            done[b] = done[b] or not running[b]
+        open_rows = [b for b in range(len(done)) if not done[b]]
+        if stopped is not None and open_rows:
+            ids = new[open_rows].tolist()
+            for b, stop in zip(open_rows, stopped(ids), strict=True):
+                done[b] = stop
+        return all(done)
+
+
+def stop_test(tokenizer, stop: str):
+    """A ``stopped`` test for :meth:`StaticDecoder.decode`: which rows' text (a list of id
+    lists) contains ``stop``."""
+
+    def stopped(rows: list[list[int]]) -> list[bool]:
+        return [stop in text for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+    return stopped

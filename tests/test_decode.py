@@ -1,0 +1,153 @@
+"""The static-KV-cache decoder: the tokens HF ``generate`` makes, for LoRA, every router design and
+oracle routing; the same stops at EOS and the stop string; the captured step (``torch.compile``)
+gives the eager step's tokens; the ``eval.decoder`` keys."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+from conftest import TRAIN, tiny_config
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from schemabank.attach import BankSet
+from schemabank.config import config_from_dict
+from schemabank.decode import StaticDecoder, stop_test
+from schemabank.errors import ConfigError
+from schemabank.evaluation import _kept_tokens, generate
+
+CPU = torch.device("cpu")
+PROMPTS = [f"Question: {q}\nAnswer:" for q, _ in TRAIN[:4]]  # four lengths
+
+
+def peaky(path, router_input: str | None = None, hidden: int = 0):
+    """The tiny model with larger random weights (its greedy text varies, unlike at init), LoRA
+    with a nonzero update and, with ``router_input``, banks of gain 0.5 on both layers."""
+    tok = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for w in base.parameters():
+            if w.dim() == 2:
+                w.normal_(0, 0.2)
+    lora = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    model = peft.get_peft_model(base, lora).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    banks = None
+    if router_input is not None:
+        banks = BankSet.attach(model, [0, -1], 8, 4, 2, 4, router_input, hidden)
+        with torch.no_grad():
+            for b in banks:
+                b.gain.fill_(0.5)  # gain 0 is the identity: routing would not show
+                for p in b.router.parameters():
+                    p.mul_(50.0)  # decisive routers
+    return tok, model, banks
+
+
+def gen_ids(model, tok, banks=None, masks=None, decoder="hf", max_new=12):
+    gens = generate(
+        model, tok, PROMPTS, 3, max_new, CPU, False, banks=banks, route_masks=masks, decoder=decoder
+    )
+    return [g.gen_ids for g in gens]
+
+
+@pytest.mark.parametrize(
+    "design",
+    ["lora", "token", "prefix_mean_mlp", "token_prefix_oracle"],
+)
+def test_static_decoder_makes_hf_generates_tokens(tiny_llama, design):
+    """Left-padded batches of prompts of four lengths (batches of 3 and 1): the kept tokens of
+    the static decoder are HF generate's, token for token, and the banks do change them."""
+    router_input, hidden, masks = {
+        "lora": (None, 0, None),
+        "token": ("token", 0, None),
+        "prefix_mean_mlp": ("prefix_mean", 16, None),
+        "token_prefix_oracle": ("token_prefix", 0, torch.eye(8, dtype=torch.bool)[[0, 2, 4, 7]]),
+    }[design]
+    tok, model, banks = peaky(tiny_llama, router_input, hidden)
+    hf = gen_ids(model, tok, banks, masks)
+    static = gen_ids(model, tok, banks, masks, decoder="static")
+    assert static == hf
+    assert len({tuple(ids) for ids in hf}) == len(PROMPTS)  # varied text, not one token repeated
+    if banks is not None:
+        with banks.disabled():
+            assert gen_ids(model, tok, decoder="static") != hf  # routing changed them
+    if masks is not None:
+        assert gen_ids(model, tok, banks, decoder="static") != hf  # oracle routing acted
+
+
+def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama):
+    """EOS and a stop string chosen from the model's own free generations: the kept tokens are
+    HF's; rows after their EOS get pad tokens as in HF's output; the loop ends before
+    ``max_new_tokens`` once every row has stopped."""
+    tok, model, banks = peaky(tiny_llama, "prefix_mean")
+    tok.padding_side = "left"
+    batch = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    P, max_new = batch["input_ids"].shape[1], 40
+    free = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
+    free = free[:, P:].tolist()
+    eos = free[0][6]  # row 0 meets EOS at its 7th token
+    stop = next(  # a word that row 1 writes before it meets EOS
+        s
+        for t in free[1][: free[1].index(eos) if eos in free[1] else max_new]
+        if (s := tok.decode([t]).strip()).isalpha() and len(s) >= 2
+    )
+    cfg = GenerationConfig(
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id,
+        stop_strings=[stop],
+    )
+    hf = model.generate(**batch, generation_config=cfg, tokenizer=tok)[:, P:].tolist()
+    decoder = StaticDecoder(model, P + max_new, max_new, eos, tok.pad_token_id)
+    ours = decoder.decode(
+        batch["input_ids"], batch["attention_mask"], stop_test(tok, stop), check_every=4
+    ).tolist()
+
+    def kept(ids):
+        return _kept_tokens(tok, ids[: ids.index(eos)] if eos in ids else ids, stop)[0]
+
+    assert [kept(r) for r in ours] == [kept(r) for r in hf]
+    assert eos in hf[0] and stop in tok.decode(hf[1])  # both rules did cut
+    assert ours[0][: len(hf[0])] == hf[0]  # pad tokens after EOS, as HF
+    assert len(ours[0]) < max_new  # every row stopped: the loop ended early
+
+
+def test_compiled_step_gives_the_eager_steps_tokens(tiny_llama):
+    """The single-token step under torch.compile (fullgraph, the aot_eager backend on CPU: the
+    mutations of the cache, the buffers and the prefix routers' carry go through
+    functionalisation) makes the eager decoder's tokens, batch after batch, under oracle
+    routing."""
+    tok, model, banks = peaky(tiny_llama, "token_prefix", 16)
+    tok.padding_side = "left"
+    first = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    second = tok(PROMPTS[2:4], return_tensors="pt", padding=True)
+    L = max(first["input_ids"].shape[1], second["input_ids"].shape[1]) + 12
+    eager = StaticDecoder(model, L, 12, tok.eos_token_id, tok.pad_token_id)
+    compiled = StaticDecoder(
+        model, L, 12, tok.eos_token_id, tok.pad_token_id, compile=True, backend="aot_eager"
+    )
+    mask = torch.eye(8, dtype=torch.bool)[[1, 5]] | torch.eye(8, dtype=torch.bool)[[3, 3]]
+    torch._dynamo.reset()
+    with banks.restricted(mask):
+        for b in (first, second):
+            want = eager.decode(b["input_ids"], b["attention_mask"])
+            got = compiled.decode(b["input_ids"], b["attention_mask"])
+            assert torch.equal(got, want)
+    assert compiled.step is not compiled._step  # it did compile
+
+
+def test_decoder_keys_are_validated(tiny_llama):
+    ok = config_from_dict(
+        tiny_config(tiny_llama, eval={"decoder": "static", "compile_decoder": True})
+    )
+    assert ok.eval.decoder == "static" and ok.eval.compile_decoder
+    assert config_from_dict(tiny_config(tiny_llama)).eval.decoder == "hf"
+    with pytest.raises(ConfigError, match="eval.decoder: must be one of hf, static"):
+        config_from_dict(tiny_config(tiny_llama, eval={"decoder": "fast"}))
+    with pytest.raises(ConfigError, match="eval.compile_decoder: needs eval.decoder static"):
+        config_from_dict(tiny_config(tiny_llama, eval={"compile_decoder": True}))
