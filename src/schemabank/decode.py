@@ -62,7 +62,7 @@ class StaticDecoder:
     ):
         self.model = _core(model)
         self.cache_len, self.max_new_tokens = cache_len, max_new_tokens
-        self.eos = eos_token_id
+        self.eos, self.pad_id, self.compiled = eos_token_id, pad_token_id, compile
         self.pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
         self.cache_arg = _cache_arg(self.model)
         banks = [m for m in self.model.modules() if isinstance(m, SchemaBank)]

@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,15 +131,11 @@ def generate(
     )
     static = None
     if decoder == "static" and prompts:
-        longest = max(len(ids) for ids in encoded)  # one cache length: one step shape
-        static = StaticDecoder(
-            model,
-            longest + max_new_tokens,
-            max_new_tokens,
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-            compile=compile_decoder,
+        longest = max(len(ids) for ids in encoded)
+        static = static_decoder(
+            model, tokenizer, longest + max_new_tokens, max_new_tokens, compile_decoder
         )
+    full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(
@@ -150,21 +147,57 @@ def generate(
     )
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(
+        rows = idx + [idx[-1]] * (full - len(idx)) if static is not None and static.graphs else idx
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(
             device
         )
-        with _restricted(banks, route_masks, idx, device), autocast(device, bf16):
+        with _restricted(banks, route_masks, rows, device), autocast(device, bf16):
             if static is not None:
                 new = static.decode(batch["input_ids"], batch["attention_mask"], stopped).tolist()
             else:
                 seqs = model.generate(**batch, generation_config=gen_cfg, tokenizer=tokenizer)
                 new = seqs[:, batch["input_ids"].shape[1] :].tolist()
-        for i, ids in zip(idx, new, strict=True):
+        for i, ids in zip(idx, new[: len(idx)], strict=True):
             kept, text = _kept_tokens(tokenizer, ids, metrics.STOP_STRING)
             out[i] = Generation(encoded[i], kept, text, cut[i])
         bar.update(len(idx))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+# One static decoder per model, kept between generate calls (test, dev): its captured step and
+# cache are reused while they fit.
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+CACHE_ROUNDING = (
+    128  # static cache lengths are multiples of this: calls of similar prompts share one
+)
+
+
+def static_decoder(
+    model, tokenizer, needed: int, max_new_tokens: int, compile: bool
+) -> StaticDecoder:
+    """The model's :class:`~schemabank.decode.StaticDecoder` for caches of ``needed`` tokens:
+    the one kept from an earlier call when its cache is long enough and its settings match, else
+    a new one (kept in its place)."""
+    dec = _DECODERS.get(model)
+    if (
+        dec is None
+        or dec.cache_len < needed
+        or dec.max_new_tokens != max_new_tokens
+        or dec.compiled != compile
+        or (dec.eos, dec.pad_id) != (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    ):
+        length = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
+        dec = StaticDecoder(
+            model,
+            length,
+            max_new_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            compile=compile,
+        )
+        _DECODERS[model] = dec
+    return dec
 
 
 def context_length(model) -> int | None:
