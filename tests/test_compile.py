@@ -77,28 +77,49 @@ def test_padding_to_a_multiple_keeps_the_step(tiny_llama, data_dir):
 
 
 @pytest.mark.parametrize(
-    ("mode", "stage", "schemabank"),
+    ("mode", "stage", "schemabank", "scope"),
     [
-        ("baseline", BASELINE, {}),
-        ("schemabank", STAGES[0], {"router_input": "prefix_mean", "router_hidden": 16}),
-        ("schemabank", STAGES[1], {"router_input": "token_prefix"}),
-        ("schemabank", STAGES[2], {"routing": "oracle", "lambda_balance": 0.1, "lambda_z": 0.1}),
+        ("baseline", BASELINE, {}, "step"),
+        ("baseline", BASELINE, {}, "layers"),
+        ("schemabank", STAGES[0], {"router_input": "prefix_mean", "router_hidden": 16}, "step"),
+        ("schemabank", STAGES[1], {"router_input": "token_prefix"}, "layers"),
+        (
+            "schemabank",
+            STAGES[2],
+            {"routing": "oracle", "lambda_balance": 0.1, "lambda_z": 0.1},
+            "step",
+        ),
     ],
-    ids=["baseline", "stage1-prefix-mlp", "stage2-token-prefix", "stage3-oracle"],
+    ids=[
+        "baseline",
+        "baseline-layers",
+        "stage1-prefix-mlp",
+        "stage2-token-prefix-layers",
+        "stage3-oracle",
+    ],
 )
 def test_compiled_step_equals_the_eager_step(
-    aot_eager, tiny_llama, data_dir, mode, stage, schemabank
+    aot_eager, tiny_llama, data_dir, mode, stage, schemabank, scope
 ):
     sections = {"schemabank": schemabank} if schemabank else {}
     eager = make_trainer(
         tiny_llama, data_dir, mode=mode, training={"pad_to_multiple_of": 64}, **sections
     )
-    compiled = make_trainer(tiny_llama, data_dir, mode=mode, training={"compile": True}, **sections)
-    assert compiled.pad_multiple == 64 and compiled._compiled_losses is not None
-    assert eager._compiled_losses is None
+    compiled = make_trainer(
+        tiny_llama,
+        data_dir,
+        mode=mode,
+        training={"compile": True, "compile_scope": scope},
+        **sections,
+    )
+    assert compiled.pad_multiple == 64 and eager._compiled_losses is None
+    assert (compiled._compiled_losses is not None) == (scope == "step")
+    assert bool(compiled._regions) == (scope == "layers")
     for t in (eager, compiled):
         wake_up(t)
     _assert_same_training(eager, compiled, stage, steps=3)
+    # the compiled layers run only inside the training forward: evaluation stays eager
+    assert all(layer._compiled_call_impl is None for layer, _ in compiled._regions)
 
 
 def test_compiled_step_resumes_exactly(aot_eager, tiny_llama, data_dir, tmp_path):

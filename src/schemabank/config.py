@@ -47,6 +47,7 @@ def yaml_load(text: str) -> Any:
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULERS = ("constant", "linear", "cosine")
+COMPILE_SCOPES = ("step", "layers")  # training.compile_scope
 ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.router
@@ -180,6 +181,11 @@ class TrainingConfig:
     ``mode="reduce-overhead"`` (CUDA graphs, few kernel launches), elsewhere inductor's default.
     The loss and gradients are the eager step's; compiling costs time once per stage and batch
     shape (cached on disk for the next run). ``false``: the eager step."""
+    compile_scope: str = "step"
+    """What ``compile`` compiles: ``step``, the whole forward pass and the losses (one graph per
+    stage); ``layers``, each decoder layer on its own (regional compilation: the layers are
+    alike, so one compiles and the rest reuse it, a far shorter compilation; the embedding, the
+    head and the loss stay eager)."""
     pad_to_multiple_of: int | None = None
     """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
     shapes (what a compiled step needs; the loss is unchanged). ``null``: 64 with ``compile``,
@@ -418,6 +424,10 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"training.max_grad_norm: must be > 0, got {t.max_grad_norm}")
     if t.checkpoint_every < 0:
         p.append(f"training.checkpoint_every: must be >= 0, got {t.checkpoint_every}")
+    if t.compile_scope not in COMPILE_SCOPES:
+        p.append(
+            f"training.compile_scope: must be one of {', '.join(COMPILE_SCOPES)}, got {t.compile_scope!r}"
+        )
     if t.pad_to_multiple_of is not None and t.pad_to_multiple_of < 1:
         p.append(f"training.pad_to_multiple_of: must be >= 1 or null, got {t.pad_to_multiple_of}")
     if t.max_length < 16:

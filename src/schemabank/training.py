@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .adapter import adapter_parameters, build_adapter
+from .attach import decoder_layers
 from .bank import balance_loss, routing_ce, z_loss
 from .checkpoint import atomic_write_text, check_writable, save_checkpoint, write_json
 from .config import Config, dump_config
@@ -144,7 +145,13 @@ class Trainer:
         self.last_saved_step: int | None = None
         t = cfg.training
         self.pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if t.compile else None)
-        self._compiled_losses = compile_step(self.forward_losses, device) if t.compile else None
+        self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
+        self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
+        if t.compile and t.compile_scope == "step":
+            self._compiled_losses = compile_step(self.forward_losses, device)
+        elif t.compile:
+            self._regions = compile_layers(model, device)
+        self.graphs = t.compile and device.type == "cuda" and COMPILE_BACKEND == "inductor"
 
     def encode_many(self, keys: list[tuple[int, bool]]) -> None:
         """Tokenise the training examples ``keys`` (``(problem index, tagged)`` pairs) not yet
@@ -239,12 +246,24 @@ class Trainer:
         b = self.cfg.schemabank
         weights = {"ortho": b.lambda_ortho, "balance": b.lambda_balance, "z": b.lambda_z}
         optimised = tuple(k for k, w in weights.items() if k in stage.losses and w > 0)
-        with capture, oracle:
+        with capture, oracle, self._compiled_layers():
             if self._compiled_losses is not None:
                 for x in batch.values():  # one graph for every length (a CUDA graph per length)
                     torch._dynamo.mark_dynamic(x, 1)
                 return self._compiled_losses(stage, batch, targets, None, optimised)
             return self.forward_losses(stage, batch, targets, positions, optimised)
+
+    @contextmanager
+    def _compiled_layers(self):
+        """With ``compile_scope: layers``, the decoder layers run compiled inside this context
+        (the training forward passes) and eager everywhere else (evaluation, held-out routing)."""
+        for layer, fn in self._regions:
+            layer._compiled_call_impl = fn  # what nn.Module.compile sets: __call__ runs it
+        try:
+            yield
+        finally:
+            for layer, _ in self._regions:
+                layer._compiled_call_impl = None
 
     def forward_losses(
         self,
@@ -327,7 +346,7 @@ class Trainer:
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
         totals: dict[str, torch.Tensor] = {}
         padded = 0
-        if self._compiled_losses is not None and self.device.type == "cuda":
+        if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done
         for chunk in chunks:
             batch, chunk_targets, positions = self.to_device(
@@ -682,13 +701,31 @@ def compile_step(fn, device: torch.device):
     ``mode="reduce-overhead"`` (its forward and backward replayed as CUDA graphs). The batch
     length is symbolic (:meth:`Trainer.losses` marks it), so each stage compiles once, and CUDA
     graphs are recorded once per length; the recompilation limit is raised to hold the stages."""
+    _raise_recompile_limit()
+    mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+    return torch.compile(fn, backend=COMPILE_BACKEND, mode=mode)
+
+
+def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, object]]:
+    """Each decoder layer's call compiled (regional compilation; on CUDA with
+    ``mode="reduce-overhead"``), to be switched on by :meth:`Trainer._compiled_layers`. The
+    layers share one compiled code: the first compiles, the alike ones reuse it (the bank's
+    layer, with its hook, compiles once more). Shapes are dynamic from the start."""
+    _raise_recompile_limit()
+    mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+    return [
+        (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode, dynamic=True))
+        for layer in decoder_layers(model)
+    ]
+
+
+def _raise_recompile_limit() -> None:
+    """Let Dynamo keep a graph per stage (and per layer kind) instead of falling back to eager."""
     import torch._dynamo.config as dynamo_config
 
     for key in ("recompile_limit", "cache_size_limit"):  # the name changed across versions
         if hasattr(dynamo_config, key):
             setattr(dynamo_config, key, max(getattr(dynamo_config, key), 64))
-    mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
-    return torch.compile(fn, backend=COMPILE_BACKEND, mode=mode)
 
 
 # What a run directory holds (``overwrite`` removes every one of them): results.json and its
