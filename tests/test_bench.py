@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from conftest import TRAIN, tiny_config
 
+from schemabank import training
 from schemabank.adapter import build_adapter
 from schemabank.bench import draw_batches, format_bench, make_peer, run_bench
 from schemabank.cli import main
@@ -97,6 +98,24 @@ def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path):
     text = "\n".join(format_bench(r))
     assert "stage-3 / peft_compiled step time" in text and "backend aot_eager" in text
     assert "warning" not in text
+
+
+def test_bench_reports_our_compiled_steps(tiny_llama, tmp_path, monkeypatch):
+    """With training.compile, our two trainers report their compilation time and shapes."""
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+    cfg = config_from_dict(
+        tiny_config(
+            tiny_llama, training={"batch_size": 2, "compile": True, "compile_scope": "layers"}
+        )
+    )
+    r = run_bench(
+        cfg, data_dir=same_length_data(tmp_path), steps=2, warmup=2, parts=("train",), peers="none"
+    )
+    for m in ("baseline", "schemabank_stage3"):
+        x = r["training"][m]
+        assert x["compile_scope"] == "layers"
+        assert x["compile_s"] == x["warmup_s"] - 2 * x["step_ms"] / 1000
+    assert "training.compile (scope layers) added" in "\n".join(format_bench(r))
 
 
 def test_peer_is_the_baselines_lora_and_trains(tiny_llama, data_dir):

@@ -323,6 +323,11 @@ def bench_training(
         x["compile_mode"] = compile_mode or "default"
         x["compile_backend"] = compile_backend
         x["compile_s"] = x["warmup_s"] - len(warm) * x["step_ms"] / 1000 if warm else None
+    if t.compile:  # our two trainers compiled too (training.compile): the same estimate
+        for name in ("baseline", "schemabank_stage3"):
+            x = out[name]
+            x["compile_scope"] = t.compile_scope
+            x["compile_s"] = x["warmup_s"] - len(warm) * x["step_ms"] / 1000 if warm else None
     ms = {name: x["step_ms"] for name, x in out.items()}
     out["stage3_over_baseline_step_time"] = ms["schemabank_stage3"] / ms["baseline"]
     for peer in ("peft_eager", "peft_compiled"):
@@ -504,6 +509,14 @@ def format_bench(r: dict) -> list[str]:
                 f"{x['tokens_per_s']:10.0f} {100 * x['padding_share']:7.1f}% {mem:>9s} "
                 f"{warm:>9s} {shapes:>7s}"
             )
+        for k in ("baseline", "schemabank_stage3"):
+            x = t[k]
+            if x.get("compile_s") is not None:
+                lines.append(
+                    f"  {k}: training.compile (scope {x['compile_scope']}) added "
+                    f"{x['compile_s']:.1f} s to the warmup; {x['batch_shapes']} batch shapes, "
+                    f"{x['new_shapes_timed']} first met in the timed steps"
+                )
         c = t.get("peft_compiled")
         if c is not None:
             took = f"{c['compile_s']:.1f} s" if c["compile_s"] is not None else "- (no warmup)"
