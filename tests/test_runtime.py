@@ -65,3 +65,20 @@ def test_version_falls_back_to_the_package_when_metadata_is_missing(monkeypatch)
     env = runtime.environment(torch.device("cpu"))
     assert env["schemabank"] == __version__
     assert env["source_sha256"] == runtime.source_sha256()
+
+
+def test_cudagraph_skips_are_reported(capsys):
+    from torch._dynamo.utils import counters
+
+    from schemabank.runtime import cudagraph_skips, warn_cudagraph_skips
+
+    before = cudagraph_skips()
+    warn_cudagraph_skips(before, "the step")
+    assert capsys.readouterr().err == ""
+    counters["inductor"]["cudagraph_skips"] += 2
+    try:
+        assert cudagraph_skips() == before + 2
+        warn_cudagraph_skips(before, "the step")
+        assert "the step runs without CUDA graphs (2 graph(s) skipped" in capsys.readouterr().err
+    finally:
+        counters["inductor"]["cudagraph_skips"] -= 2

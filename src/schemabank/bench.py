@@ -24,6 +24,7 @@ from .evaluation import evaluate_gsm8k, evaluate_perplexity
 from .models import load_base_model, resolve_base_model
 from .runtime import (
     autocast,
+    cudagraph_skips,
     environment,
     pick_device,
     seed_everything,
@@ -356,6 +357,7 @@ def bench_evaluation(
     test = load_gsm8k("test", data_dir)[:limit]
     _sync(device)
     _peak_reset(device)
+    skips = cudagraph_skips()
     t0 = time.perf_counter()
     ev = evaluate_gsm8k(
         model,
@@ -384,6 +386,7 @@ def bench_evaluation(
             "generated_tokens": g["generated_tokens"],
             "generated_tokens_per_s": g["generated_tokens"] / g["generation_s"],
             "strict_accuracy": g["strict"]["accuracy"],
+            "cudagraph_skips": cudagraph_skips() - skips,
             "peak_memory_gib": _peak_gib(device),
         }
     }

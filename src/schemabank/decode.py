@@ -25,6 +25,7 @@ from transformers import StaticCache
 
 from .attach import decoder_module
 from .bank import SchemaBank
+from .runtime import cudagraph_skips, warn_cudagraph_skips
 
 
 def _core(model):
@@ -84,6 +85,7 @@ class StaticDecoder:
                     self._step, mode="reduce-overhead", fullgraph=True, dynamic=False
                 )
                 self.graphs = True
+                self.checked, self.skips_before = False, cudagraph_skips()
 
     def _buffers(self, batch_size: int, device: torch.device) -> None:
         """Allocate the cache and the step's buffers for ``batch_size`` rows (kept while the
@@ -175,6 +177,9 @@ class StaticDecoder:
                 if self.graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 out[:, j] = self.step()
+                if self.graphs and not self.checked and j == 3:  # compiled, recorded, replayed
+                    warn_cudagraph_skips(self.skips_before, "the static decoder's step")
+                    self.checked = True
         finally:
             for state in self.prefix_states:
                 state.held = False

@@ -60,6 +60,28 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def cudagraph_skips() -> int:
+    """How many compiled graphs inductor has run without CUDA graphs in this process (its reason
+    goes to the ``cudagraphs`` log: ``TORCH_LOGS=cudagraphs``). A captured step that is skipped
+    still runs, compiled, but launches each kernel from the host again."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+def warn_cudagraph_skips(before: int, what: str) -> None:
+    """Say once, on stderr, when ``what`` ran without CUDA graphs (skips since ``before``)."""
+    n = cudagraph_skips() - before
+    if n:
+        import sys
+
+        print(
+            f"schemabank: warning: {what} runs without CUDA graphs ({n} graph(s) skipped; "
+            "TORCH_LOGS=cudagraphs says why), so it is slower than it could be",
+            file=sys.stderr,
+        )
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (initialisation, data order, tag dropout)."""
     random.seed(seed)

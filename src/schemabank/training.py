@@ -44,7 +44,15 @@ from .errors import CheckpointError, SchemaBankError
 from .evaluation import check_context, evaluate_run, write_samples
 from .models import load_base_model, resolve_base_model
 from .results import build_results
-from .runtime import autocast, environment, seed_everything, use_bf16, weight_dtype
+from .runtime import (
+    autocast,
+    cudagraph_skips,
+    environment,
+    seed_everything,
+    use_bf16,
+    warn_cudagraph_skips,
+    weight_dtype,
+)
 from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
 from .tags import dropout_for_step, routing_target
@@ -152,6 +160,7 @@ class Trainer:
         elif t.compile:
             self._regions = compile_layers(model, device)
         self.graphs = t.compile and device.type == "cuda" and COMPILE_BACKEND == "inductor"
+        self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
 
     def encode_many(self, keys: list[tuple[int, bool]]) -> None:
         """Tokenise the training examples ``keys`` (``(problem index, tagged)`` pairs) not yet
@@ -253,6 +262,14 @@ class Trainer:
                 return self._compiled_losses(stage, batch, targets, None, optimised)
             return self.forward_losses(stage, batch, targets, positions, optimised)
 
+    def _check_graphs(self, stage: Stage) -> None:
+        """Warn once per stage when its compiled step runs without CUDA graphs (checked at its
+        fourth step: by then it has been compiled, recorded and replayed)."""
+        check = self._graph_check.setdefault(stage.key, [cudagraph_skips(), 0])
+        check[1] += 1  # steps of the stage begun in this process
+        if check[1] == 4:
+            warn_cudagraph_skips(check[0], f"the compiled training step of {stage.label}")
+
     @contextmanager
     def _compiled_layers(self):
         """With ``compile_scope: layers``, the decoder layers run compiled inside this context
@@ -347,7 +364,8 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         padded = 0
         if self.graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done
+            torch.compiler.cudagraph_mark_step_begin()
+            self._check_graphs(stage)  # the last step's graph outputs are done
         for chunk in chunks:
             batch, chunk_targets, positions = self.to_device(
                 [examples[j] for j in chunk], targets[chunk]
