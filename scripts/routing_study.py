@@ -17,6 +17,7 @@ curriculum); stage 2 gets the rest of the 1,000 steps. The oracle config is the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from schemabank.config import load_config  # noqa: E402
+from schemabank.config import load_config, read_yaml, resolve_base  # noqa: E402
 from schemabank.errors import SchemaBankError  # noqa: E402
 from schemabank.results import load_results  # noqa: E402
 
@@ -90,41 +91,49 @@ def markdown(rows: list[dict], chosen: dict) -> str:
 
 
 def write_configs(chosen: dict, folder: Path) -> list[Path]:
-    """``sb_routed.yaml`` and ``sb_routed_oracle.yaml`` for the chosen design."""
-    data = yaml.safe_load(TEMPLATE.read_text())
-    data["schemabank"].update(
-        router_input=chosen["router_input"], router_hidden=chosen["router_hidden"]
-    )
-    stages = data["training"]["stages"]
-    stages["stage1_router_pretrain"] = {
-        "steps": chosen["steps"],
-        "learning_rate": chosen["learning_rate"],
-        "tag_curriculum": {"dropout_schedule": chosen["dropout_schedule"]},
+    """``sb_routed.yaml`` (``base:`` the template, with the chosen router and stage 1) and
+    ``sb_routed_oracle.yaml`` (``base:`` sb_routed, with oracle routing) in ``folder``."""
+    total = resolve_base(read_yaml(TEMPLATE), TEMPLATE)["training"]["total_steps"]
+    routed = {
+        "base": os.path.relpath(TEMPLATE, folder),
+        "experiment": {"name": "sb_routed"},
+        "schemabank": {
+            "router_input": chosen["router_input"],
+            "router_hidden": chosen["router_hidden"],
+        },
+        "training": {
+            "stages": {
+                "stage1_router_pretrain": {
+                    "steps": chosen["steps"],
+                    "learning_rate": chosen["learning_rate"],
+                    "tag_curriculum": {"dropout_schedule": chosen["dropout_schedule"]},
+                },
+                "stage2_schema_train": {"steps": total - chosen["steps"] - STAGE3_STEPS},
+                "stage3_joint_finetune": {"steps": STAGE3_STEPS},
+            }
+        },
     }
-    total = data["training"]["total_steps"]
-    stages["stage2_schema_train"] = {"steps": total - chosen["steps"] - STAGE3_STEPS}
-    stages["stage3_joint_finetune"] = {"steps": STAGE3_STEPS}
+    oracle = {
+        "base": "sb_routed.yaml",
+        "experiment": {"name": "sb_routed_oracle", "ablation_of": "sb_routed"},
+        "schemabank": {"routing": "oracle"},
+    }
     out = []
-    for name, extra, comment in (
+    for name, data, comment in (
         (
             "sb_routed",
-            {},
+            routed,
             f"the best SchemaBank's settings with the router chosen on dev ({chosen['name']})",
         ),
         (
             "sb_routed_oracle",
-            {"routing": "oracle"},
+            oracle,
             "sb_routed with oracle routing (each problem's tokens routed among its tags' schemas, in stages 2-3 and at evaluation): an upper bound",
         ),
     ):
-        d = yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
-        d["experiment"]["name"] = name
-        if extra:
-            d["experiment"]["ablation_of"] = "sb_routed"
-            d["schemabank"].update(extra)
         path = folder / f"{name}.yaml"
         text = f"# Routing study: {comment}; written by scripts/routing_study.py.\n"
-        text += yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+        text += yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
         path.write_text(text)
         load_config(path)  # it must load
         out.append(path)

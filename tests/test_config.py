@@ -401,3 +401,90 @@ def test_the_demo_run_stays_out_of_the_committed_results():
     root = Path(__file__).resolve().parents[1]
     assert load_config(root / "configs" / "smoke.yaml").output_dir == "runs"
     assert "/runs/" in (root / ".gitignore").read_text().splitlines()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_config_holds_only_what_it_changes_from_its_base(tmp_path):
+    _write(
+        tmp_path / "parent.yaml",
+        "experiment: {name: parent, mode: schemabank}\n"
+        "lora: {r: 16, target_modules: [q_proj, v_proj, o_proj]}\n"
+        "training: {batch_size: 8, stages: {stage1_router_pretrain: {steps: 100, learning_rate: 0.01}, "
+        "stage2_schema_train: {steps: 600}, stage3_joint_finetune: {steps: 300}}}\n",
+    )
+    (tmp_path / "sub").mkdir()
+    _write(
+        tmp_path / "sub" / "child.yaml",
+        "base: ../parent.yaml\nexperiment: {name: child}\nlora: {target_modules: [q_proj]}\n"
+        "training: {stages: {stage1_router_pretrain: {steps: 50}, stage2_schema_train: {steps: 650}}}\n",
+    )
+    _write(tmp_path / "sub" / "grandchild.yaml", "base: child.yaml\nexperiment: {name: g}\n")
+    child = load_config(tmp_path / "sub" / "child.yaml")
+    assert child.experiment.name == "child" and child.experiment.mode == "schemabank"
+    assert child.lora.r == 16 and child.lora.target_modules == ["q_proj"]  # a list is replaced
+    s1 = child.training.stages.stage1_router_pretrain
+    assert (s1.steps, s1.learning_rate) == (50, 0.01)  # a mapping is merged key by key
+    assert child.training.batch_size == 8
+    grand = load_config(tmp_path / "sub" / "grandchild.yaml", ["training.batch_size=4"])
+    assert grand.experiment.name == "g" and grand.training.batch_size == 4
+    assert grand.lora.target_modules == ["q_proj"]
+    assert "\nbase:" not in "\n" + dump_config(grand)  # a run's config.yaml is the resolved config
+
+
+def test_bad_bases_are_one_line_errors(tmp_path):
+    _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="base a.yaml leads back to itself"):
+        load_config(tmp_path / "a.yaml")
+    _write(tmp_path / "c.yaml", "base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+        load_config(tmp_path / "c.yaml")
+    _write(tmp_path / "d.yaml", "base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="base must be the path of another config"):
+        load_config(tmp_path / "d.yaml")
+    _write(tmp_path / "e.yaml", "- a list\n")
+    _write(tmp_path / "f.yaml", "base: e.yaml\n")
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
+        load_config(tmp_path / "f.yaml")
+
+
+# Keys that a committed run may differ in from its config without changing a result: greedy
+# generation does not depend on the evaluation batch (tested in test_evaluation), and the output
+# folder is where the run was written.
+NOT_RESULT_KEYS = {("eval", "batch_size"), ("output_dir",)}
+
+
+def _mismatches(resolved: dict, recorded: dict, path: tuple = ()) -> list[str]:
+    """The keys of a run's recorded config whose value the resolved config does not have."""
+    out = []
+    for key, value in recorded.items():
+        here = (*path, key)
+        if here in NOT_RESULT_KEYS:
+            continue
+        if key not in resolved:
+            out.append(".".join(here) + " is not a config key any more")
+        elif isinstance(value, dict) and isinstance(resolved[key], dict):
+            out += _mismatches(resolved[key], value, here)
+        elif resolved[key] != value:
+            out.append(f"{'.'.join(here)}: {resolved[key]!r} in the config, {value!r} in the run")
+    return out
+
+
+def test_study_configs_resolve_to_the_committed_runs_configs():
+    """Every committed run of a study config was made with what that config resolves to today
+    (``base:`` chains included): keys added since then aside, no value differs."""
+    import json
+
+    checked = 0
+    for path in CONFIG_FILES:
+        for run in sorted(REPO.glob(f"results/{path.stem}_seed*/results.json")):
+            recorded = json.loads(run.read_text())["config"]
+            seed = recorded["experiment"]["seed"]
+            resolved = load_config(path, [f"experiment.seed={seed}"]).to_dict()
+            assert _mismatches(resolved, recorded) == [], run
+            checked += 1
+    assert checked >= 40

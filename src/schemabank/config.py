@@ -566,9 +566,41 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"config {path} is not a UTF-8 text file") from None
 
 
+def merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it: mappings merged key by key, any other value (a
+    list included) replaced. Neither argument is modified."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_base(data: Any, path: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """A config that names ``base: FILE`` (relative to its own folder) holds only what it changes:
+    the base is read (its own base resolved first) and this file's keys are merged over it."""
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config {path}: base must be the path of another config, got {base!r}")
+    here = path.resolve()
+    target = (path.parent / base).resolve()
+    if target in (*chain, here):
+        raise ConfigError(f"config {path}: base {base} leads back to itself")
+    parent = read_yaml(target)
+    if not isinstance(parent, dict):
+        raise ConfigError(f"config {target} (the base of {path}): the top level must be a mapping")
+    return merge(resolve_base(parent, target, (*chain, here)), data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) with ``--set`` overrides."""
-    data = {} if path is None else read_yaml(path)
+    """Load a YAML config (or the defaults when ``path`` is None) with ``--set`` overrides. A
+    config may name a parent (``base: parent.yaml``) and hold only its differences."""
+    data = {} if path is None else resolve_base(read_yaml(path), Path(path))
     if data is None:
         raise ConfigError(
             f"config {path} is empty: it would start a run of every default (1,000 steps); "
