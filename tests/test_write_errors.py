@@ -179,7 +179,7 @@ def test_a_read_only_or_full_output_folder_is_refused_before_loading(tmp_path, m
     """As root, permissions do not stop a write: the file system's refusal is simulated."""
     import tempfile
 
-    from schemabank.checkpoint import check_writable
+    from schemabank.files import check_writable
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")

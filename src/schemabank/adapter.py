@@ -12,11 +12,11 @@ import peft
 from torch import nn
 
 from .attach import BankSet, decoder_layers, resolve_layers
-from .config import BankConfig, Config, LoraConfig
+from .config import BankConfig, Config, LoraSection
 from .stages import count_parameters
 
 
-def make_lora_config(lcfg: LoraConfig, r: int | None = None) -> peft.LoraConfig:
+def make_lora_config(lcfg: LoraSection, r: int | None = None) -> peft.LoraConfig:
     """PEFT's LoRA config from ours, optionally at another rank ``r`` (the parameter-matched
     baseline); alpha is scaled with the rank so that alpha / r, the update's scale, stays."""
     r = r or lcfg.r
@@ -38,7 +38,7 @@ def bank_parameter_count(hidden_size: int, bcfg: BankConfig, num_banks: int) -> 
     return num_banks * (router + 2 * S * hidden_size * r + S * ad + ad * r + 1)
 
 
-def lora_parameters_per_rank(base: nn.Module, lcfg: LoraConfig) -> int:
+def lora_parameters_per_rank(base: nn.Module, lcfg: LoraSection) -> int:
     """LoRA parameters at rank 1 (the count is linear in the rank)."""
     probe_cfg = peft.LoraConfig(
         task_type="CAUSAL_LM", r=1, lora_alpha=1, target_modules=lcfg.target_modules

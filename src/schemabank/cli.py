@@ -278,7 +278,7 @@ def cmd_eval(args) -> int:
             raise ConfigError(
                 f"--{flag.replace('_', '-')}: must be >= {0 if flag == 'shots' else 1}, got {value}"
             )
-    from .checkpoint import check_writable  # after the cheap checks: these import torch
+    from .files import check_writable  # after the cheap checks: these import torch
     from .results import samples_path
 
     extra = [
@@ -332,7 +332,7 @@ def cmd_eval(args) -> int:
             dtype=cfg.model.dtype,
             samples_path=samples_path(output),
         )
-    from .checkpoint import write_json
+    from .files import write_json
     from .results import summary_lines
 
     if is_main():
@@ -355,7 +355,7 @@ def cmd_bench(args) -> int:
     cfg = load_config(args.config, args.overrides)
     _quiet_libraries()
     from .bench import format_bench, run_bench
-    from .checkpoint import write_json
+    from .files import write_json
 
     parts = (args.only,) if args.only else ("train", "eval")
     result = run_bench(
@@ -393,8 +393,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .checkpoint import write_json
     from .compare import compare_runs, format_comparison, format_pooled, pool_comparisons
+    from .files import write_json
 
     if len(args.runs) % 2:
         raise ConfigError(f"compare: give runs in pairs (A B [A B ...]), got {len(args.runs)}")

@@ -78,7 +78,10 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
+class LoraSection:
+    """The ``lora:`` section (named so as not to shadow ``peft.LoraConfig``, which
+    :func:`schemabank.adapter.make_lora_config` builds from it)."""
+
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -245,7 +248,7 @@ class DataConfig:
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
     schemabank: BankConfig = field(default_factory=BankConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -39,7 +39,7 @@ from transformers import GenerationConfig
 from . import distributed, metrics
 from .adapter import adapter_parameters, base_only
 from .attach import BankSet
-from .checkpoint import atomic_write_text, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import Config, EvalConfig
 from .data import (
     Problem,
@@ -53,6 +53,7 @@ from .data import (
 )
 from .decode import StaticDecoder, stop_test
 from .errors import SchemaBankError
+from .files import atomic_write_text
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype

@@ -25,8 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_dir, write_json
 from .errors import CheckpointError
+from .files import atomic_dir, write_json
 from .stages import grouped_parameters
 
 STATE_DIR = "state"

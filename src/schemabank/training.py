@@ -29,7 +29,7 @@ from . import distributed
 from .adapter import adapter_parameters, build_adapter
 from .attach import decoder_layers
 from .bank import balance_loss, routing_ce, z_loss
-from .checkpoint import atomic_write_text, check_writable, save_checkpoint, write_json
+from .checkpoint import save_checkpoint
 from .config import Config, dump_config
 from .data import (
     DataOrder,
@@ -42,6 +42,7 @@ from .data import (
 )
 from .errors import CheckpointError, SchemaBankError
 from .evaluation import check_context, evaluate_run, write_samples
+from .files import atomic_write_text, check_writable, write_json
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import (
