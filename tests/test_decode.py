@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from schemabank.attach import BankSet
 from schemabank.config import config_from_dict
-from schemabank.decode import StaticDecoder, stop_test
+from schemabank.decode import STOP_OVERLAP, StaticDecoder, stop_test
 from schemabank.errors import ConfigError
 from schemabank.evaluation import _kept_tokens, generate
 
@@ -79,10 +79,13 @@ def test_static_decoder_makes_hf_generates_tokens(tiny_llama, design):
         assert gen_ids(model, tok, banks, decoder="static") != hf  # oracle routing acted
 
 
-def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama):
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama, check_every):
     """EOS and a stop string chosen from the model's own free generations: the kept tokens are
     HF's; rows after their EOS get pad tokens as in HF's output; the loop ends before
-    ``max_new_tokens`` once every row has stopped."""
+    ``max_new_tokens`` once every row has stopped (each check decodes only the tokens since the
+    last one and a few before: with ``check_every`` 1 the stop string lies beyond the first
+    window)."""
     tok, model, banks = peaky(tiny_llama, "prefix_mean")
     tok.padding_side = "left"
     batch = tok(PROMPTS[:2], return_tensors="pt", padding=True)
@@ -105,7 +108,7 @@ def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama):
     hf = model.generate(**batch, generation_config=cfg, tokenizer=tok)[:, P:].tolist()
     decoder = StaticDecoder(model, P + max_new, max_new, eos, tok.pad_token_id)
     ours = decoder.decode(
-        batch["input_ids"], batch["attention_mask"], stop_test(tok, stop), check_every=4
+        batch["input_ids"], batch["attention_mask"], stop_test(tok, stop), check_every
     ).tolist()
 
     def kept(ids):
@@ -115,6 +118,31 @@ def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama):
     assert eos in hf[0] and stop in tok.decode(hf[1])  # both rules did cut
     assert ours[0][: len(hf[0])] == hf[0]  # pad tokens after EOS, as HF
     assert len(ours[0]) < max_new  # every row stopped: the loop ended early
+
+
+def test_stop_checks_see_every_token_in_overlapping_windows(tiny_llama):
+    """Each stop check decodes the tokens since the last check and STOP_OVERLAP before them:
+    the windows cover every generated token, a string split across two checks included, and
+    their cost does not grow with the length."""
+    tok, model, banks = peaky(tiny_llama, "token")
+    tok.padding_side = "left"
+    batch = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    P, max_new, every = batch["input_ids"].shape[1], 30, 4
+    seen = []
+
+    def stopped(rows):
+        seen.append(rows)
+        return [False] * len(rows)
+
+    out = StaticDecoder(model, P + max_new, max_new, None, tok.pad_token_id).decode(
+        batch["input_ids"], batch["attention_mask"], stopped, check_every=every
+    )
+    assert out.shape == (2, max_new) and len(seen) == (max_new - 1) // every
+    for k, rows in enumerate(seen, start=1):  # the check before step j = k * every
+        j = k * every
+        start = max(0, j - every - STOP_OVERLAP)
+        assert rows == out[:, start:j].tolist()
+        assert len(rows[0]) <= every + STOP_OVERLAP
 
 
 def test_compiled_step_gives_the_eager_steps_tokens(tiny_llama):

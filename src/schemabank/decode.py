@@ -172,8 +172,10 @@ class StaticDecoder:
             self._hold(None)  # every new token is real
             done = [False] * B
             for j in range(1, self.max_new_tokens):
-                if j % check_every == 0 and self._all_done(out[:, :j], stopped, done):
-                    return out[:, :j]
+                if j % check_every == 0:
+                    recent = out[:, max(0, j - check_every - STOP_OVERLAP) : j]
+                    if self._all_done(recent, stopped, done):
+                        return out[:, :j]
                 if self.graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 out[:, j] = self.step()
@@ -188,7 +190,10 @@ class StaticDecoder:
 
     def _all_done(self, new: torch.Tensor, stopped, done: list[bool]) -> bool:
         """Whether every row has met EOS or ``stopped`` (rows found done are marked in
-        ``done``); one host sync."""
+        ``done``); one host sync. ``new``: the tokens since the last check and the
+        :data:`STOP_OVERLAP` before them (a stop string met earlier ended its row then, and one
+        split across two checks lies inside the overlap), so a check costs the same at every
+        length."""
         running = self.running.tolist()
         for b in range(len(done)):
             done[b] = done[b] or not running[b]
@@ -198,6 +203,10 @@ class StaticDecoder:
             for b, stop in zip(open_rows, stopped(ids), strict=True):
                 done[b] = stop
         return all(done)
+
+
+# Tokens of the previous check decoded again at the next: more than a stop string spans.
+STOP_OVERLAP = 8
 
 
 def stop_test(tokenizer, stop: str):
