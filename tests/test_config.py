@@ -488,3 +488,14 @@ def test_study_configs_resolve_to_the_committed_runs_configs():
             assert _mismatches(resolved, recorded) == [], run
             checked += 1
     assert checked >= 40
+
+
+def test_a_config_built_in_python_is_checked_before_a_run(tmp_path, monkeypatch):
+    from schemabank import training
+    from schemabank.config import TrainingConfig
+
+    monkeypatch.setattr(training, "load_base_model", lambda *a: pytest.fail("the model was loaded"))
+    bad = Config(training=TrainingConfig(batch_size=0, learning_rate="fast"))
+    with pytest.raises(ConfigError, match=r"config \(built in Python\).*training.learning_rate"):
+        training.run(bad, output_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -521,6 +521,12 @@ def config_from_dict(data: Any, source: str = "config", set_keys: list[str] = ()
     return cfg
 
 
+def check_config(cfg: Config) -> Config:
+    """A :class:`Config` built in Python checked as a YAML file is: every value's type and
+    range (dataclasses check neither), one ConfigError listing every problem."""
+    return config_from_dict(cfg.to_dict(), source="config (built in Python)")
+
+
 def _from_set(error: str, set_keys: list[str]) -> bool:
     """Whether a ``key: problem`` error is about a key (or a section) that ``--set`` gave."""
     key = error.split(": ", 1)[0]

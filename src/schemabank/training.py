@@ -30,7 +30,7 @@ from .adapter import adapter_parameters, build_adapter
 from .attach import decoder_layers
 from .bank import balance_loss, routing_ce, z_loss
 from .checkpoint import save_checkpoint
-from .config import Config, dump_config
+from .config import Config, check_config, dump_config
 from .data import (
     DataOrder,
     Problem,
@@ -826,8 +826,10 @@ def run(
     With ``resume``, continue the run in ``<output_dir>/<name>_seed<seed>`` from its last saved
     training state (``cfg`` is then normally that run's config.yaml). Launched as several
     processes (``WORLD_SIZE`` > 1), they train and evaluate together and rank 0 writes the run;
-    a run may be resumed on another number of processes.
+    a run may be resumed on another number of processes. A ``cfg`` built in Python is checked
+    as a YAML config is (:func:`~schemabank.config.check_config`).
     """
+    cfg = check_config(cfg)
     distributed.check_batch_size(cfg.training.batch_size)
     with distributed.session(cfg.training.device) as device:
         return _run(cfg, device, output_dir, data_dir, resume, overwrite)
