@@ -120,6 +120,51 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", help="write the figures as JSON here")
     _add_common(b)
 
+    le = sub.add_parser(
+        "lm-eval",
+        help="evaluate a run or a base model on lm-evaluation-harness tasks (extra lm-eval)",
+        description="lm-eval's simple_evaluate on the model class 'schemabank' (see "
+        "schemabank.harness); `python -m schemabank.harness_cli` is lm-eval's full command line",
+    )
+    src = le.add_mutually_exclusive_group(required=True)
+    src.add_argument("--path", help="a run directory or its checkpoint/ (schemabank.load)")
+    src.add_argument("--base-model", help="a bare base model, e.g. smollm2-135m-instruct")
+    le.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated: gsm8k")
+    le.add_argument(
+        "--limit", type=float, help="the first N documents of each task (below 1: a fraction)"
+    )
+    le.add_argument("--num-fewshot", type=int, help="override the tasks' few-shot count")
+    le.add_argument("--batch-size", default="1", help="generation batch size, or auto (default 1)")
+    le.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    le.add_argument("--dtype", help="weights' dtype (default: bfloat16 on CUDA, else float32)")
+    le.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of task YAMLs (repeatable); its tasks override lm-eval's of the same name",
+    )
+    le.add_argument(
+        "--no-builtin-tasks",
+        action="store_true",
+        help="index only the --include-path tasks (lm-eval's own ~14,000 take half a minute)",
+    )
+    le.add_argument(
+        "--data-dir",
+        help="read lm-eval's gsm8k task from DATA_DIR/gsm8k/{train,test}.jsonl instead of the "
+        "hub (a copy of its YAML with only the dataset changed)",
+    )
+    le.add_argument(
+        "--output",
+        help="lm-eval's results JSON (default: <run>/lm_eval_results.json, or "
+        "results/lm_eval/<model>_results.json for --base-model)",
+    )
+    le.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="also write every document's prompt and generation beside the output (.jsonl)",
+    )
+
     r = sub.add_parser("report", help="write report.md with PNG figures of one or more runs")
     r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory or results file")
     r.add_argument(
@@ -343,6 +388,81 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_lm_eval(args) -> int:
+    import json
+    import shlex
+    import tempfile
+    import time
+
+    if args.limit is not None and args.limit <= 0:
+        raise ConfigError(f"--limit: must be > 0, got {args.limit:g}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ConfigError(f"--num-fewshot: must be >= 0, got {args.num_fewshot}")
+    batch = args.batch_size
+    if not (batch == "auto" or batch.startswith("auto:") or (batch.isdigit() and int(batch) > 0)):
+        raise ConfigError(f"--batch-size: a positive integer or auto, got {batch!r}")
+    tasks = [t for t in args.tasks.split(",") if t]
+    if args.path:
+        if not Path(args.path).is_dir():
+            raise ConfigError(f"--path {args.path}: no such run or checkpoint directory")
+        run_dir, _ = _run_dir_of(Path(args.path))
+        output = Path(args.output) if args.output else run_dir / "lm_eval_results.json"
+        model_args = {"path": args.path}
+    else:
+        name = Path(args.base_model).stem.replace("/", "_")
+        output = (
+            Path(args.output) if args.output else Path("results/lm_eval") / f"{name}_results.json"
+        )
+        model_args = {"base_model": args.base_model}
+    model_args.update({k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k)})
+    from .checkpoint import check_writable, write_json  # after the cheap checks: torch
+
+    check_writable(output.parent)
+    _quiet_libraries()
+    from . import harness  # registers the model class; a one-line error without lm-eval
+
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="schemabank-lm-eval-") as tmp:
+        include = list(args.include_path)
+        if args.data_dir and "gsm8k" in tasks:
+            include.append(str(harness.local_gsm8k_task(args.data_dir, tmp)))
+        results = harness.evaluate(
+            model_args,
+            tasks,
+            limit=limit,
+            num_fewshot=args.num_fewshot,
+            batch_size=int(batch) if batch.isdigit() else batch,
+            include_path=include,
+            builtin_tasks=not args.no_builtin_tasks,
+            log_samples=args.log_samples,
+        )
+    if not results:
+        return 0
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    samples = results.pop("samples", None)
+    results["schemabank"] = {
+        "command": shlex.join(["schemabank", *args.argv]),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output, json.loads(json.dumps(results, default=handle_non_serializable)))
+    if samples is not None:
+        from .checkpoint import atomic_write_text
+        from .results import samples_path
+
+        lines = [
+            json.dumps({"task": task, **s}, default=handle_non_serializable)
+            for task, rows in samples.items()
+            for s in rows
+        ]
+        atomic_write_text(samples_path(output), "".join(f"{line}\n" for line in lines))
+    print(make_table(results))
+    print(f"wrote {output}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .config import load_config
 
@@ -467,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     # Variable-length batches fragment PyTorch's CUDA cache; expandable segments avoid that.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return {
@@ -478,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
             "verify": cmd_verify,
             "sweep": cmd_sweep,
             "table": cmd_table,
+            "lm-eval": cmd_lm_eval,
         }[args.command](args)
     except SchemaBankError as exc:
         message = str(exc).replace("\n", "\\n")  # one line, whatever the input held
