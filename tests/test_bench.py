@@ -64,10 +64,16 @@ def same_length_data(root: Path) -> Path:
     return root
 
 
-def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path):
+def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch):
     """Both peers (the compiled one through the fast aot_eager backend) run on the batches our
-    trainers run on, in the same order, and the ratios are those of the reported step times."""
-    cfg = config_from_dict(tiny_config(tiny_llama, training={"batch_size": 2}))
+    trainers run on, in the same order, and the ratios are those of the reported step times.
+    Our trainers compile too (training.compile, layers scope) and report their compilation."""
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+    cfg = config_from_dict(
+        tiny_config(
+            tiny_llama, training={"batch_size": 2, "compile": True, "compile_scope": "layers"}
+        )
+    )
     r = run_bench(
         cfg,
         data_dir=same_length_data(tmp_path),
@@ -95,27 +101,14 @@ def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path):
     assert t["baseline_over_peft_eager_step_time"] == ms["baseline"] / ms["peft_eager"]
     assert t["baseline_over_peft_compiled_step_time"] == ms["baseline"] / ms["peft_compiled"]
     assert t["stage3_over_peft_compiled_step_time"] == ms["schemabank_stage3"] / ms["peft_compiled"]
-    text = "\n".join(format_bench(r))
-    assert "stage-3 / peft_compiled step time" in text and "backend aot_eager" in text
-    assert "warning" not in text
-
-
-def test_bench_reports_our_compiled_steps(tiny_llama, tmp_path, monkeypatch):
-    """With training.compile, our two trainers report their compilation time and shapes."""
-    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
-    cfg = config_from_dict(
-        tiny_config(
-            tiny_llama, training={"batch_size": 2, "compile": True, "compile_scope": "layers"}
-        )
-    )
-    r = run_bench(
-        cfg, data_dir=same_length_data(tmp_path), steps=2, warmup=2, parts=("train",), peers="none"
-    )
     for m in ("baseline", "schemabank_stage3"):
-        x = r["training"][m]
+        x = t[m]
         assert x["compile_scope"] == "layers"
         assert x["compile_s"] == x["warmup_s"] - 2 * x["step_ms"] / 1000
-    assert "training.compile (scope layers) added" in "\n".join(format_bench(r))
+    text = "\n".join(format_bench(r))
+    assert "stage-3 / peft_compiled step time" in text and "backend aot_eager" in text
+    assert "training.compile (scope layers) added" in text
+    assert "warning" not in text
 
 
 def test_peer_is_the_baselines_lora_and_trains(tiny_llama, data_dir):

@@ -79,7 +79,6 @@ def test_padding_to_a_multiple_keeps_the_step(tiny_llama, data_dir):
 @pytest.mark.parametrize(
     ("mode", "stage", "schemabank", "scope"),
     [
-        ("baseline", BASELINE, {}, "step"),
         ("baseline", BASELINE, {}, "layers"),
         ("schemabank", STAGES[0], {"router_input": "prefix_mean", "router_hidden": 16}, "step"),
         ("schemabank", STAGES[1], {"router_input": "token_prefix"}, "layers"),
@@ -91,7 +90,6 @@ def test_padding_to_a_multiple_keeps_the_step(tiny_llama, data_dir):
         ),
     ],
     ids=[
-        "baseline",
         "baseline-layers",
         "stage1-prefix-mlp",
         "stage2-token-prefix-layers",

@@ -415,7 +415,7 @@ def cmd_lm_eval(args) -> int:
         )
         model_args = {"base_model": args.base_model}
     model_args.update({k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k)})
-    from .checkpoint import check_writable, write_json  # after the cheap checks: torch
+    from .files import check_writable, write_json  # after the cheap checks: torch
 
     check_writable(output.parent)
     _quiet_libraries()
@@ -449,7 +449,7 @@ def cmd_lm_eval(args) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output, json.loads(json.dumps(results, default=handle_non_serializable)))
     if samples is not None:
-        from .checkpoint import atomic_write_text
+        from .files import atomic_write_text
         from .results import samples_path
 
         lines = [
