@@ -499,3 +499,15 @@ def test_a_config_built_in_python_is_checked_before_a_run(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match=r"config \(built in Python\).*training.learning_rate"):
         training.run(bad, output_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_run_config_is_the_runs_own_with_overrides(tmp_path):
+    from schemabank.config import run_config
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    again = run_config(tmp_path, ["eval.limit=3"])
+    assert again.experiment.name == "smoke" and again.eval.limit == 3
+    told = []
+    bare = run_config(tmp_path / "none", [], told.append)
+    assert bare == Config() and "has no config.yaml" in told[0]

@@ -108,7 +108,7 @@ def test_failed_runs_are_tried_again_with_half_the_jobs(tmp_path, tiny_llama, mo
     b = write(tmp_path / "b.yaml", tiny_config(tiny_llama, "baseline", experiment={"name": "b"}))
     calls = []
 
-    def fake_run_jobs(jobs, parallel):  # the first pass fails b (as out of memory would)
+    def fake_run_jobs(jobs, parallel, echo=None):  # the first pass fails b (as out of memory would)
         calls.append(([j.run_dir.name for j in jobs], parallel))
         return {j.run_dir: int(len(calls) == 1 and j.run_dir.name == "b_seed0") for j in jobs}
 

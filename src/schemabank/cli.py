@@ -315,7 +315,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .config import Config, apply_overrides, config_from_dict, read_yaml
+    from .config import apply_overrides, config_from_dict, run_config
 
     for flag in ("limit", "batch_size", "shots"):
         value = getattr(args, flag)
@@ -333,19 +333,10 @@ def cmd_eval(args) -> int:
     ]
     if args.checkpoint:
         run_dir, ckpt = _run_dir_of(Path(args.checkpoint))
-        cfg_path = run_dir / "config.yaml"
-        data = read_yaml(cfg_path) if cfg_path.is_file() else Config().to_dict()
-        if not cfg_path.is_file() and is_main():
-            print(
-                f"schemabank: warning: {run_dir} has no config.yaml: evaluating with the default "
-                "settings (eval section, no dev split, experiment name); --set changes them",
-                file=sys.stderr,
-            )
-        if not isinstance(data, dict):
-            raise ConfigError(f"{cfg_path}: the top level must be a mapping of sections")
-        cfg = config_from_dict(
-            apply_overrides(data, args.overrides + extra), source=f"config {cfg_path}"
+        warn = (
+            (lambda m: print(f"schemabank: warning: {m}", file=sys.stderr)) if is_main() else None
         )
+        cfg = run_config(run_dir, args.overrides + extra, warn)
         output = Path(args.output) if args.output else run_dir / "eval_results.json"
         check_writable(output.parent)  # before the evaluation, not after it
         _quiet_libraries()
@@ -532,29 +523,26 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import plan_jobs, run_jobs
+    from .sweep import plan_jobs, run_sweep
 
     for flag, low in (("jobs", 1), ("retries", 0)):
         if getattr(args, flag) < low:
             raise ConfigError(f"--{flag}: must be >= {low}, got {getattr(args, flag)}")
-
-    def plan():
-        return plan_jobs(args.configs, args.output_dir, args.data_dir, args.overrides, args.seeds)
-
-    jobs = plan()
     if args.dry_run:
-        for j in jobs:
+        for j in plan_jobs(
+            args.configs, args.output_dir, args.data_dir, args.overrides, args.seeds
+        ):
             print(f"{j.action:7s} {j.run_dir}  {' '.join(j.command)}")
         return 0
-    codes = run_jobs(jobs, args.jobs)
-    parallel = args.jobs
-    for _ in range(args.retries):
-        failed = {d for d, rc in codes.items() if rc != 0}
-        if not failed:
-            break
-        parallel = max(1, parallel // 2)
-        print(f"trying {len(failed)} failed run(s) again, {parallel} at a time", flush=True)
-        codes.update(run_jobs([j for j in plan() if j.run_dir in failed], parallel))
+    codes = run_sweep(
+        args.configs,
+        args.output_dir,
+        args.data_dir,
+        args.overrides,
+        args.seeds,
+        args.jobs,
+        args.retries,
+    )
     failed = [d.name for d, rc in codes.items() if rc != 0]
     print(
         f"{len(codes) - len(failed)} of {len(codes)} runs finished"

@@ -521,6 +521,25 @@ def config_from_dict(data: Any, source: str = "config", set_keys: list[str] = ()
     return cfg
 
 
+def run_config(run_dir: Path, overrides: list[str] = (), warn=None) -> Config:
+    """The config a run was made with (its ``config.yaml``), with ``--set`` overrides: what
+    evaluating the run's checkpoint again should use. A run without one gets the defaults, and
+    ``warn`` (if given) is told so."""
+    path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        data = read_yaml(path)
+    else:
+        data = Config().to_dict()
+        if warn is not None:
+            warn(
+                f"{run_dir} has no config.yaml: evaluating with the default settings (eval "
+                "section, no dev split, experiment name); --set changes them"
+            )
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(data, list(overrides)), source=f"config {path}")
+
+
 def check_config(cfg: Config) -> Config:
     """A :class:`Config` built in Python checked as a YAML file is: every value's type and
     range (dataclasses check neither), one ConfigError listing every problem."""

@@ -104,3 +104,29 @@ def run_jobs(jobs: list[Job], parallel: int, echo=_echo) -> dict[Path, int]:
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         codes = dict(zip([j.run_dir for j in todo], pool.map(one, todo), strict=True))
     return codes
+
+
+def run_sweep(
+    configs: list[str],
+    output_dir,
+    data_dir,
+    overrides: list[str],
+    seeds: list[int] | None,
+    parallel: int,
+    retries: int = 0,
+    echo=_echo,
+) -> dict[Path, int]:
+    """Plan and run a sweep; runs that failed are tried again up to ``retries`` times, each
+    round with half as many at a time (a failure is often memory that the others held) and
+    planned afresh (a cut run resumes from its saved state). Returns each run's exit status."""
+    jobs = plan_jobs(configs, output_dir, data_dir, overrides, seeds)
+    codes = run_jobs(jobs, parallel, echo)
+    for _ in range(retries):
+        failed = {d for d, rc in codes.items() if rc != 0}
+        if not failed:
+            break
+        parallel = max(1, parallel // 2)
+        echo(f"trying {len(failed)} failed run(s) again, {parallel} at a time")
+        again = plan_jobs(configs, output_dir, data_dir, overrides, seeds)
+        codes.update(run_jobs([j for j in again if j.run_dir in failed], parallel, echo))
+    return codes
