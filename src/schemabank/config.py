@@ -527,17 +527,13 @@ def run_config(run_dir: Path, overrides: list[str] = (), warn=None) -> Config:
     ``warn`` (if given) is told so."""
     path = Path(run_dir) / "config.yaml"
     if path.is_file():
-        data = read_yaml(path)
-    else:
-        data = Config().to_dict()
-        if warn is not None:
-            warn(
-                f"{run_dir} has no config.yaml: evaluating with the default settings (eval "
-                "section, no dev split, experiment name); --set changes them"
-            )
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return config_from_dict(apply_overrides(data, list(overrides)), source=f"config {path}")
+        return load_config(path, list(overrides))
+    if warn is not None:
+        warn(
+            f"{run_dir} has no config.yaml: evaluating with the default settings (eval section, "
+            "no dev split, experiment name); --set changes them"
+        )
+    return config_from_dict(apply_overrides(Config().to_dict(), list(overrides)), "default config")
 
 
 def check_config(cfg: Config) -> Config:

@@ -160,7 +160,7 @@ class Trainer:
             self._compiled_losses = compile_step(self.forward_losses, device)
         elif t.compile:
             self._regions = compile_layers(model, device)
-        self.graphs = t.compile and device.type == "cuda" and COMPILE_BACKEND == "inductor"
+        self.graphs = t.compile and compile_mode(device) == "reduce-overhead"
         self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
 
     def encode_many(self, keys: list[tuple[int, bool]]) -> None:
@@ -245,15 +245,11 @@ class Trainer:
         ``positions``: :func:`answer_positions` of the batch, on the device (found from the
         labels when not given, which waits for the GPU). With ``training.compile`` the compiled
         :meth:`forward_losses` runs, with the LM loss over fixed shapes (:func:`masked_answer_loss`)."""
+        b = self.cfg.schemabank
         capture = self.banks.capturing() if self.banks is not None else nullcontext()
         oracle = nullcontext()
-        if (
-            self.banks is not None
-            and self.cfg.schemabank.routing == "oracle"
-            and "lm" in stage.losses
-        ):
+        if self.banks is not None and b.routing == "oracle" and "lm" in stage.losses:
             oracle = self.banks.restricted(targets > 0)  # each problem's tags' schemas only
-        b = self.cfg.schemabank
         weights = {"ortho": b.lambda_ortho, "balance": b.lambda_balance, "z": b.lambda_z}
         optimised = tuple(k for k, w in weights.items() if k in stage.losses and w > 0)
         with capture, oracle, self._compiled_layers():
@@ -662,6 +658,16 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return b * T + t
 
 
+def _plain_head_base(model):
+    """The Hugging Face model under ``model``'s PEFT wrapper, or None when its head does more
+    than a projection (logit soft-capping or scaling), where only the model's own loss is right."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
+        return None
+    return base
+
+
 def answer_loss(
     model, batch: dict, chunk: int = 8192, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -672,9 +678,8 @@ def answer_loss(
     ``positions`` (:func:`answer_positions` of the labels, on the labels' device) are found from
     the labels when not given; given, the loss needs nothing back from the GPU.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
+    base = _plain_head_base(model)
+    if base is None:
         return model(**batch).loss  # the head does more than a projection: use the model's loss
     hidden = base.get_decoder()(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -696,10 +701,9 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
     on every position and the positions that do not predict an answer token are ignored, so no
     shape depends on the labels (more work and memory, (B, T, V) logits, in exchange for one
     graph per batch shape)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
-        return model(**batch).loss
+    base = _plain_head_base(model)
+    if base is None:
+        return model(**batch).loss  # the head does more than a projection: use the model's loss
     hidden = base.get_decoder()(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state  # (B, T, H)
@@ -715,14 +719,18 @@ COMPILE_PAD_MULTIPLE = 64
 COMPILE_BACKEND = "inductor"
 
 
+def compile_mode(device: torch.device) -> str | None:
+    """``reduce-overhead`` (CUDA graphs) for inductor on CUDA, else torch.compile's default."""
+    return "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+
+
 def compile_step(fn, device: torch.device):
     """``fn`` (:meth:`Trainer.forward_losses`) under ``torch.compile``: on CUDA with
     ``mode="reduce-overhead"`` (its forward and backward replayed as CUDA graphs). The batch
     length is symbolic (:meth:`Trainer.losses` marks it), so each stage compiles once, and CUDA
     graphs are recorded once per length; the recompilation limit is raised to hold the stages."""
     _raise_recompile_limit()
-    mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
-    return torch.compile(fn, backend=COMPILE_BACKEND, mode=mode)
+    return torch.compile(fn, backend=COMPILE_BACKEND, mode=compile_mode(device))
 
 
 def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, object]]:
@@ -731,7 +739,7 @@ def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, o
     layers share one compiled code: the first compiles, the alike ones reuse it (the bank's
     layer, with its hook, compiles once more). Shapes are dynamic from the start."""
     _raise_recompile_limit()
-    mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+    mode = compile_mode(device)
     return [
         (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode, dynamic=True))
         for layer in decoder_layers(model)
