@@ -4,17 +4,27 @@
 #   bench-eager    schemabank bench at the study's settings, eager step, with the PEFT peers
 #   bench-layers   the same with training.compile (scope layers) and the compiled static decoder
 #   bench-step     the same with training.compile (scope step)
+#   bench-b192     bench-layers' training part at batch 192, length-grouped
+#   profile        scripts/profile_decoder.py: one batch decoded by HF generate, the static
+#                  decoder eager and captured, with a torch.profiler table (ATTN picks the
+#                  decoder's attention, EVAL_BATCH the batch)
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
+#   run-cold, run-warm   one of the two
 #   decoders       the run's checkpoint evaluated again with HF generate: answers compared
 #   lora           the best LoRA (seed 42) on the fast path
+# Environment: SCOPE (training.compile_scope, default layers), ATTN (eval.decoder_attention,
+# default model), EVAL_BATCH (eval.batch_size, default the config's).
+# SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=cudagraphs,recompiles shows why a step runs without CUDA graphs or recompiles.
 set -u
 PART=$1
 OUT=${2:-runs/speed}
 mkdir -p "$OUT"
+SBC=${SCHEMABANK:-schemabank}
 SB=configs/gsm8k/sb_b32_split50.yaml
 LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
-DEC="--set eval.decoder=static --set eval.compile_decoder=true"
+DEC="--set eval.decoder=static --set eval.compile_decoder=true --set eval.decoder_attention=${ATTN:-model}"
+[ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
 FAST="--set training.compile=true --set training.compile_scope=${SCOPE:-layers} $DEC"
 BENCH="--steps 20 --warmup 15"
 timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.txt
@@ -27,20 +37,30 @@ timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.t
   return $rc
 }
 case $PART in
-  bench-eager) timed bench_eager schemabank bench --config $SB $BENCH --output "$OUT/bench_eager.json" ;;
+  bench-eager) timed bench_eager $SBC bench --config $SB $BENCH --output "$OUT/bench_eager.json" ;;
   bench-layers)
-    timed bench_layers schemabank bench --config $SB $BENCH --set training.compile=true \
+    timed bench_layers $SBC bench --config $SB $BENCH --set training.compile=true \
       --set training.compile_scope=layers $DEC --output "$OUT/bench_layers.json" ;;
   bench-step)
-    timed bench_step schemabank bench --config $SB $BENCH --set training.compile=true \
+    timed bench_step $SBC bench --config $SB $BENCH --set training.compile=true \
       --set training.compile_scope=step $DEC --output "$OUT/bench_step.json" ;;
+  bench-b192)
+    timed bench_b192 $SBC bench --config $SB $BENCH --only train --set training.compile=true \
+      --set training.compile_scope=${SCOPE:-layers} --set training.batch_size=192 \
+      --set training.group_by_length=true --output "$OUT/bench_b192.json" ;;
+  profile)
+    timed "profile_${ATTN:-model}_${EVAL_BATCH:-256}" ${PYTHON:-python3} scripts/profile_decoder.py --config $SB \
+      --batch "${EVAL_BATCH:-256}" --attention "${ATTN:-model}" \
+      --output "$OUT/profile_${ATTN:-model}_${EVAL_BATCH:-256}.json" ${PROFILE_ARGS:-} ;;
   run)
-    timed run_cold schemabank train --config $SB $FAST --output-dir "$OUT/cold"
-    timed run_warm schemabank train --config $SB $FAST --output-dir "$OUT/warm" ;;
+    timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold"
+    timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
+  run-cold) timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold" ;;
+  run-warm) timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
   decoders)
-    timed decoders_hf schemabank eval --checkpoint "$OUT/cold/sb_b32_split50_seed42/checkpoint" \
-      --set eval.decoder=hf --output "$OUT/hf_eval_results.json"
-    python - "$OUT/cold/sb_b32_split50_seed42/results.json" "$OUT/hf_eval_results.json" <<'PY'
+    timed decoders_hf $SBC eval --checkpoint "$OUT/cold/sb_b32_split50_seed42/checkpoint" \
+      --set eval.decoder=hf --set eval.compile_decoder=false --set eval.decoder_attention=model --output "$OUT/hf_eval_results.json"
+    ${PYTHON:-python3} - "$OUT/cold/sb_b32_split50_seed42/results.json" "$OUT/hf_eval_results.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p))["gsm8k"] for p in sys.argv[1:])
 pa, pb = ({x["index"]: x for x in g["problems"]} for g in (a, b))
@@ -49,6 +69,6 @@ print(f"static decoder: {a['strict']['correct']} strict correct; HF generate: "
       f"{b['strict']['correct']}; the extracted answers of {diff} of {len(pa)} problems differ")
 PY
     ;;
-  lora) timed lora schemabank train --config $LORA $FAST --output-dir "$OUT/lora" ;;
+  lora) timed lora $SBC train --config $LORA $FAST --output-dir "$OUT/lora" ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;
 esac

@@ -179,3 +179,20 @@ def test_bench_cli_writes_json(tiny_llama, data_dir, tmp_path, capsys):
     assert "peft_eager" not in capsys.readouterr().out
     assert main(["bench", "--config", str(cfg), "--steps", "0"]) == 1
     assert "--steps" in capsys.readouterr().err
+
+
+def test_bench_times_a_compiled_decoder_twice(tiny_llama, data_dir):
+    """With eval.compile_decoder the GSM8K evaluation runs twice (the first pass compiles):
+    the second's time and how many answers it shares with the first are reported."""
+    cfg = config_from_dict(
+        tiny_config(
+            tiny_llama,
+            eval={"decoder": "static", "compile_decoder": True, "decoder_attention": "grouped"},
+        )
+    )
+    r = run_bench(cfg, data_dir=data_dir, limit=3, parts=("eval",))
+    g = r["evaluation"]["gsm8k"]
+    assert g["again"]["same_answers"] == 3 and g["again"]["generation_s"] > 0
+    assert r["settings"]["decoder_attention"] == "grouped" and "training" not in r
+    text = "\n".join(format_bench(r))
+    assert "attention grouped" in text and "3 of 3 answers as the first pass" in text

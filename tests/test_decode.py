@@ -47,9 +47,19 @@ def peaky(path, router_input: str | None = None, hidden: int = 0):
     return tok, model, banks
 
 
-def gen_ids(model, tok, banks=None, masks=None, decoder="hf", max_new=12):
+def gen_ids(model, tok, banks=None, masks=None, decoder="hf", max_new=12, attention="model"):
     gens = generate(
-        model, tok, PROMPTS, 3, max_new, CPU, False, banks=banks, route_masks=masks, decoder=decoder
+        model,
+        tok,
+        PROMPTS,
+        3,
+        max_new,
+        CPU,
+        False,
+        banks=banks,
+        route_masks=masks,
+        decoder=decoder,
+        decoder_attention=attention,
     )
     return [g.gen_ids for g in gens]
 
@@ -71,6 +81,7 @@ def test_static_decoder_makes_hf_generates_tokens(tiny_llama, design):
     hf = gen_ids(model, tok, banks, masks)
     static = gen_ids(model, tok, banks, masks, decoder="static")
     assert static == hf
+    assert gen_ids(model, tok, banks, masks, decoder="static", attention="grouped") == hf
     assert len({tuple(ids) for ids in hf}) == len(PROMPTS)  # varied text, not one token repeated
     if banks is not None:
         with banks.disabled():
@@ -179,3 +190,51 @@ def test_decoder_keys_are_validated(tiny_llama):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder": "fast"}))
     with pytest.raises(ConfigError, match="eval.compile_decoder: needs eval.decoder static"):
         config_from_dict(tiny_config(tiny_llama, eval={"compile_decoder": True}))
+    with pytest.raises(ConfigError, match="eval.decoder_attention: must be one of model, grouped"):
+        config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "flash"}))
+    with pytest.raises(ConfigError, match="eval.decoder_attention: needs eval.decoder static"):
+        config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "grouped"}))
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
+def test_grouped_attention_is_sdpa_for_one_query(mask_kind):
+    """One query per row over a GQA cache (8 query heads on 2 key/value heads): the folded
+    matmul gives transformers' SDPA attention (which repeats the cache per head), under a
+    left-padding mask of either format."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from schemabank.decode import grouped_attention
+
+    torch.manual_seed(0)
+    B, H, Hkv, L, D = 3, 8, 2, 10, 16
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal, module.training = H // Hkv, True, False
+    q = torch.randn(B, H, 1, D)
+    k, v = torch.randn(B, Hkv, L, D), torch.randn(B, Hkv, L, D)
+    keep = torch.ones(B, 1, 1, L, dtype=torch.bool)
+    keep[0, ..., :4] = False  # row 0 left-padded
+    mask = {"bool": keep, "float": torch.zeros(B, 1, 1, L).masked_fill(~keep, -1e9), "none": None}
+    m = mask[mask_kind]
+    got, _ = grouped_attention(module, q, k, v, m, scaling=0.3)
+    want, _ = sdpa_attention_forward(module, q, k, v, m, scaling=0.3)
+    assert got.shape == want.shape == (B, 1, H, D)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_attention_decoder_makes_the_same_tokens(tiny_llama):
+    """StaticDecoder(attention="grouped") makes the tokens of the model's own attention, eager
+    and compiled (aot_eager), with the prefix routers on, and gives the model its attention
+    back afterwards."""
+    tok, model, banks = peaky(tiny_llama, "token_prefix", 16)
+    tok.padding_side = "left"
+    b = tok(PROMPTS, return_tensors="pt", padding=True)
+    L = b["input_ids"].shape[1] + 12
+    args = (model, L, 12, tok.eos_token_id, tok.pad_token_id)
+    want = StaticDecoder(*args).decode(b["input_ids"], b["attention_mask"])
+    torch._dynamo.reset()
+    for extra in ({}, {"compile": True, "backend": "aot_eager"}):
+        dec = StaticDecoder(*args, attention="grouped", **extra)
+        assert torch.equal(dec.decode(b["input_ids"], b["attention_mask"]), want)
+        assert model.get_base_model().config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="attention"):
+        StaticDecoder(*args, attention="flash")

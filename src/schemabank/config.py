@@ -52,6 +52,7 @@ ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.router
 DECODERS = ("hf", "static")  # see schemabank.decode
+DECODER_ATTENTIONS = ("model", "grouped")  # schemabank.decode.ATTENTIONS
 
 
 @dataclass
@@ -232,6 +233,10 @@ class EvalConfig:
     compile_decoder: bool = False
     """Capture the ``static`` decoder's single-token step with ``torch.compile``
     (``reduce-overhead``: one CUDA graph a token; CUDA only, eager elsewhere)."""
+    decoder_attention: str = "model"
+    """Attention of the ``static`` decoder's new tokens: ``model`` (the model's own, SDPA) or
+    ``grouped`` (grouped-query heads folded into one matmul over the cache as stored, no copy
+    of the cache per query head; :func:`schemabank.decode.grouped_attention`)."""
 
 
 @dataclass
@@ -496,6 +501,13 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.decoder: must be one of {', '.join(DECODERS)}, got {ev.decoder!r}")
     elif ev.compile_decoder and ev.decoder != "static":
         p.append("eval.compile_decoder: needs eval.decoder static (HF generate is not captured)")
+    if ev.decoder_attention not in DECODER_ATTENTIONS:
+        p.append(
+            f"eval.decoder_attention: must be one of {', '.join(DECODER_ATTENTIONS)}, "
+            f"got {ev.decoder_attention!r}"
+        )
+    elif ev.decoder_attention != "model" and ev.decoder != "static":
+        p.append("eval.decoder_attention: needs eval.decoder static (HF generate uses the model's)")
     if ev.num_samples < 0:
         p.append(f"eval.num_samples: must be >= 0, got {ev.num_samples}")
     if cfg.data.dev_size < 0:

@@ -19,9 +19,12 @@ the stop string and EOS, as it trims HF's output.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 import torch
-from transformers import StaticCache
+from transformers import AttentionInterface, StaticCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .attach import decoder_module
 from .bank import SchemaBank
@@ -40,6 +43,67 @@ def _cache_arg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+GROUPED = "schemabank_grouped"
+"""The attention implementation :class:`StaticDecoder` switches the model to with
+``attention="grouped"`` (:func:`grouped_attention`, registered with transformers'
+``AttentionInterface`` and sdpa's mask)."""
+
+
+def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """Attention of a single new token over a grouped-query KV cache without copying the cache
+    for every query head.
+
+    SDPA with a mask repeats each key/value head for its query heads (``repeat_kv``: a copy of
+    the whole cache per layer and step) before a kernel that reads it again. With one query
+    per row, the query heads that share a key/value head are folded into the query-length axis
+    instead, ``(B, H, 1, D) -> (B, H_kv, H / H_kv, D)``, so the scores are one batched matmul
+    against the cache as stored. ``query`` (B, H, q, D), ``key``/``value`` (B, H_kv, L, D),
+    ``attention_mask`` bool (B, 1, q, L), True where a query may attend, or additive float, or
+    None. Longer queries (the prefill) go to transformers' SDPA attention unchanged. Returns
+    ``(B, q, H, D)`` and no weights, as transformers' attention functions do."""
+    B, H, q, D = query.shape
+    if q > 1:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw
+        )
+    Hkv, L = key.shape[1], key.shape[2]
+    g = H // Hkv  # query heads h = kv * g + i share key/value head kv, as in repeat_kv
+    scale = scaling if scaling is not None else D**-0.5
+    scores = torch.matmul(query.reshape(B, Hkv, g, D), key.transpose(-1, -2)).float() * scale
+    if attention_mask is not None:  # (B, 1 or H, 1, L) -> (B, H_kv, g, L)
+        m = attention_mask[..., :L].reshape(B, -1, 1, L).expand(B, H, 1, L).reshape(B, Hkv, g, L)
+        if m.dtype == torch.bool:
+            scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + m.float()
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # (B, H_kv, g, D)
+    return out.reshape(B, H, 1, D).transpose(1, 2), None
+
+
+AttentionInterface.register(GROUPED, grouped_attention)
+AttentionMaskInterface.register(GROUPED, sdpa_mask)
+
+
+@contextmanager
+def attention_implementation(model, name: str | None):
+    """``model`` (a transformers model) with attention implementation ``name`` inside the
+    block, its own again after (None: unchanged)."""
+    before = model.config._attn_implementation
+    if name is None or name == before:
+        yield
+        return
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+ATTENTIONS = ("model", "grouped")
+"""``StaticDecoder(attention=...)``: the model's own attention, or :func:`grouped_attention`."""
+
+
 class StaticDecoder:
     """Greedy decoding of left-padded prompt batches with a static KV cache.
 
@@ -47,7 +111,9 @@ class StaticDecoder:
     length for every batch keeps the step's shapes, so a captured step is captured once per
     batch size. ``compile``: capture the single-token step with ``torch.compile`` (on CUDA as
     ``mode="reduce-overhead", fullgraph=True``: a CUDA graph; elsewhere only with ``backend``
-    given, e.g. ``"aot_eager"`` in tests, else it stays eager). The decoder sets the prefix state
+    given, e.g. ``"aot_eager"`` in tests, else it stays eager). ``attention``: one of
+    :data:`ATTENTIONS`, the attention of the new tokens' passes (``grouped``:
+    :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the prefix state
     of the banks' prefix routers itself (:attr:`~schemabank.router.PrefixState.held`).
     """
 
@@ -60,8 +126,13 @@ class StaticDecoder:
         pad_token_id: int | None,
         compile: bool = False,
         backend: str | None = None,
+        attention: str = "model",
     ):
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention: {attention!r} is not one of {ATTENTIONS}")
         self.model = _core(model)
+        self.attention_name = attention
+        self.attention = None if attention == "model" else GROUPED
         self.cache_len, self.max_new_tokens = cache_len, max_new_tokens
         self.eos, self.pad_id, self.compiled = eos_token_id, pad_token_id, compile
         self.pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
@@ -165,27 +236,33 @@ class StaticDecoder:
         for state in self.prefix_states:
             state.held = True
         try:
-            self._hold(attention_mask)
-            self.positions.copy_(positions[:, -1:])
-            logits = self._forward(input_ids, self.mask, positions)  # prefill (B, P)
-            out[:, 0] = self._pick(logits)
-            self._hold(None)  # every new token is real
-            done = [False] * B
-            for j in range(1, self.max_new_tokens):
-                if j % check_every == 0:
-                    recent = out[:, max(0, j - check_every - STOP_OVERLAP) : j]
-                    if self._all_done(recent, stopped, done):
-                        return out[:, :j]
-                if self.graphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                out[:, j] = self.step()
-                if self.graphs and not self.checked and j == 3:  # compiled, recorded, replayed
-                    warn_cudagraph_skips(self.skips_before, "the static decoder's step")
-                    self.checked = True
+            with attention_implementation(self.model, self.attention):
+                return self._loop(input_ids, attention_mask, positions, out, stopped, check_every)
         finally:
             for state in self.prefix_states:
                 state.held = False
                 state.set(None, False)
+
+    def _loop(self, input_ids, attention_mask, positions, out, stopped, check_every):
+        """:meth:`decode`'s prefill and steps, the prefix state held."""
+        B = input_ids.shape[0]
+        self._hold(attention_mask)
+        self.positions.copy_(positions[:, -1:])
+        logits = self._forward(input_ids, self.mask, positions)  # prefill (B, P)
+        out[:, 0] = self._pick(logits)
+        self._hold(None)  # every new token is real
+        done = [False] * B
+        for j in range(1, self.max_new_tokens):
+            if j % check_every == 0:
+                recent = out[:, max(0, j - check_every - STOP_OVERLAP) : j]
+                if self._all_done(recent, stopped, done):
+                    return out[:, :j]
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out[:, j] = self.step()
+            if self.graphs and not self.checked and j == 3:  # compiled, recorded, replayed
+                warn_cudagraph_skips(self.skips_before, "the static decoder's step")
+                self.checked = True
         return out
 
     def _all_done(self, new: torch.Tensor, stopped, done: list[bool]) -> bool:

@@ -111,12 +111,14 @@ def generate(
     max_prompt_tokens: int | None = None,
     decoder: str = "hf",
     compile_decoder: bool = False,
+    decoder_attention: str = "model",
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
     one row per prompt, each prompt's tokens are routed only among its row's schemas
     (oracle routing; :meth:`BankSet.restricted`). ``decoder``: ``hf`` (HF ``generate``) or
     ``static`` (:class:`~schemabank.decode.StaticDecoder`, the same tokens; its single-token step
-    captured as a CUDA graph with ``compile_decoder``)."""
+    captured as a CUDA graph with ``compile_decoder``; its new tokens' attention
+    ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
     cut = [max(0, len(ids) - (max_prompt_tokens or len(ids))) for ids in encoded]
@@ -134,7 +136,12 @@ def generate(
     if decoder == "static" and prompts:
         longest = max(len(ids) for ids in encoded)
         static = static_decoder(
-            model, tokenizer, longest + max_new_tokens, max_new_tokens, compile_decoder
+            model,
+            tokenizer,
+            longest + max_new_tokens,
+            max_new_tokens,
+            compile_decoder,
+            decoder_attention,
         )
     full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
@@ -175,7 +182,7 @@ CACHE_ROUNDING = (
 
 
 def static_decoder(
-    model, tokenizer, needed: int, max_new_tokens: int, compile: bool
+    model, tokenizer, needed: int, max_new_tokens: int, compile: bool, attention: str = "model"
 ) -> StaticDecoder:
     """The model's :class:`~schemabank.decode.StaticDecoder` for caches of ``needed`` tokens:
     the one kept from an earlier call when its cache is long enough and its settings match, else
@@ -186,6 +193,7 @@ def static_decoder(
         or dec.cache_len < needed
         or dec.max_new_tokens != max_new_tokens
         or dec.compiled != compile
+        or dec.attention_name != attention
         or (dec.eos, dec.pad_id) != (tokenizer.eos_token_id, tokenizer.pad_token_id)
     ):
         length = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
@@ -196,6 +204,7 @@ def static_decoder(
             tokenizer.eos_token_id,
             tokenizer.pad_token_id,
             compile=compile,
+            attention=attention,
         )
         _DECODERS[model] = dec
     return dec
@@ -477,6 +486,7 @@ def evaluate_gsm8k(
     report_routing: bool = True,
     decoder: str = "hf",
     compile_decoder: bool = False,
+    decoder_attention: str = "model",
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached; ``records``: every problem's
@@ -484,7 +494,8 @@ def evaluate_gsm8k(
     With several processes, each generates for its :func:`~schemabank.distributed.shard` of the
     problems. ``oracle``: route each problem's tokens among its tags' schemas only (the tags of
     its reference solution; :func:`oracle_masks`). ``report_routing`` False leaves out the
-    routing report (the banks still act). ``decoder``, ``compile_decoder``: as
+    routing report (the banks still act). ``decoder``, ``compile_decoder``,
+    ``decoder_attention``: as
     :func:`generate`."""
     # One batch of the whole test set was fastest on an H200 (20 s for 1,319 vs 34 s in batches of 512).
     batch_size = batch_size or (1536 if device.type == "cuda" else 16)
@@ -509,6 +520,7 @@ def evaluate_gsm8k(
         max_prompt_tokens=max_prompt,
         decoder=decoder,
         compile_decoder=compile_decoder,
+        decoder_attention=decoder_attention,
     )
     gens = distributed.gather_shards(my_gens, len(problems))
     gen_time = time.perf_counter() - t0
@@ -690,6 +702,7 @@ def run_evaluation(
         oracle=oracle,
         decoder=ecfg.decoder,
         compile_decoder=ecfg.compile_decoder,
+        decoder_attention=ecfg.decoder_attention,
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
@@ -710,6 +723,7 @@ def run_evaluation(
             report_routing=False,
             decoder=ecfg.decoder,
             compile_decoder=ecfg.compile_decoder,
+            decoder_attention=ecfg.decoder_attention,
         )["gsm8k"]
         timings["gsm8k_dev_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()

@@ -1,0 +1,152 @@
+"""Where a GSM8K decode step's time goes, on one batch of the test set (issue 14).
+
+Times one batch of the longest test prompts (``--batch`` rows, as ``evaluate_gsm8k`` orders
+them) decoded three ways with the config's adapter (untrained, seeded; speed only, the answers are
+not scored): HF ``generate``, the static-cache decoder eager, and the static decoder with its step
+captured (``torch.compile(mode="reduce-overhead")``: its first batch, which compiles, and a second
+one). Every decoder runs ``--new`` steps (no stop test, EOS ignored), so the ms per step compare.
+Then it profiles ``--profile-steps`` steps of the captured decoder (``torch.profiler``) and
+prints the top CUDA kernels and the GPU's busy share, which says whether the step is bound by
+the host (launches) or by the GPU (attention over the cache, the banks).
+
+    python scripts/profile_decoder.py --config configs/gsm8k/sb_b32_split50.yaml --batch 256
+
+Needs CUDA for the captured decoder; on the CPU it times the eager ones only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from schemabank.adapter import build_adapter
+from schemabank.config import load_config
+from schemabank.data import load_gsm8k
+from schemabank.decode import StaticDecoder
+from schemabank.evaluation import CACHE_ROUNDING, build_prompts
+from schemabank.models import load_base_model, resolve_base_model
+from schemabank.runtime import (
+    autocast,
+    cudagraph_skips,
+    pick_device,
+    seed_everything,
+    use_bf16,
+    weight_dtype,
+)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--new", type=int, default=256, help="decode steps per batch")
+    p.add_argument("--profile-steps", type=int, default=32)
+    p.add_argument("--attention", default=None, help="StaticDecoder attention (default: its own)")
+    p.add_argument("--only-compiled", action="store_true", help="skip HF generate and eager")
+    p.add_argument("--output", default=None, help="write the figures as JSON here")
+    a = p.parse_args()
+
+    cfg = load_config(a.config)
+    device = pick_device(cfg.training.device)
+    bf16 = use_bf16(cfg.training.precision, device)
+    tok, base = load_base_model(
+        resolve_base_model(cfg.model.base_model), device, weight_dtype(cfg.model.dtype, device)
+    )
+    seed_everything(cfg.experiment.seed)
+    model, banks, _ = build_adapter(base, cfg)
+    model.eval()
+    tok.padding_side = "left"
+    prompts = build_prompts(load_gsm8k("test"), [])
+    encoded = sorted((tok(q).input_ids for q in prompts), key=len, reverse=True)
+    longest = len(encoded[0])
+    cache_len = -(-(longest + a.new) // CACHE_ROUNDING) * CACHE_ROUNDING
+    batch = tok.pad({"input_ids": encoded[: a.batch]}, return_tensors="pt").to(device)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    out: dict = {
+        "batch": a.batch,
+        "prompt_len": ids.shape[1],
+        "cache_len": cache_len,
+        "new_tokens": a.new,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    extra = {} if a.attention is None else {"attention": a.attention}
+
+    def timed(name, fn):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast(device, bf16):
+            n = fn()
+        sync(device)
+        s = time.perf_counter() - t0
+        out[name] = {"s": s, "steps": n, "ms_per_step": 1000 * s / n}
+        print(f"{name:>24}: {s:7.2f} s, {n} steps, {1000 * s / n:6.2f} ms a step", flush=True)
+
+    def hf():
+        seqs = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=a.new,
+            min_new_tokens=a.new,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        return seqs.shape[1] - ids.shape[1]
+
+    if not a.only_compiled:
+        timed("hf_generate", hf)
+        eager = StaticDecoder(model, cache_len, a.new, None, tok.pad_token_id, **extra)
+        timed("static_eager", lambda: eager.decode(ids, mask).shape[1])
+    out["attention"] = a.attention or "model"
+    if device.type != "cuda":
+        print(json.dumps(out, indent=1))
+        if a.output:
+            with open(a.output, "w") as f:
+                json.dump(out, f, indent=1)
+        return
+    skips = cudagraph_skips()
+    dec = StaticDecoder(model, cache_len, a.new, None, tok.pad_token_id, compile=True, **extra)
+    timed("static_compiled_first", lambda: dec.decode(ids, mask).shape[1])
+    timed("static_compiled", lambda: dec.decode(ids, mask).shape[1])
+    out["cudagraph_skips"] = cudagraph_skips() - skips
+    print(f"cudagraph skips: {out['cudagraph_skips']}", flush=True)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    dec_steps = a.profile_steps
+    with torch.no_grad(), autocast(device, bf16):
+        dec.max_new_tokens = dec_steps
+        dec.decode(ids, mask)  # warm at the profiled length
+        sync(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            dec.decode(ids, mask)
+            sync(device)
+            wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in ka)
+    out["profile"] = {
+        "steps": dec_steps,
+        "wall_ms_per_step": 1000 * wall / dec_steps,
+        "gpu_busy_ms_per_step": gpu_us / 1000 / dec_steps,
+    }
+    print(
+        f"profiled {dec_steps} steps: {1000 * wall / dec_steps:.2f} ms a step wall (profiler on), "
+        f"GPU busy {gpu_us / 1000 / dec_steps:.2f} ms a step"
+    )
+    print(ka.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=90))
+    if a.output:
+        with open(a.output, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
