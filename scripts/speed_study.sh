@@ -4,6 +4,7 @@
 #   bench-eager    schemabank bench at the study's settings, eager step, with the PEFT peers
 #   bench-layers   the same with training.compile (scope layers) and the compiled static decoder
 #   bench-step     the same with training.compile (scope step)
+#   bench-eval     the GSM8K evaluation alone with the compiled static decoder (timed twice)
 #   bench-b192     bench-layers' training part at batch 192, length-grouped
 #   profile        scripts/profile_decoder.py: one batch decoded by HF generate, the static
 #                  decoder eager and captured, with a torch.profiler table (ATTN picks the
@@ -12,7 +13,8 @@
 #   run-cold, run-warm   one of the two
 #   decoders       the run's checkpoint evaluated again with HF generate: answers compared
 #   lora           the best LoRA (seed 42) on the fast path
-# Environment: SCOPE (training.compile_scope, default layers), ATTN (eval.decoder_attention,
+# Environment: COMPILE (training.compile of the runs, default true), SCOPE
+# (training.compile_scope, default layers), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
 # default model), EVAL_BATCH (eval.batch_size, default the config's).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=cudagraphs,recompiles shows why a step runs without CUDA graphs or recompiles.
@@ -25,7 +27,7 @@ SB=configs/gsm8k/sb_b32_split50.yaml
 LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
 DEC="--set eval.decoder=static --set eval.compile_decoder=true --set eval.decoder_attention=${ATTN:-model}"
 [ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
-FAST="--set training.compile=true --set training.compile_scope=${SCOPE:-layers} $DEC"
+FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC"
 BENCH="--steps 20 --warmup 15"
 timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.txt
   local name=$1 t0 rc
@@ -40,10 +42,13 @@ case $PART in
   bench-eager) timed bench_eager $SBC bench --config $SB $BENCH --output "$OUT/bench_eager.json" ;;
   bench-layers)
     timed bench_layers $SBC bench --config $SB $BENCH --set training.compile=true \
-      --set training.compile_scope=layers $DEC --output "$OUT/bench_layers.json" ;;
+      --set training.compile_scope=layers $DEC ${ONLY:+--only $ONLY} --output "$OUT/bench_layers.json" ;;
   bench-step)
     timed bench_step $SBC bench --config $SB $BENCH --set training.compile=true \
       --set training.compile_scope=step $DEC --output "$OUT/bench_step.json" ;;
+  bench-eval)
+    timed "bench_eval_${ATTN:-model}_${EVAL_BATCH:-256}" $SBC bench --config $SB --only eval $DEC \
+      --output "$OUT/bench_eval_${ATTN:-model}_${EVAL_BATCH:-256}.json" ;;
   bench-b192)
     timed bench_b192 $SBC bench --config $SB $BENCH --only train --set training.compile=true \
       --set training.compile_scope=${SCOPE:-layers} --set training.batch_size=192 \

@@ -139,3 +139,27 @@ def test_compiled_step_resumes_exactly(aot_eager, tiny_llama, data_dir, tmp_path
         straight.model.named_parameters(), second.model.named_parameters(), strict=True
     ):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def test_training_losses_build_no_kv_cache(tiny_llama):
+    """Both LM losses run the decoder with ``use_cache=False``: a KV cache in the training
+    forward is wasted memory, and under ``compile_scope: layers`` its per-layer state
+    (``layers[i].is_initialized``) made every decoder layer compile its own graph (30 of them on
+    SmolLM2, seen on an H200)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    decoder = model.get_decoder()
+    seen, forward = [], decoder.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("use_cache"))
+        return forward(*args, **kwargs)
+
+    decoder.forward = spy
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    labels = torch.tensor([[-100, -100, 7, 8, 9]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    answer_loss(model, batch)
+    masked_answer_loss(model, batch)
+    assert seen == [False, False]

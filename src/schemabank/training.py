@@ -681,8 +681,8 @@ def answer_loss(
     base = _plain_head_base(model)
     if base is None:
         return model(**batch).loss  # the head does more than a projection: use the model's loss
-    hidden = base.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    hidden = base.get_decoder()(  # no KV cache: a cache would make each layer's graph its own
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state  # (B, T, H)
     if positions is None:
         positions = answer_positions(batch["labels"])
