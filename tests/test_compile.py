@@ -163,3 +163,21 @@ def test_training_losses_build_no_kv_cache(tiny_llama):
     answer_loss(model, batch)
     masked_answer_loss(model, batch)
     assert seen == [False, False]
+
+
+def test_layer_graphs_keep_float_attributes_constant(tiny_llama, data_dir, monkeypatch):
+    """``compile_scope: layers`` keeps the layers' float attributes (norm epsilons, LoRA
+    scalings, the bank's epsilon) as constants: with ``dynamic=True`` Dynamo made them CPU
+    scalar tensors read with ``.item()``, which on an H200 put CPU ops inside every layer's graph
+    and crashed CUDA-graph recording (a segfault in the first training step)."""
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
+    t = make_trainer(tiny_llama, data_dir, training={"compile": True, "compile_scope": "layers"})
+    wake_up(t)
+    _records(t, STAGES[2], 3)
+    assert graphs and not [code for code in graphs if ".item()" in code]

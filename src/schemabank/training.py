@@ -737,11 +737,15 @@ def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, o
     """Each decoder layer's call compiled (regional compilation; on CUDA with
     ``mode="reduce-overhead"``), to be switched on by :meth:`Trainer._compiled_layers`. The
     layers share one compiled code: the first compiles, the alike ones reuse it (the bank's
-    layer, with its hook, compiles once more). Shapes are dynamic from the start."""
+    layer, with its hook, compiles once more). The first batch length compiles a static graph,
+    a second one a graph with a symbolic length (``dynamic=None``). Not ``dynamic=True``: it also
+    turns the layers' float attributes (norm epsilons, LoRA scalings) into CPU scalar tensors,
+    which on an H200 (torch 2.11) split each layer's graph around CPU ops and crashed CUDA-graph
+    recording."""
     _raise_recompile_limit()
     mode = compile_mode(device)
     return [
-        (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode, dynamic=True))
+        (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode))
         for layer in decoder_layers(model)
     ]
 
