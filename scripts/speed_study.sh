@@ -35,7 +35,7 @@ timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.t
   t0=$(date +%s.%N)
   "$@" > "$OUT/$name.log" 2>&1
   rc=$?
-  echo "$name rc=$rc wall_s=$(echo "$(date +%s.%N) - $t0" | bc)" | tee -a "$OUT/times.txt"
+  echo "$name rc=$rc wall_s=$(awk "BEGIN {print $(date +%s.%N) - $t0}")" | tee -a "$OUT/times.txt"
   return $rc
 }
 case $PART in
