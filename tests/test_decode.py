@@ -190,7 +190,9 @@ def test_decoder_keys_are_validated(tiny_llama):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder": "fast"}))
     with pytest.raises(ConfigError, match="eval.compile_decoder: needs eval.decoder static"):
         config_from_dict(tiny_config(tiny_llama, eval={"compile_decoder": True}))
-    with pytest.raises(ConfigError, match="eval.decoder_attention: must be one of model, grouped"):
+    with pytest.raises(
+        ConfigError, match="eval.decoder_attention: must be one of model, grouped or null"
+    ):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "flash"}))
     with pytest.raises(ConfigError, match="eval.decoder_attention: needs eval.decoder static"):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "grouped"}))

@@ -471,7 +471,9 @@ def run_bench(
             "max_new_tokens": cfg.eval.max_new_tokens,
             "decoder": cfg.eval.decoder,
             "compile_decoder": cfg.eval.compile_decoder,
-            "decoder_attention": cfg.eval.decoder_attention,
+            "decoder_attention": (cfg.eval.decoder_attention or "grouped")
+            if cfg.eval.decoder == "static"
+            else None,
             "limit": limit,
             "checkpoint": str(checkpoint) if checkpoint else None,
             "layers": cfg.schemabank.layers,

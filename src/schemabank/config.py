@@ -233,10 +233,11 @@ class EvalConfig:
     compile_decoder: bool = False
     """Capture the ``static`` decoder's single-token step with ``torch.compile``
     (``reduce-overhead``: one CUDA graph a token; CUDA only, eager elsewhere)."""
-    decoder_attention: str = "model"
-    """Attention of the ``static`` decoder's new tokens: ``model`` (the model's own, SDPA) or
-    ``grouped`` (grouped-query heads folded into one matmul over the cache as stored, no copy
-    of the cache per query head; :func:`schemabank.decode.grouped_attention`)."""
+    decoder_attention: str | None = None
+    """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
+    into one matmul over the cache as stored, no copy of the cache per query head;
+    :func:`schemabank.decode.grouped_attention`) or ``model`` (the model's own, SDPA); ``null``:
+    ``grouped``, which took a captured decode step from 13.7 to 5.6 ms on an H200."""
 
 
 @dataclass
@@ -501,12 +502,12 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.decoder: must be one of {', '.join(DECODERS)}, got {ev.decoder!r}")
     elif ev.compile_decoder and ev.decoder != "static":
         p.append("eval.compile_decoder: needs eval.decoder static (HF generate is not captured)")
-    if ev.decoder_attention not in DECODER_ATTENTIONS:
+    if ev.decoder_attention is not None and ev.decoder_attention not in DECODER_ATTENTIONS:
         p.append(
-            f"eval.decoder_attention: must be one of {', '.join(DECODER_ATTENTIONS)}, "
+            f"eval.decoder_attention: must be one of {', '.join(DECODER_ATTENTIONS)} or null, "
             f"got {ev.decoder_attention!r}"
         )
-    elif ev.decoder_attention != "model" and ev.decoder != "static":
+    elif ev.decoder_attention is not None and ev.decoder != "static":
         p.append("eval.decoder_attention: needs eval.decoder static (HF generate uses the model's)")
     if ev.num_samples < 0:
         p.append(f"eval.num_samples: must be >= 0, got {ev.num_samples}")

@@ -111,14 +111,14 @@ def generate(
     max_prompt_tokens: int | None = None,
     decoder: str = "hf",
     compile_decoder: bool = False,
-    decoder_attention: str = "model",
+    decoder_attention: str | None = None,
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
     one row per prompt, each prompt's tokens are routed only among its row's schemas
     (oracle routing; :meth:`BankSet.restricted`). ``decoder``: ``hf`` (HF ``generate``) or
     ``static`` (:class:`~schemabank.decode.StaticDecoder`, the same tokens; its single-token step
     captured as a CUDA graph with ``compile_decoder``; its new tokens' attention
-    ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`)."""
+    ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`, None: ``grouped``)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
     cut = [max(0, len(ids) - (max_prompt_tokens or len(ids))) for ids in encoded]
@@ -141,7 +141,7 @@ def generate(
             longest + max_new_tokens,
             max_new_tokens,
             compile_decoder,
-            decoder_attention,
+            decoder_attention or "grouped",
         )
     full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
@@ -486,7 +486,7 @@ def evaluate_gsm8k(
     report_routing: bool = True,
     decoder: str = "hf",
     compile_decoder: bool = False,
-    decoder_attention: str = "model",
+    decoder_attention: str | None = None,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached; ``records``: every problem's
