@@ -29,18 +29,11 @@ from . import distributed
 from .adapter import adapter_parameters, build_adapter
 from .attach import decoder_layers
 from .bank import balance_loss, routing_ce, z_loss
+from .batching import Batches, answer_positions, split_batch
 from .checkpoint import save_checkpoint
 from .config import Config, check_config, dump_config
-from .data import (
-    DataOrder,
-    Problem,
-    collate,
-    encode_all,
-    load_gsm8k,
-    load_wikitext,
-    split_dev,
-)
-from .errors import CheckpointError, SchemaBankError
+from .data import Problem, load_gsm8k, load_wikitext, split_dev
+from .errors import CheckpointError, SchemaBankError, TrainingError
 from .evaluation import check_context, evaluate_run, write_samples
 from .files import atomic_write_text, check_writable, write_json
 from .models import load_base_model, resolve_base_model
@@ -56,13 +49,9 @@ from .runtime import (
 )
 from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
-from .tags import dropout_for_step, routing_target
+from .tags import dropout_for_step
 from .telemetry import LOG_FIELDS, JsonlLogger, NullLogger
 from .tracking import check_trackers, eval_values, make_trackers, step_values
-
-
-class TrainingError(SchemaBankError):
-    """Training cannot go on (a non-finite loss)."""
 
 
 class TrainingInterrupted(SchemaBankError):
@@ -125,17 +114,10 @@ class Trainer:
         self.heldout = list(heldout)  # problems for stage 1's held-out routing loss (patience)
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        seed = cfg.experiment.seed
-        self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
-        self._n_ans: dict[tuple[int, bool], int] = {}  # answer tokens the LM loss trains on
-        self._targets: torch.Tensor | None = None  # (N, S): each problem's routing target
-        lengths = None
-        if cfg.training.group_by_length:
-            keys = [(i, False) for i in range(len(train_set))]
-            self.encode_many(keys)
-            lengths = [len(self._encoded[k][0]) for k in keys]
-        self.order = DataOrder(len(train_set), cfg.training.batch_size, seed, lengths)
-        self.tag_rng = torch.Generator().manual_seed(seed + 1)
+        t = cfg.training
+        pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if t.compile else None)
+        # the data order, the tokenised examples and their copies to the device
+        self.batches = Batches(cfg, tokenizer, train_set, device, pad_multiple)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
         distributed.broadcast_parameters(params)  # every process starts from rank 0's weights
         self.optimizer = torch.optim.AdamW(
@@ -152,8 +134,6 @@ class Trainer:
         self.run_dir: Path | None = None
         self.trackers: list = []  # training.report_to (rank 0)
         self.last_saved_step: int | None = None
-        t = cfg.training
-        self.pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if t.compile else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
         if t.compile and t.compile_scope == "step":
@@ -162,77 +142,6 @@ class Trainer:
             self._regions = compile_layers(model, device)
         self.graphs = t.compile and compile_mode(device) == "reduce-overhead"
         self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
-
-    def encode_many(self, keys: list[tuple[int, bool]]) -> None:
-        """Tokenise the training examples ``keys`` (``(problem index, tagged)`` pairs) not yet
-        done, in one batched tokenizer call, and count their answer tokens (the labels after the
-        first that are not -100: what the LM loss predicts). Memoised: epochs repeat them."""
-        missing = list(dict.fromkeys(k for k in keys if k not in self._encoded))
-        if not missing:
-            return
-        probs = [self.train_set[i] for i, _ in missing]
-        tags = [p.tags if tagged else None for p, (_, tagged) in zip(probs, missing, strict=True)]
-        encoded = encode_all(self.tok, probs, self.cfg.training.max_length, tags)
-        for key, (ids, labels) in zip(missing, encoded, strict=True):
-            self._encoded[key] = (ids, labels)
-            self._n_ans[key] = sum(x != -100 for x in labels[1:])
-
-    def next_examples(self, stage: Stage, p_drop: float):
-        """The next (global) batch's (ids, labels) pairs, routing targets (B, S) and answer
-        token counts, on the host; every process draws the same."""
-        examples, n_ans = [], []
-        max_length = self.cfg.training.max_length
-        drawn = [
-            (i, stage.tagged and bool(torch.rand((), generator=self.tag_rng) >= p_drop))
-            for i in self.order.next_batch()
-        ]
-        self.encode_many(drawn)  # the ones not yet memoised, in one batched tokenizer call
-        for i, keep in drawn:
-            ids, labels = self._encoded[(i, keep)]
-            n_ans.append(self._n_ans[(i, keep)])
-            if "lm" in stage.losses and n_ans[-1] == 0:
-                raise TrainingError(
-                    f"training.max_length: {max_length} tokens leave no answer tokens for training problem "
-                    f"{i} (its prompt is {len(ids)}+ tokens); raise training.max_length"
-                )
-            examples.append((ids, labels))
-        return examples, self.routing_targets()[[i for i, _ in drawn]], n_ans
-
-    def routing_targets(self) -> torch.Tensor:
-        """(N, S): every training problem's routing target (computed once)."""
-        if self._targets is None:
-            S = self.cfg.schemabank.num_schemas
-            self._targets = torch.stack([routing_target(p.tags, S) for p in self.train_set])
-        return self._targets
-
-    def prepare_examples(self, stage: Stage) -> None:
-        """Everything about the training examples that :meth:`next_examples` needs for the
-        stage, made before its steps (where each process would otherwise redo the whole batch's
-        share of it, while the GPU waits): every prompt the stage may draw tokenised, in batched
-        calls, with its answer-token count, and the routing targets."""
-        variants = (True, False) if stage.tagged else (False,)
-        self.encode_many([(i, v) for v in variants for i in range(len(self.train_set))])
-        self.routing_targets()
-
-    def move(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A host tensor on the device, copied asynchronously: through pinned memory on a GPU,
-        since a copy from pageable memory may wait for the GPU's queued work."""
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory()
-        return tensor.to(self.device, non_blocking=True)
-
-    def to_device(self, examples, targets: torch.Tensor):
-        """Examples as one padded batch on the device, their routing targets, and the batch's
-        :func:`answer_positions` (found on the host, so that the loss need not ask the GPU)."""
-        host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
-        positions = answer_positions(host["labels"])
-        return {k: self.move(v) for k, v in host.items()}, self.move(targets), self.move(positions)
-
-    def make_batch(self, stage: Stage, p_drop: float):
-        """The next batch as one padded batch on the device, its targets and non-padding tokens."""
-        examples, targets, _ = self.next_examples(stage, p_drop)
-        batch, targets, _ = self.to_device(examples, targets)
-        return batch, targets, sum(len(ids) for ids, _ in examples)
 
     def losses(
         self,
@@ -354,7 +263,7 @@ class Trainer:
         t = self.cfg.training
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        examples, targets, n_ans = self.next_examples(stage, p_drop)
+        examples, targets, n_ans = self.batches.next_examples(stage, p_drop)
         n_tok = [len(ids) for ids, _ in examples]
         chunks = split_batch(n_tok, self.rank, self.world, self.cfg.training.micro_batch_size)
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
@@ -364,7 +273,7 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
             self._check_graphs(stage)  # the last step's graph outputs are done
         for chunk in chunks:
-            batch, chunk_targets, positions = self.to_device(
+            batch, chunk_targets, positions = self.batches.to_device(
                 [examples[j] for j in chunk], targets[chunk]
             )
             padded += batch["input_ids"].numel()
@@ -506,7 +415,7 @@ class Trainer:
         t = self.cfg.training
         every = t.checkpoint_every
         self.enter_stage(stage)
-        self.prepare_examples(stage)
+        self.batches.prepare(stage)
         s1 = t.stages.stage1_router_pretrain
         schedule = s1.tag_curriculum.dropout_schedule
         t_stage = t_prev = time.perf_counter()
@@ -609,28 +518,6 @@ def _steps_run(summary: dict | None, steps: int) -> int:
     return steps if ran is None else ran
 
 
-def split_batch(lengths: list[int], rank: int, world: int, micro: int | None) -> list[list[int]]:
-    """The micro-batches (indices into a global batch of examples of ``lengths`` tokens) that
-    process ``rank`` of ``world`` computes: every ``world``-th example (strided, so that a batch
-    of similar lengths is shared evenly), sorted by length and cut into micro-batches of ``micro``
-    examples (the whole share when None), so that each is padded only to its own longest."""
-    share = sorted(range(rank, len(lengths), world), key=lambda j: lengths[j])
-    size = micro or len(share)
-    return [share[i : i + size] for i in range(0, len(share), size)]
-
-
-def padded_tokens(lengths: list[int], world: int, micro: int | None) -> list[int]:
-    """Tokens each process computes for a batch (its micro-batches padded), :func:`split_batch`
-    applied to every rank."""
-    return [
-        sum(
-            len(chunk) * max(lengths[j] for j in chunk)
-            for chunk in split_batch(lengths, r, world, micro)
-        )
-        for r in range(world)
-    ]
-
-
 def pack_values(record: dict) -> tuple[list[tuple[str, int]], torch.Tensor]:
     """The tensors of a step record, flattened into one float32 tensor: ``([(key, numel), ...],
     flat)``, for one copy to the host; :func:`unpack_values` undoes it."""
@@ -648,14 +535,6 @@ def unpack_values(record: dict, keys: list[tuple[str, int]], values: list[float]
         out[k] = values[i] if record[k].dim() == 0 else values[i : i + n]
         i += n
     return out
-
-
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Flat indices ``b * T + t`` into a (B, T) batch of the positions that predict an answer
-    token (``labels[b, t + 1] != -100``), in row-major order."""
-    T = labels.shape[1]
-    b, t = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-    return b * T + t
 
 
 def _plain_head_base(model):
