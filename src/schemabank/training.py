@@ -256,9 +256,9 @@ class Trainer:
         for the LM loss), so the gradient is that of the whole batch. With several processes,
         this one takes every ``world``-th example of the batch (strided, so that a length-sorted
         batch is shared evenly) and the shares are of the whole batch's tokens, so the sum of the
-        processes' gradients (:meth:`_sum_over_processes`) is the whole batch's gradient. The
-        parameter-only ortho term is split over every process's micro-batches. Returns the
-        step's log record with its values still on the device.
+        processes' gradients (:func:`~schemabank.distributed.sum_gradients`) is the whole batch's
+        gradient. The parameter-only ortho term is split over every process's micro-batches.
+        Returns the step's log record with its values still on the device.
         """
         t = self.cfg.training
         for group in self.optimizer.param_groups:
@@ -291,7 +291,9 @@ class Trainer:
             loss.backward()
             for k, v in [("loss", loss), *parts.items()]:
                 totals[k] = totals[k] + v.detach() if k in totals else v.detach()
-        stop = self._sum_over_processes(totals) if self.world > 1 else None
+        stop = None
+        if self.world > 1:  # one all-reduce: gradients, loss totals and stop requests
+            stop = distributed.sum_gradients(self._trainable, totals, self._stop_request())
         grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, t.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -333,30 +335,13 @@ class Trainer:
             done.record()
         return {**record, "_packed": (keys, flat, done)}
 
-    def _sum_over_processes(self, totals: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum the trainable parameters' gradients and the step's loss totals (in place) over
-        the processes, in one all-reduce of a flat buffer that also carries this process's stop
-        request; returns how many processes had a SIGINT and a SIGTERM (2,), on the device."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trainable]
-        keys = sorted(totals)
-        # Made on the device: a copy from pageable host memory would wait for the backward pass.
+    def _stop_request(self) -> torch.Tensor:
+        """(2,) on the device: 1 where this process has a SIGINT, a SIGTERM (made on the device:
+        a copy from pageable host memory would wait for the backward pass)."""
         stop = torch.zeros(2, dtype=torch.float32, device=self.device)
         if self.stop_signal in (signal.SIGINT, signal.SIGTERM):
             stop[0 if self.stop_signal == signal.SIGINT else 1] = 1.0
-        flat = torch.cat(
-            [g.reshape(-1).float() for g in grads]
-            + [torch.stack([totals[k].float() for k in keys]), stop]
-        )
-        distributed.all_reduce_sum(flat)
-        offset = 0
-        for p, g in zip(self._trainable, grads, strict=True):
-            if p.grad is not None:
-                p.grad.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-        for k in keys:
-            totals[k] = flat[offset]
-            offset += 1
-        return flat[offset:]
+        return stop
 
     def _emit(self, record: dict, logger: JsonlLogger, bar, t_prev: float, t_stage: float) -> float:
         """Bring a step's values to the host (waiting for that step only), check the loss, log."""
