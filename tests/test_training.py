@@ -16,14 +16,9 @@ from schemabank.config import config_from_dict
 from schemabank.data import load_gsm8k, split_dev
 from schemabank.errors import TrainingError
 from schemabank.stages import BASELINE, STAGES, count_parameters, param_group
+from schemabank.steplog import pack_values, unpack_values
 from schemabank.telemetry import JsonlLogger, read_jsonl
-from schemabank.training import (
-    Trainer,
-    lr_factor,
-    pack_values,
-    stage_plan,
-    unpack_values,
-)
+from schemabank.training import Trainer, lr_factor, stage_plan
 
 
 class _Bar:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, steplog
 from .adapter import adapter_parameters, build_adapter
 from .attach import decoder_layers
 from .bank import balance_loss, routing_ce, z_loss
@@ -50,8 +50,8 @@ from .runtime import (
 from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
 from .tags import dropout_for_step
-from .telemetry import LOG_FIELDS, JsonlLogger, NullLogger
-from .tracking import check_trackers, eval_values, make_trackers, step_values
+from .telemetry import JsonlLogger, NullLogger
+from .tracking import check_trackers, eval_values, make_trackers
 
 
 class TrainingInterrupted(SchemaBankError):
@@ -92,8 +92,9 @@ class Trainer:
 
     The step never waits for the GPU: losses stay on the device, their copy to pinned host memory
     is queued as the step ends, and the step's log line is written once the next step has been
-    queued (:meth:`_emit`, waiting for that copy alone), which is also where a non-finite loss is
-    caught. Meanwhile the host prepares the next batch while the GPU still works.
+    queued (:mod:`schemabank.steplog`; :meth:`_emit`, waiting for that copy alone), which is also
+    where a non-finite loss is caught. Meanwhile the host prepares the next batch
+    (:mod:`schemabank.batching`) while the GPU still works.
 
     With several processes, each runs the same Trainer on the same global batches and computes
     every ``world``-th example of each (:meth:`train_step`).
@@ -301,7 +302,7 @@ class Trainer:
         gain = None
         if self.banks is not None:
             gain = torch.stack([b.gain.detach() for b in self.banks]).mean()
-        return self._start_host_copy(
+        return steplog.start_host_copy(
             {
                 "step": self.step,
                 "stage": stage.label,
@@ -318,22 +319,9 @@ class Trainer:
                 "padded_tokens": padded,
                 "gain": gain,
                 "stop": stop,
-            }
+            },
+            self.device,
         )
-
-    def _start_host_copy(self, record: dict) -> dict:
-        """Pack the step's device values into one tensor and, on a GPU, start copying it to
-        pinned host memory now, with an event marking the copy's end, so that :meth:`_emit`
-        waits for this step only. (A plain ``.item()`` there would queue behind the next step's
-        work, and the host would prepare the batch after it with the GPU idle.)"""
-        keys, flat = pack_values(record)
-        done = None
-        if self.device.type == "cuda":
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-            flat = host.copy_(flat, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        return {**record, "_packed": (keys, flat, done)}
 
     def _stop_request(self) -> torch.Tensor:
         """(2,) on the device: 1 where this process has a SIGINT, a SIGTERM (made on the device:
@@ -345,10 +333,7 @@ class Trainer:
 
     def _emit(self, record: dict, logger: JsonlLogger, bar, t_prev: float, t_stage: float) -> float:
         """Bring a step's values to the host (waiting for that step only), check the loss, log."""
-        keys, flat, done = record.pop("_packed")
-        if done is not None:
-            done.synchronize()
-        line = unpack_values(record, keys, flat.tolist())
+        line = steplog.finish_host_copy(record)
         stop = line.pop("stop", None)
         if stop is not None:  # the same on every process: all stop at the same step
             sigint, sigterm = stop
@@ -365,13 +350,7 @@ class Trainer:
                 f"{what} is {line['loss'] if what == 'loss' else line['grad_norm']} at step {line['step']} "
                 f"(stage {line['stage']}); stopping: {kept}. Lower the learning rate or check the data."
             )
-        line["tokens_per_s"] = line["tokens"] / max(now - t_prev, 1e-9)
-        line["elapsed_s"] = now - t_stage
-        logger.log({k: line.get(k) for k in LOG_FIELDS})
-        for tracker in self.trackers:
-            tracker.log(step_values(line), line["step"])
-        bar.set_postfix(stage=line["stage"], loss=f"{line['loss']:.3f}")
-        bar.update(1)
+        steplog.write(line, now - t_prev, now - t_stage, logger, self.trackers, bar)
         self.last_line = line
         return now
 
@@ -501,25 +480,6 @@ def _steps_run(summary: dict | None, steps: int) -> int:
     """Steps a stage takes: all of them, unless its held-out routing loss ended it earlier."""
     ran = ((summary or {}).get("heldout") or {}).get("steps_run")
     return steps if ran is None else ran
-
-
-def pack_values(record: dict) -> tuple[list[tuple[str, int]], torch.Tensor]:
-    """The tensors of a step record, flattened into one float32 tensor: ``([(key, numel), ...],
-    flat)``, for one copy to the host; :func:`unpack_values` undoes it."""
-    keys = [(k, v.numel()) for k, v in record.items() if isinstance(v, torch.Tensor)]
-    tensors = [record[k].detach().float().reshape(-1) for k, _ in keys]
-    return keys, torch.cat(tensors) if tensors else torch.zeros(0)
-
-
-def unpack_values(record: dict, keys: list[tuple[str, int]], values: list[float]) -> dict:
-    """``record`` with each packed tensor replaced by its value from ``values`` (the packed
-    tensor on the host, as a list): a float for a one-element tensor of no dimensions, else a
-    list."""
-    out, i = dict(record), 0
-    for k, n in keys:
-        out[k] = values[i] if record[k].dim() == 0 else values[i : i + n]
-        i += n
-    return out
 
 
 def _plain_head_base(model):
