@@ -88,7 +88,7 @@ def stage_plan(cfg: Config) -> list[tuple[Stage, int, float]]:
 
 
 class Trainer:
-    """Holds what a run needs between steps: model, banks, optimiser, data order and RNGs.
+    """Holds what a run needs between steps: model, banks, optimiser and batches.
 
     The step never waits for the GPU: losses stay on the device, their copy to pinned host memory
     is queued as the step ends, and the step's log line is written once the next step has been
@@ -564,8 +564,8 @@ def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, o
     layer, with its hook, compiles once more). The first batch length compiles a static graph,
     a second one a graph with a symbolic length (``dynamic=None``). Not ``dynamic=True``: it also
     turns the layers' float attributes (norm epsilons, LoRA scalings) into CPU scalar tensors,
-    which on an H200 (torch 2.11) split each layer's graph around CPU ops and crashed CUDA-graph
-    recording."""
+    which split each layer's graph around CPU ops and make CUDA-graph recording crash (torch
+    2.11)."""
     _raise_recompile_limit()
     mode = compile_mode(device)
     return [
