@@ -7,7 +7,7 @@ and the training data, not a GPU):
 
 It draws the first ``--steps`` global batches of a config's training order with
 ``training.group_by_length`` on, as training does, and splits each as the Trainer does for 1
-process and for N (:func:`schemabank.training.split_batch`: every N-th example of the batch to
+process and for N (:func:`schemabank.batching.split_batch`: every N-th example of the batch to
 each process, sorted by length, cut into micro-batches that are each padded to their longest).
 It prints the share of computed tokens that are padding, and the speed-up over one process that
 the padding leaves to N processes if a step's time is proportional to the tokens of its busiest
@@ -22,11 +22,11 @@ import sys
 
 import torch
 
+from schemabank.batching import padded_tokens
 from schemabank.config import load_config
 from schemabank.data import DataOrder, encode_all, load_gsm8k, split_dev
 from schemabank.errors import SchemaBankError
 from schemabank.models import load_base_model, resolve_base_model
-from schemabank.training import padded_tokens
 
 
 def parse_args(argv=None):

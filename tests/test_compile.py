@@ -14,10 +14,11 @@ import torch
 from test_training import make_trainer, wake_up
 
 from schemabank import training
-from schemabank.data import collate
+from schemabank.batching import answer_positions
+from schemabank.data import DataOrder, collate
 from schemabank.stages import BASELINE, STAGES
 from schemabank.state import load_state, save_state
-from schemabank.training import answer_loss, answer_positions, masked_answer_loss
+from schemabank.training import answer_loss, masked_answer_loss
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_collate_pads_to_a_multiple():
 def test_masked_answer_loss_equals_answer_loss(tiny_llama, data_dir):
     trainer = make_trainer(tiny_llama, data_dir, mode="baseline")
     wake_up(trainer)
-    batch, _, _ = trainer.make_batch(BASELINE, 1.0)
+    batch, _, _ = trainer.batches.make_batch(BASELINE, 1.0)
     want = answer_loss(trainer.model, batch, positions=answer_positions(batch["labels"]))
     torch.testing.assert_close(masked_answer_loss(trainer.model, batch), want)
 
@@ -69,10 +70,10 @@ def test_padding_to_a_multiple_keeps_the_step(tiny_llama, data_dir):
     rounded = make_trainer(tiny_llama, data_dir, training={"pad_to_multiple_of": 64})
     for t in (ragged, rounded):
         wake_up(t)
-    batch, _, _ = rounded.make_batch(STAGES[2], 1.0)
+    batch, _, _ = rounded.batches.make_batch(STAGES[2], 1.0)
     assert batch["input_ids"].shape[1] % 64 == 0
-    rounded.order = type(ragged.order)(len(ragged.train_set), 2, 0)  # rewind: the same batches
-    ragged.order = type(ragged.order)(len(ragged.train_set), 2, 0)
+    for t in (ragged, rounded):  # rewind: the same batches
+        t.batches.order = DataOrder(len(t.train_set), 2, 0)
     _assert_same_training(ragged, rounded, STAGES[2])
 
 
@@ -110,7 +111,7 @@ def test_compiled_step_equals_the_eager_step(
         training={"compile": True, "compile_scope": scope},
         **sections,
     )
-    assert compiled.pad_multiple == 64 and eager._compiled_losses is None
+    assert compiled.batches.pad_multiple == 64 and eager._compiled_losses is None
     assert (compiled._compiled_losses is not None) == (scope == "step")
     assert bool(compiled._regions) == (scope == "layers")
     for t in (eager, compiled):

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 
 from schemabank.cli import main
 from schemabank.config import config_from_dict
-from schemabank.errors import SchemaBankError
+from schemabank.errors import SchemaBankError, TrainingError
 from schemabank.state import STATE_DIR
-from schemabank.training import TrainingError, run
+from schemabank.training import run
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("tokens_per_s", "elapsed_s")

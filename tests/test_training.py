@@ -14,16 +14,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from schemabank.adapter import build_adapter, matched_rank
 from schemabank.config import config_from_dict
 from schemabank.data import load_gsm8k, split_dev
+from schemabank.errors import TrainingError
 from schemabank.stages import BASELINE, STAGES, count_parameters, param_group
+from schemabank.steplog import pack_values, unpack_values
 from schemabank.telemetry import JsonlLogger, read_jsonl
-from schemabank.training import (
-    Trainer,
-    TrainingError,
-    lr_factor,
-    pack_values,
-    stage_plan,
-    unpack_values,
-)
+from schemabank.training import Trainer, lr_factor, stage_plan
 
 
 class _Bar:
@@ -107,15 +102,15 @@ def test_both_modes_share_data_order_and_lora_init(tiny_llama, data_dir):
     assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[n], lora_b[n]) for n in lora_a)
     # tag dropout draws from its own generator, so both modes see the same problems in order
     for stage_a, p_drop in ((STAGES[0], 1.0), (STAGES[0], 0.5), (STAGES[1], 1.0), (STAGES[2], 1.0)):
-        batch_a, _, _ = a.make_batch(stage_a, p_drop)
-        batch_b, _, _ = b.make_batch(BASELINE, 1.0)
+        batch_a, _, _ = a.batches.make_batch(stage_a, p_drop)
+        batch_b, _, _ = b.batches.make_batch(BASELINE, 1.0)
         if p_drop == 1.0:  # no tag line: identical inputs
             assert torch.equal(batch_a["input_ids"], batch_b["input_ids"])
 
 
 def test_stage1_targets_follow_tags(tiny_llama, data_dir):
     trainer = make_trainer(tiny_llama, data_dir)
-    batch, targets, n_tokens = trainer.make_batch(STAGES[0], 0.0)
+    batch, targets, n_tokens = trainer.batches.make_batch(STAGES[0], 0.0)
     assert targets.shape == (2, 8)
     torch.testing.assert_close(targets.sum(-1), torch.ones(2))
     assert n_tokens == int(batch["attention_mask"].sum())
@@ -182,11 +177,12 @@ def test_max_length_without_answer_tokens_is_an_error(tiny_llama, data_dir, tmp_
 def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
     """The fast loss (vocabulary projection on answer positions only, chunked) is the Hugging Face
     causal-LM loss, with LoRA and banks active."""
-    from schemabank.training import answer_loss, answer_positions
+    from schemabank.batching import answer_positions
+    from schemabank.training import answer_loss
 
     trainer = make_trainer(tiny_model, data_dir)
     wake_up(trainer)
-    batch, _, _ = trainer.make_batch(STAGES[1], 1.0)
+    batch, _, _ = trainer.batches.make_batch(STAGES[1], 1.0)
     expected = trainer.model(**batch).loss
     positions = answer_positions(batch["labels"])
     for chunk, given in ((8192, None), (7, None), (8192, positions), (7, positions)):
@@ -212,7 +208,7 @@ def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
 
 
 def test_answer_positions_point_at_the_tokens_before_each_answer_token():
-    from schemabank.training import answer_positions
+    from schemabank.batching import answer_positions
 
     labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
     pos = answer_positions(labels)
@@ -221,19 +217,19 @@ def test_answer_positions_point_at_the_tokens_before_each_answer_token():
 
 
 def test_prepared_examples_are_those_drawn_without_preparation(tiny_llama, data_dir, monkeypatch):
-    """prepare_examples moves the tokenisation, answer counts and routing targets out of the
+    """Batches.prepare moves the tokenisation, answer counts and routing targets out of the
     steps: the batches are the same, and the steps no longer call the tokenizer."""
     lazy, ready = make_trainer(tiny_llama, data_dir), make_trainer(tiny_llama, data_dir)
     drops = (0.0, 0.5, 1.0)
-    expected = [lazy.next_examples(STAGES[0], p_drop) for p_drop in drops]
-    ready.prepare_examples(STAGES[0])
+    expected = [lazy.batches.next_examples(STAGES[0], p_drop) for p_drop in drops]
+    ready.batches.prepare(STAGES[0])
 
     def no_tokenizer(*args, **kwargs):
         pytest.fail("a step tokenised")
 
-    monkeypatch.setattr("schemabank.training.encode_all", no_tokenizer)
+    monkeypatch.setattr("schemabank.batching.encode_all", no_tokenizer)
     for p_drop, (ex_l, targets_l, n_l) in zip(drops, expected, strict=True):
-        ex_r, targets_r, n_r = ready.next_examples(STAGES[0], p_drop)
+        ex_r, targets_r, n_r = ready.batches.next_examples(STAGES[0], p_drop)
         assert ex_r == ex_l and n_r == n_l and torch.equal(targets_r, targets_l)
         assert n_r == [sum(x != -100 for x in labels[1:]) for _, labels in ex_r]
 
@@ -340,16 +336,19 @@ def test_saved_state_restores_the_grouped_data_order_with_its_carried_problems(
     grouped = {"batch_size": 3, "group_by_length": True}
     a = make_trainer(tiny_llama, data_dir, training=grouped)
     for _ in range(2):
-        a.next_examples(BASELINE, 1.0)
-    assert a.order.carry and a.order.pos == len(a.order.perm)  # the next batch needs them
+        a.batches.next_examples(BASELINE, 1.0)
+    order = a.batches.order
+    assert order.carry and order.pos == len(order.perm)  # the next batch needs them
     save_state(tmp_path, a, {})
     b = make_trainer(tiny_llama, data_dir, training=grouped)
     load_state(tmp_path, b)
-    assert [a.order.next_batch() for _ in range(9)] == [b.order.next_batch() for _ in range(9)]
+    assert [order.next_batch() for _ in range(9)] == [
+        b.batches.order.next_batch() for _ in range(9)
+    ]
 
 
 def test_split_batch_shares_strided_and_pads_each_micro_batch_to_its_longest():
-    from schemabank.training import padded_tokens, split_batch
+    from schemabank.batching import padded_tokens, split_batch
 
     lengths = [5, 1, 4, 2, 7, 3]
     assert split_batch(lengths, 0, 1, None) == [[1, 3, 5, 2, 0, 4]]

@@ -18,6 +18,7 @@ import peft
 import torch
 
 from .adapter import base_only, build_adapter, make_lora_config
+from .batching import split_batch
 from .config import Config
 from .data import load_gsm8k, load_wikitext
 from .evaluation import evaluate_gsm8k, evaluate_perplexity
@@ -32,7 +33,7 @@ from .runtime import (
     weight_dtype,
 )
 from .stages import BASELINE, STAGES, Stage
-from .training import Trainer, split_batch
+from .training import Trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -56,8 +57,8 @@ PEERS = {"none": (), "eager": ("peft_eager",), "all": ("peft_eager", "peft_compi
 @dataclasses.dataclass
 class Batch:
     """One optimiser step's data, drawn once from a Trainer's data path and replayed to every
-    measured model: the host examples (as ``Trainer.next_examples`` returns them) and, for the
-    peers, the micro-batches already on the device (``Trainer.to_device``'s padding)."""
+    measured model: the host examples (as ``Batches.next_examples`` returns them) and, for the
+    peers, the micro-batches already on the device (``Batches.to_device``'s padding)."""
 
     examples: list[tuple[list[int], list[int]]]
     targets: torch.Tensor  # (B, S): routing targets
@@ -76,12 +77,12 @@ def draw_batches(trainer: Trainer, stage: Stage, n: int) -> list[Batch]:
     micro_size = trainer.cfg.training.micro_batch_size
     out = []
     for _ in range(n):
-        examples, targets, n_ans = trainer.next_examples(stage, 1.0)
+        examples, targets, n_ans = trainer.batches.next_examples(stage, 1.0)
         n_tok = [len(ids) for ids, _ in examples]
         chunks = split_batch(n_tok, trainer.rank, trainer.world, micro_size)
         ans = max(sum(n_ans), 1)
         micro = [
-            (chunk, trainer.to_device([examples[j] for j in chunk], targets[chunk])[0])
+            (chunk, trainer.batches.to_device([examples[j] for j in chunk], targets[chunk])[0])
             for chunk in chunks
         ]
         shares = [sum(n_ans[j] for j in chunk) / ans for chunk in chunks]
@@ -112,7 +113,8 @@ class _Ours(_Measured):
         super().__init__()
         self.trainer, self.stage = trainer, stage
         self._next = None
-        to_device = trainer.to_device
+        batches = trainer.batches
+        to_device = batches.to_device
 
         def recorded(examples, targets):
             moved = to_device(examples, targets)
@@ -120,8 +122,8 @@ class _Ours(_Measured):
             return moved
 
         # Instance attributes shadow the methods, for this bench-owned trainer only.
-        trainer.next_examples = lambda stage, p_drop: self._next
-        trainer.to_device = recorded
+        batches.next_examples = lambda stage, p_drop: self._next
+        batches.to_device = recorded
 
     def begin(self) -> None:
         self.trainer.enter_stage(self.stage)
@@ -232,7 +234,7 @@ def bench_training(
     (``warmup_s``); then the timed steps run in alternating blocks (``rounds`` per model), so that
     none gains from running second, with the device synchronised around each block.
     ``step_ms`` is the steady state: the timed steps' mean. Our step includes its host-side
-    collation and copy to the device (``Trainer.to_device``, as in training); the peers are
+    collation and copy to the device (``Batches.to_device``, as in training); the peers are
     given the batches already on the device, as a static-batch benchmark would. ``peak_memory_gib`` is the peak
     allocated during the model's blocks, every measured model's weights being resident.
 
@@ -258,7 +260,7 @@ def bench_training(
         seed_everything(c.experiment.seed)
         model, banks, r = build_adapter(base, c)
         trainer = Trainer(c, model, banks, tok, train_set, device, bf16)
-        trainer.prepare_examples(stage)  # as train_stage does, before the steps
+        trainer.batches.prepare(stage)  # as train_stage does, before the steps
         if mode == "baseline":  # the batches every model replays, from the Trainer's data path
             lora_rank = r
             batches = draw_batches(trainer, BASELINE, warmup + per_block * rounds)

@@ -10,10 +10,11 @@ What the rest of the package does with it:
 - training (:class:`schemabank.training.Trainer`): every process draws the same global batch
   (``training.batch_size`` examples, the same seeded data order and tag dropout) and computes
   the forward and backward pass of every ``world_size``-th example of it; each loss is
-  normalised by the *global* batch's token counts, so summing the processes' gradients (one
-  all-reduce a step, which also carries the loss totals and stop requests) gives exactly the
-  gradient one process computes for the whole batch. Every process then takes the same
-  optimiser step, so the weights stay identical without ever being sent again.
+  normalised by the *global* batch's token counts, so summing the processes' gradients
+  (:func:`sum_gradients`: one all-reduce a step, which also carries the loss totals and stop
+  requests) gives exactly the gradient one process computes for the whole batch. Every process
+  then takes the same optimiser step, so the weights stay identical without ever being sent
+  again.
 - evaluation: the GSM8K problems and the perplexity batches are shared out (:func:`shard`),
   and the per-problem results gathered back into test-set order (:func:`gather_shards`)
   before any metric is computed, so results are those of one process.
@@ -128,6 +129,30 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def sum_gradients(
+    params: list[torch.nn.Parameter], totals: dict[str, torch.Tensor], extra: torch.Tensor
+) -> torch.Tensor:
+    """Sum ``params``' gradients and the scalar ``totals`` (both in place) and ``extra`` over the
+    processes, in one all-reduce of one flat float32 buffer; return the summed ``extra``. A
+    parameter without a gradient sends zeros and is left without one."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    keys = sorted(totals)
+    flat = torch.cat(
+        [g.reshape(-1).float() for g in grads]
+        + [torch.stack([totals[k].float() for k in keys]), extra]
+    )
+    all_reduce_sum(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        if p.grad is not None:
+            p.grad.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    for k in keys:
+        totals[k] = flat[offset]
+        offset += 1
+    return flat[offset:]
 
 
 def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:

@@ -24,3 +24,7 @@ class CheckpointError(SchemaBankError):
 
 class ModelError(SchemaBankError):
     """A base model cannot be found or loaded."""
+
+
+class TrainingError(SchemaBankError):
+    """Training cannot go on (a non-finite loss, a training example with no answer tokens)."""

@@ -55,11 +55,11 @@ def save_state(run_dir: Path, trainer, extra: dict) -> Path:
         }
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         rng = {
-            "data_gen": trainer.order.gen.get_state(),
-            "tag_gen": trainer.tag_rng.get_state(),
+            "data_gen": trainer.batches.order.gen.get_state(),
+            "tag_gen": trainer.batches.tag_rng.get_state(),
             "torch_cpu": torch.get_rng_state(),
-            "data_perm": torch.tensor(trainer.order.perm, dtype=torch.int64),
-            "data_carry": torch.tensor(trainer.order.carry, dtype=torch.int64),
+            "data_perm": torch.tensor(trainer.batches.order.perm, dtype=torch.int64),
+            "data_carry": torch.tensor(trainer.batches.order.carry, dtype=torch.int64),
         }
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -70,7 +70,7 @@ def save_state(run_dir: Path, trainer, extra: dict) -> Path:
             {
                 "format": FORMAT,
                 "step": trainer.step,
-                "data_pos": trainer.order.pos,
+                "data_pos": trainer.batches.order.pos,
                 "param_names": list(params),
                 "param_groups": [{k: v for k, v in g.items()} for g in opt["param_groups"]],
                 **extra,
@@ -136,11 +136,11 @@ def load_state(run_dir: Path, trainer) -> dict:
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{state_dir}: optimizer state does not fit ({exc})") from None
     rng = _load(state_dir / "rng.safetensors")
-    trainer.order.gen.set_state(rng["data_gen"])
-    trainer.order.perm = rng["data_perm"].tolist()
-    trainer.order.carry = rng["data_carry"].tolist() if "data_carry" in rng else []
-    trainer.order.pos = meta["data_pos"]
-    trainer.tag_rng.set_state(rng["tag_gen"])
+    trainer.batches.order.gen.set_state(rng["data_gen"])
+    trainer.batches.order.perm = rng["data_perm"].tolist()
+    trainer.batches.order.carry = rng["data_carry"].tolist() if "data_carry" in rng else []
+    trainer.batches.order.pos = meta["data_pos"]
+    trainer.batches.tag_rng.set_state(rng["tag_gen"])
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]

@@ -25,22 +25,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, steplog
 from .adapter import adapter_parameters, build_adapter
 from .attach import decoder_layers
 from .bank import balance_loss, routing_ce, z_loss
+from .batching import Batches, answer_positions, split_batch
 from .checkpoint import save_checkpoint
 from .config import Config, check_config, dump_config
-from .data import (
-    DataOrder,
-    Problem,
-    collate,
-    encode_all,
-    load_gsm8k,
-    load_wikitext,
-    split_dev,
-)
-from .errors import CheckpointError, SchemaBankError
+from .data import Problem, load_gsm8k, load_wikitext, split_dev
+from .errors import CheckpointError, SchemaBankError, TrainingError
 from .evaluation import check_context, evaluate_run, write_samples
 from .files import atomic_write_text, check_writable, write_json
 from .models import load_base_model, resolve_base_model
@@ -56,13 +49,9 @@ from .runtime import (
 )
 from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
-from .tags import dropout_for_step, routing_target
-from .telemetry import LOG_FIELDS, JsonlLogger, NullLogger
-from .tracking import check_trackers, eval_values, make_trackers, step_values
-
-
-class TrainingError(SchemaBankError):
-    """Training cannot go on (a non-finite loss)."""
+from .tags import dropout_for_step
+from .telemetry import JsonlLogger, NullLogger
+from .tracking import check_trackers, eval_values, make_trackers
 
 
 class TrainingInterrupted(SchemaBankError):
@@ -99,12 +88,13 @@ def stage_plan(cfg: Config) -> list[tuple[Stage, int, float]]:
 
 
 class Trainer:
-    """Holds what a run needs between steps: model, banks, optimiser, data order and RNGs.
+    """Holds what a run needs between steps: model, banks, optimiser and batches.
 
     The step never waits for the GPU: losses stay on the device, their copy to pinned host memory
     is queued as the step ends, and the step's log line is written once the next step has been
-    queued (:meth:`_emit`, waiting for that copy alone), which is also where a non-finite loss is
-    caught. Meanwhile the host prepares the next batch while the GPU still works.
+    queued (:mod:`schemabank.steplog`; :meth:`_emit`, waiting for that copy alone), which is also
+    where a non-finite loss is caught. Meanwhile the host prepares the next batch
+    (:mod:`schemabank.batching`) while the GPU still works.
 
     With several processes, each runs the same Trainer on the same global batches and computes
     every ``world``-th example of each (:meth:`train_step`).
@@ -125,17 +115,10 @@ class Trainer:
         self.heldout = list(heldout)  # problems for stage 1's held-out routing loss (patience)
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        seed = cfg.experiment.seed
-        self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
-        self._n_ans: dict[tuple[int, bool], int] = {}  # answer tokens the LM loss trains on
-        self._targets: torch.Tensor | None = None  # (N, S): each problem's routing target
-        lengths = None
-        if cfg.training.group_by_length:
-            keys = [(i, False) for i in range(len(train_set))]
-            self.encode_many(keys)
-            lengths = [len(self._encoded[k][0]) for k in keys]
-        self.order = DataOrder(len(train_set), cfg.training.batch_size, seed, lengths)
-        self.tag_rng = torch.Generator().manual_seed(seed + 1)
+        t = cfg.training
+        pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if t.compile else None)
+        # the data order, the tokenised examples and their copies to the device
+        self.batches = Batches(cfg, tokenizer, train_set, device, pad_multiple)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
         distributed.broadcast_parameters(params)  # every process starts from rank 0's weights
         self.optimizer = torch.optim.AdamW(
@@ -152,8 +135,6 @@ class Trainer:
         self.run_dir: Path | None = None
         self.trackers: list = []  # training.report_to (rank 0)
         self.last_saved_step: int | None = None
-        t = cfg.training
-        self.pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if t.compile else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
         if t.compile and t.compile_scope == "step":
@@ -162,77 +143,6 @@ class Trainer:
             self._regions = compile_layers(model, device)
         self.graphs = t.compile and compile_mode(device) == "reduce-overhead"
         self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
-
-    def encode_many(self, keys: list[tuple[int, bool]]) -> None:
-        """Tokenise the training examples ``keys`` (``(problem index, tagged)`` pairs) not yet
-        done, in one batched tokenizer call, and count their answer tokens (the labels after the
-        first that are not -100: what the LM loss predicts). Memoised: epochs repeat them."""
-        missing = list(dict.fromkeys(k for k in keys if k not in self._encoded))
-        if not missing:
-            return
-        probs = [self.train_set[i] for i, _ in missing]
-        tags = [p.tags if tagged else None for p, (_, tagged) in zip(probs, missing, strict=True)]
-        encoded = encode_all(self.tok, probs, self.cfg.training.max_length, tags)
-        for key, (ids, labels) in zip(missing, encoded, strict=True):
-            self._encoded[key] = (ids, labels)
-            self._n_ans[key] = sum(x != -100 for x in labels[1:])
-
-    def next_examples(self, stage: Stage, p_drop: float):
-        """The next (global) batch's (ids, labels) pairs, routing targets (B, S) and answer
-        token counts, on the host; every process draws the same."""
-        examples, n_ans = [], []
-        max_length = self.cfg.training.max_length
-        drawn = [
-            (i, stage.tagged and bool(torch.rand((), generator=self.tag_rng) >= p_drop))
-            for i in self.order.next_batch()
-        ]
-        self.encode_many(drawn)  # the ones not yet memoised, in one batched tokenizer call
-        for i, keep in drawn:
-            ids, labels = self._encoded[(i, keep)]
-            n_ans.append(self._n_ans[(i, keep)])
-            if "lm" in stage.losses and n_ans[-1] == 0:
-                raise TrainingError(
-                    f"training.max_length: {max_length} tokens leave no answer tokens for training problem "
-                    f"{i} (its prompt is {len(ids)}+ tokens); raise training.max_length"
-                )
-            examples.append((ids, labels))
-        return examples, self.routing_targets()[[i for i, _ in drawn]], n_ans
-
-    def routing_targets(self) -> torch.Tensor:
-        """(N, S): every training problem's routing target (computed once)."""
-        if self._targets is None:
-            S = self.cfg.schemabank.num_schemas
-            self._targets = torch.stack([routing_target(p.tags, S) for p in self.train_set])
-        return self._targets
-
-    def prepare_examples(self, stage: Stage) -> None:
-        """Everything about the training examples that :meth:`next_examples` needs for the
-        stage, made before its steps (where each process would otherwise redo the whole batch's
-        share of it, while the GPU waits): every prompt the stage may draw tokenised, in batched
-        calls, with its answer-token count, and the routing targets."""
-        variants = (True, False) if stage.tagged else (False,)
-        self.encode_many([(i, v) for v in variants for i in range(len(self.train_set))])
-        self.routing_targets()
-
-    def move(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A host tensor on the device, copied asynchronously: through pinned memory on a GPU,
-        since a copy from pageable memory may wait for the GPU's queued work."""
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory()
-        return tensor.to(self.device, non_blocking=True)
-
-    def to_device(self, examples, targets: torch.Tensor):
-        """Examples as one padded batch on the device, their routing targets, and the batch's
-        :func:`answer_positions` (found on the host, so that the loss need not ask the GPU)."""
-        host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
-        positions = answer_positions(host["labels"])
-        return {k: self.move(v) for k, v in host.items()}, self.move(targets), self.move(positions)
-
-    def make_batch(self, stage: Stage, p_drop: float):
-        """The next batch as one padded batch on the device, its targets and non-padding tokens."""
-        examples, targets, _ = self.next_examples(stage, p_drop)
-        batch, targets, _ = self.to_device(examples, targets)
-        return batch, targets, sum(len(ids) for ids, _ in examples)
 
     def losses(
         self,
@@ -347,14 +257,14 @@ class Trainer:
         for the LM loss), so the gradient is that of the whole batch. With several processes,
         this one takes every ``world``-th example of the batch (strided, so that a length-sorted
         batch is shared evenly) and the shares are of the whole batch's tokens, so the sum of the
-        processes' gradients (:meth:`_sum_over_processes`) is the whole batch's gradient. The
-        parameter-only ortho term is split over every process's micro-batches. Returns the
-        step's log record with its values still on the device.
+        processes' gradients (:func:`~schemabank.distributed.sum_gradients`) is the whole batch's
+        gradient. The parameter-only ortho term is split over every process's micro-batches.
+        Returns the step's log record with its values still on the device.
         """
         t = self.cfg.training
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        examples, targets, n_ans = self.next_examples(stage, p_drop)
+        examples, targets, n_ans = self.batches.next_examples(stage, p_drop)
         n_tok = [len(ids) for ids, _ in examples]
         chunks = split_batch(n_tok, self.rank, self.world, self.cfg.training.micro_batch_size)
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
@@ -364,7 +274,7 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
             self._check_graphs(stage)  # the last step's graph outputs are done
         for chunk in chunks:
-            batch, chunk_targets, positions = self.to_device(
+            batch, chunk_targets, positions = self.batches.to_device(
                 [examples[j] for j in chunk], targets[chunk]
             )
             padded += batch["input_ids"].numel()
@@ -382,7 +292,9 @@ class Trainer:
             loss.backward()
             for k, v in [("loss", loss), *parts.items()]:
                 totals[k] = totals[k] + v.detach() if k in totals else v.detach()
-        stop = self._sum_over_processes(totals) if self.world > 1 else None
+        stop = None
+        if self.world > 1:  # one all-reduce: gradients, loss totals and stop requests
+            stop = distributed.sum_gradients(self._trainable, totals, self._stop_request())
         grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, t.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -390,7 +302,7 @@ class Trainer:
         gain = None
         if self.banks is not None:
             gain = torch.stack([b.gain.detach() for b in self.banks]).mean()
-        return self._start_host_copy(
+        return steplog.start_host_copy(
             {
                 "step": self.step,
                 "stage": stage.label,
@@ -407,54 +319,21 @@ class Trainer:
                 "padded_tokens": padded,
                 "gain": gain,
                 "stop": stop,
-            }
+            },
+            self.device,
         )
 
-    def _start_host_copy(self, record: dict) -> dict:
-        """Pack the step's device values into one tensor and, on a GPU, start copying it to
-        pinned host memory now, with an event marking the copy's end, so that :meth:`_emit`
-        waits for this step only. (A plain ``.item()`` there would queue behind the next step's
-        work, and the host would prepare the batch after it with the GPU idle.)"""
-        keys, flat = pack_values(record)
-        done = None
-        if self.device.type == "cuda":
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-            flat = host.copy_(flat, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        return {**record, "_packed": (keys, flat, done)}
-
-    def _sum_over_processes(self, totals: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum the trainable parameters' gradients and the step's loss totals (in place) over
-        the processes, in one all-reduce of a flat buffer that also carries this process's stop
-        request; returns how many processes had a SIGINT and a SIGTERM (2,), on the device."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trainable]
-        keys = sorted(totals)
-        # Made on the device: a copy from pageable host memory would wait for the backward pass.
+    def _stop_request(self) -> torch.Tensor:
+        """(2,) on the device: 1 where this process has a SIGINT, a SIGTERM (made on the device:
+        a copy from pageable host memory would wait for the backward pass)."""
         stop = torch.zeros(2, dtype=torch.float32, device=self.device)
         if self.stop_signal in (signal.SIGINT, signal.SIGTERM):
             stop[0 if self.stop_signal == signal.SIGINT else 1] = 1.0
-        flat = torch.cat(
-            [g.reshape(-1).float() for g in grads]
-            + [torch.stack([totals[k].float() for k in keys]), stop]
-        )
-        distributed.all_reduce_sum(flat)
-        offset = 0
-        for p, g in zip(self._trainable, grads, strict=True):
-            if p.grad is not None:
-                p.grad.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-        for k in keys:
-            totals[k] = flat[offset]
-            offset += 1
-        return flat[offset:]
+        return stop
 
     def _emit(self, record: dict, logger: JsonlLogger, bar, t_prev: float, t_stage: float) -> float:
         """Bring a step's values to the host (waiting for that step only), check the loss, log."""
-        keys, flat, done = record.pop("_packed")
-        if done is not None:
-            done.synchronize()
-        line = unpack_values(record, keys, flat.tolist())
+        line = steplog.finish_host_copy(record)
         stop = line.pop("stop", None)
         if stop is not None:  # the same on every process: all stop at the same step
             sigint, sigterm = stop
@@ -471,13 +350,7 @@ class Trainer:
                 f"{what} is {line['loss'] if what == 'loss' else line['grad_norm']} at step {line['step']} "
                 f"(stage {line['stage']}); stopping: {kept}. Lower the learning rate or check the data."
             )
-        line["tokens_per_s"] = line["tokens"] / max(now - t_prev, 1e-9)
-        line["elapsed_s"] = now - t_stage
-        logger.log({k: line.get(k) for k in LOG_FIELDS})
-        for tracker in self.trackers:
-            tracker.log(step_values(line), line["step"])
-        bar.set_postfix(stage=line["stage"], loss=f"{line['loss']:.3f}")
-        bar.update(1)
+        steplog.write(line, now - t_prev, now - t_stage, logger, self.trackers, bar)
         self.last_line = line
         return now
 
@@ -506,7 +379,7 @@ class Trainer:
         t = self.cfg.training
         every = t.checkpoint_every
         self.enter_stage(stage)
-        self.prepare_examples(stage)
+        self.batches.prepare(stage)
         s1 = t.stages.stage1_router_pretrain
         schedule = s1.tag_curriculum.dropout_schedule
         t_stage = t_prev = time.perf_counter()
@@ -609,55 +482,6 @@ def _steps_run(summary: dict | None, steps: int) -> int:
     return steps if ran is None else ran
 
 
-def split_batch(lengths: list[int], rank: int, world: int, micro: int | None) -> list[list[int]]:
-    """The micro-batches (indices into a global batch of examples of ``lengths`` tokens) that
-    process ``rank`` of ``world`` computes: every ``world``-th example (strided, so that a batch
-    of similar lengths is shared evenly), sorted by length and cut into micro-batches of ``micro``
-    examples (the whole share when None), so that each is padded only to its own longest."""
-    share = sorted(range(rank, len(lengths), world), key=lambda j: lengths[j])
-    size = micro or len(share)
-    return [share[i : i + size] for i in range(0, len(share), size)]
-
-
-def padded_tokens(lengths: list[int], world: int, micro: int | None) -> list[int]:
-    """Tokens each process computes for a batch (its micro-batches padded), :func:`split_batch`
-    applied to every rank."""
-    return [
-        sum(
-            len(chunk) * max(lengths[j] for j in chunk)
-            for chunk in split_batch(lengths, r, world, micro)
-        )
-        for r in range(world)
-    ]
-
-
-def pack_values(record: dict) -> tuple[list[tuple[str, int]], torch.Tensor]:
-    """The tensors of a step record, flattened into one float32 tensor: ``([(key, numel), ...],
-    flat)``, for one copy to the host; :func:`unpack_values` undoes it."""
-    keys = [(k, v.numel()) for k, v in record.items() if isinstance(v, torch.Tensor)]
-    tensors = [record[k].detach().float().reshape(-1) for k, _ in keys]
-    return keys, torch.cat(tensors) if tensors else torch.zeros(0)
-
-
-def unpack_values(record: dict, keys: list[tuple[str, int]], values: list[float]) -> dict:
-    """``record`` with each packed tensor replaced by its value from ``values`` (the packed
-    tensor on the host, as a list): a float for a one-element tensor of no dimensions, else a
-    list."""
-    out, i = dict(record), 0
-    for k, n in keys:
-        out[k] = values[i] if record[k].dim() == 0 else values[i : i + n]
-        i += n
-    return out
-
-
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Flat indices ``b * T + t`` into a (B, T) batch of the positions that predict an answer
-    token (``labels[b, t + 1] != -100``), in row-major order."""
-    T = labels.shape[1]
-    b, t = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-    return b * T + t
-
-
 def _plain_head_base(model):
     """The Hugging Face model under ``model``'s PEFT wrapper, or None when its head does more
     than a projection (logit soft-capping or scaling), where only the model's own loss is right."""
@@ -740,8 +564,8 @@ def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, o
     layer, with its hook, compiles once more). The first batch length compiles a static graph,
     a second one a graph with a symbolic length (``dynamic=None``). Not ``dynamic=True``: it also
     turns the layers' float attributes (norm epsilons, LoRA scalings) into CPU scalar tensors,
-    which on an H200 (torch 2.11) split each layer's graph around CPU ops and crashed CUDA-graph
-    recording."""
+    which split each layer's graph around CPU ops and make CUDA-graph recording crash (torch
+    2.11)."""
     _raise_recompile_limit()
     mode = compile_mode(device)
     return [
