@@ -22,7 +22,8 @@ from test_cli import assert_user_error, call_main
 
 from schemabank.config import config_from_dict
 from schemabank.evaluation import write_samples
-from schemabank.report import (
+from schemabank.results import load_samples
+from schemabank.study.report import (
     CURVES,
     ReportError,
     _layout_tokens,
@@ -32,7 +33,6 @@ from schemabank.report import (
     read_training_log,
     write_report,
 )
-from schemabank.results import load_samples
 from schemabank.telemetry import read_jsonl
 from schemabank.training import run
 

@@ -34,8 +34,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from .errors import SchemaBankError
-from .results import load_results, load_samples
+from ..errors import SchemaBankError
+from ..results import load_results, load_samples
 
 STAGE_COLORS = {
     "router_pretrain": "#1f77b4",
