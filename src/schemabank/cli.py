@@ -488,7 +488,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .study.report import default_output_dir, write_report
+    from .study.document import default_output_dir, write_report
 
     out = write_report(args.runs, args.output or default_output_dir(args.runs))
     print(f"wrote {out['report']} and {len(out['figures'])} figures")

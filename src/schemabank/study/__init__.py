@@ -12,5 +12,5 @@ rather than trains or evaluates one.
   (``scripts/probe_tags.py``).
 
 The method itself (bank, router, attaching, training stages, evaluation) lives one level up and
-imports nothing from here.
+imports nothing from here; only the CLI (:mod:`schemabank.cli`) does.
 """

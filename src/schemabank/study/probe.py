@@ -44,7 +44,7 @@ from ..errors import SchemaBankError
 from ..router import prefix_mean
 from ..runtime import autocast
 from ..tags import TAGS
-from .report import STYLE, _new_figure, _save
+from .figures import STYLE, _new_figure, _save
 
 INPUTS = ("token", "prefix_mean", "last_prompt", "last")
 METRICS = ("auc", "balanced_accuracy", "positives")
