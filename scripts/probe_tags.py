@@ -7,10 +7,10 @@ is one, the CPU otherwise):
 
 It loads the base model (frozen, as training does) and the GSM8K training split, holds out the
 last ``--dev-size`` problems (the study's dev set, never trained on), and for each decoder layer
-of ``--layers``, each input of :data:`schemabank.probe.INPUTS` (one token's state, the running
+of ``--layers``, each input of :data:`schemabank.study.probe.INPUTS` (one token's state, the running
 mean of the states up to it, the prompt's last token, the text's last token) and the training
 text without and with the tag line, fits a logistic regression per tag on the first ``--fit``
-training problems and scores it on the dev problems (:mod:`schemabank.probe`). It writes
+training problems and scores it on the dev problems (:mod:`schemabank.study.probe`). It writes
 ``OUTPUT/probes.json`` and ``OUTPUT/probes.png`` (a heatmap of ROC AUC per tag and layer) and
 prints a Markdown table of the mean AUC over tags (untagged text) and the time taken.
 
@@ -64,7 +64,7 @@ def parse_args(argv=None):
 
 def parse_layers(text: str | None, num_layers: int) -> list[int]:
     """``--layers`` as sorted layer indices (negative ones counted from the end)."""
-    from schemabank.probe import default_layers
+    from schemabank.study.probe import default_layers
 
     if text is None:
         return default_layers(num_layers)
@@ -81,7 +81,7 @@ def parse_layers(text: str | None, num_layers: int) -> list[int]:
 
 
 def redraw(path: Path) -> None:
-    from schemabank.probe import load_probes, plot_probes, probe_table
+    from schemabank.study.probe import load_probes, plot_probes, probe_table
 
     data = load_probes(path)
     plot_probes(data, path.with_suffix(".png"))
@@ -92,8 +92,8 @@ def redraw(path: Path) -> None:
 def run(args) -> None:
     from schemabank.data import load_gsm8k, split_dev
     from schemabank.models import load_base_model, resolve_base_model
-    from schemabank.probe import plot_probes, probe_table, run_probes
     from schemabank.runtime import pick_device, weight_dtype
+    from schemabank.study.probe import plot_probes, probe_table, run_probes
 
     t0 = time.perf_counter()
     for name in ("fit", "dev_size", "positions", "batch_size", "steps"):

@@ -468,9 +468,9 @@ def test_pooled_paired_keeps_a_problem_together_across_seeds():
 
 def test_compare_identifies_problems_by_their_questions():
     """Two runs on different questions with the same gold answers are not paired."""
-    from schemabank.compare import check_same_problems
     from schemabank.errors import SchemaBankError
     from schemabank.metrics import question_hash
+    from schemabank.study.compare import check_same_problems
 
     def probs(questions):
         return [

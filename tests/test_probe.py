@@ -1,4 +1,4 @@
-"""Linear probes (schemabank.probe) and scripts/probe_tags.py on the tiny random Llama."""
+"""Linear probes (schemabank.study.probe) and scripts/probe_tags.py on the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from schemabank.data import collate, encode_all, load_gsm8k, question_prompt
 from schemabank.models import load_base_model, resolve_base_model
-from schemabank.probe import (
+from schemabank.study.probe import (
     INPUTS,
     default_layers,
     fit_probe,

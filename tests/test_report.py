@@ -22,17 +22,15 @@ from test_cli import assert_user_error, call_main
 
 from schemabank.config import config_from_dict
 from schemabank.evaluation import write_samples
-from schemabank.report import (
-    CURVES,
-    ReportError,
-    _layout_tokens,
+from schemabank.results import load_samples
+from schemabank.study.document import (
     default_output_dir,
     outcome_examples,
     pick_sample,
     read_training_log,
     write_report,
 )
-from schemabank.results import load_samples
+from schemabank.study.figures import CURVES, ReportError, _layout_tokens
 from schemabank.telemetry import read_jsonl
 from schemabank.training import run
 

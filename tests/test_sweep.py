@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from schemabank.cli import main
 from schemabank.state import STATE_DIR
-from schemabank.sweep import plan_jobs
+from schemabank.study.sweep import plan_jobs
 
 
 def write(path, cfg):
@@ -102,7 +102,7 @@ def test_seeds_make_one_run_per_config_and_seed(tmp_path, tiny_llama, capsys):
 
 
 def test_failed_runs_are_tried_again_with_half_the_jobs(tmp_path, tiny_llama, monkeypatch, capsys):
-    from schemabank import sweep
+    from schemabank.study import sweep
 
     a = write(tmp_path / "a.yaml", tiny_config(tiny_llama, "baseline"))
     b = write(tmp_path / "b.yaml", tiny_config(tiny_llama, "baseline", experiment={"name": "b"}))

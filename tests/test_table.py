@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from schemabank import table
 from schemabank.cli import main
 from schemabank.errors import SchemaBankError
 from schemabank.results import FORMAT
+from schemabank.study import table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,13 @@ from test_cli import assert_user_error, call_main
 
 from schemabank.cli import main
 from schemabank.results import FORMAT
-from schemabank.verify import ExpectedFileError, in_range, load_expected, lookup, verify_results
+from schemabank.study.verify import (
+    ExpectedFileError,
+    in_range,
+    load_expected,
+    lookup,
+    verify_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = REPO / "expected"

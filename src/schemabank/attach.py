@@ -56,6 +56,7 @@ def resolve_layers(layers: list[int], num_layers: int) -> list[int]:
 
 def _hook(module: nn.Module, args, output):
     bank: SchemaBank = getattr(module, BANK_ATTR)
+    # The layer's hidden states (B, T, H) -> the bank's (B, T, H), in place of the layer's output.
     if isinstance(output, tuple):  # older transformers return (hidden_states, ...)
         return (bank(output[0]), *output[1:])
     return bank(output)

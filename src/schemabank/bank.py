@@ -101,11 +101,12 @@ class SchemaBank(nn.Module):
         with torch.autocast(device_type=h.device.type, enabled=False):
             x = F.rms_norm(h.float(), (self.hidden_size,), eps=RMS_EPS)  # (B, T, H)
             if self.router_input != "token":
-                mean = self._prefix_mean(x)
+                mean = self._prefix_mean(x)  # (B, T, H)
+                # prefix_mean: (B, T, H); token_prefix: (B, T, H) + (B, T, H) -> (B, T, 2H)
                 x = mean if self.router_input == "prefix_mean" else torch.cat([x, mean], -1)
             if isinstance(self.router, nn.Linear):
-                return F.linear(x, self.router.weight.float())
-            return self.router(x)
+                return F.linear(x, self.router.weight.float())  # (B, T, H) -> (B, T, S)
+            return self.router(x)  # (B, T, H or 2H) -> (B, T, S)
 
     def _prefix_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Running mean (B, T, H) of the RMS-normed states ``x`` over each sequence's real
@@ -146,16 +147,16 @@ class SchemaBank(nn.Module):
         without a mask): what the top-k is taken over."""
         if self.route_mask is None:
             return logits
-        return logits.masked_fill(~self.route_mask[:, None, :], float("-inf"))
+        return logits.masked_fill(~self.route_mask[:, None, :], float("-inf"))  # (B, 1, S) mask
 
     def gates(self) -> torch.Tensor:
         """Per-schema gates ``sigmoid(A · G)``: ``S x r``."""
-        return torch.sigmoid(self.A @ self.G)
+        return torch.sigmoid(self.A @ self.G)  # (S, ad) @ (ad, r) -> (S, r)
 
     def routing_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """Dense routing weights, zero outside each token's top-k: ``(..., S) -> (..., S)``."""
         top_val, top_idx = logits.topk(self.topk, dim=-1)  # (..., k)
-        return torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1))
+        return torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1))  # (..., S)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """``h``: (B, T, H) -> ``h + delta`` (same shape and dtype)."""
@@ -214,18 +215,19 @@ def balance_loss(logits: torch.Tensor, topk: int, mask: torch.Tensor | None) -> 
     Equals 1 for perfectly uniform routing.
     """
     S = logits.shape[-1]
-    flat = logits.reshape(-1, S).float()
+    flat = logits.reshape(-1, S).float()  # (B, T, S) -> (B·T, S)
+    # (B, T) -> (B·T,): 1 for the tokens that count
     keep = (
         torch.ones(flat.shape[0], device=flat.device) if mask is None else mask.reshape(-1).float()
     )
     n = keep.sum().clamp_min(1.0)
-    probs = flat.softmax(-1)
-    slots = torch.zeros_like(flat).scatter(-1, flat.topk(topk, -1).indices, 1.0)
-    f = (slots * keep[:, None]).sum(0) / (n * topk)
-    p = (probs * keep[:, None]).sum(0) / n
+    probs = flat.softmax(-1)  # (B·T, S)
+    slots = torch.zeros_like(flat).scatter(-1, flat.topk(topk, -1).indices, 1.0)  # (B·T, S) 0/1
+    f = (slots * keep[:, None]).sum(0) / (n * topk)  # (S,)
+    p = (probs * keep[:, None]).sum(0) / n  # (S,)
     return S * (f * p).sum()
 
 
 def z_loss(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Router z-loss: mean of ``logsumexp(logits)²`` over non-padding tokens."""
-    return _masked_mean(logits.float().logsumexp(-1).square(), mask)
+    return _masked_mean(logits.float().logsumexp(-1).square(), mask)  # (B, T, S) -> (B, T)

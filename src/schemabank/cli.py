@@ -465,8 +465,8 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--warmup: must be >= 0, got {args.warmup}")
     cfg = load_config(args.config, args.overrides)
     _quiet_libraries()
-    from .bench import format_bench, run_bench
     from .files import write_json
+    from .study.bench import format_bench, run_bench
 
     parts = (args.only,) if args.only else ("train", "eval")
     result = run_bench(
@@ -488,7 +488,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import default_output_dir, write_report
+    from .study.document import default_output_dir, write_report
 
     out = write_report(args.runs, args.output or default_output_dir(args.runs))
     print(f"wrote {out['report']} and {len(out['figures'])} figures")
@@ -496,7 +496,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import format_checks, verify_run
+    from .study.verify import format_checks, verify_run
 
     checks = verify_run(args.run, args.expected)
     print("\n".join(format_checks(checks)))
@@ -504,8 +504,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_runs, format_comparison, format_pooled, pool_comparisons
     from .files import write_json
+    from .study.compare import compare_runs, format_comparison, format_pooled, pool_comparisons
 
     if len(args.runs) % 2:
         raise ConfigError(f"compare: give runs in pairs (A B [A B ...]), got {len(args.runs)}")
@@ -523,7 +523,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import plan_jobs, run_sweep
+    from .study.sweep import plan_jobs, run_sweep
 
     for flag, low in (("jobs", 1), ("retries", 0)):
         if getattr(args, flag) < low:
@@ -552,7 +552,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .table import check_readme, results_table, update_readme
+    from .study.table import check_readme, results_table, update_readme
 
     text = results_table(args.runs, args.compare)
     if not args.readme:

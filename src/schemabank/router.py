@@ -72,11 +72,11 @@ def prefix_mean(
     count (B,))`` of the sequences' earlier tokens, or None at their start. Returns the means
     (B, T, F) (zero before a sequence's first real token) and the new carry.
     """
-    m = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.dtype)
+    m = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.dtype)  # (B, T)
     sums = (x * m.unsqueeze(-1)).cumsum(1)  # (B, T, F)
     counts = m.cumsum(1)  # (B, T)
     if carry is not None:
-        sums = sums + carry[0].unsqueeze(1)
-        counts = counts + carry[1].unsqueeze(1)
-    means = sums / counts.clamp_min(1.0).unsqueeze(-1)
-    return means, (sums[:, -1].detach(), counts[:, -1].detach())
+        sums = sums + carry[0].unsqueeze(1)  # (B, F) -> (B, 1, F), added at every position
+        counts = counts + carry[1].unsqueeze(1)  # (B,) -> (B, 1)
+    means = sums / counts.clamp_min(1.0).unsqueeze(-1)  # (B, T, F)
+    return means, (sums[:, -1].detach(), counts[:, -1].detach())  # carry: (B, F), (B,)

@@ -74,7 +74,7 @@ def routing_target(tags: list[str], num_schemas: int):
     """
     import torch  # here, so that reading a config does not pay for importing torch
 
-    target = torch.zeros(num_schemas)
+    target = torch.zeros(num_schemas)  # (S,)
     for t in tags:
         target[list(owned_schemas(t, num_schemas))] = 1.0
     if target.sum() == 0:

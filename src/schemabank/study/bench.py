@@ -17,13 +17,13 @@ import time
 import peft
 import torch
 
-from .adapter import base_only, build_adapter, make_lora_config
-from .batching import split_batch
-from .config import Config
-from .data import load_gsm8k, load_wikitext
-from .evaluation import evaluate_gsm8k, evaluate_perplexity
-from .models import load_base_model, resolve_base_model
-from .runtime import (
+from ..adapter import base_only, build_adapter, make_lora_config
+from ..batching import split_batch
+from ..config import Config
+from ..data import load_gsm8k, load_wikitext
+from ..evaluation import evaluate_gsm8k, evaluate_perplexity
+from ..models import load_base_model, resolve_base_model
+from ..runtime import (
     autocast,
     cudagraph_skips,
     environment,
@@ -32,8 +32,8 @@ from .runtime import (
     use_bf16,
     weight_dtype,
 )
-from .stages import BASELINE, STAGES, Stage
-from .training import Trainer
+from ..stages import BASELINE, STAGES, Stage
+from ..training import Trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -347,7 +347,7 @@ def bench_evaluation(
 ) -> dict:
     """Time of the zero-shot GSM8K evaluation (with routing) and of both perplexities."""
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         tok, model, banks, _ = load_checkpoint(
             checkpoint, device, weight_dtype(cfg.model.dtype, device)

@@ -7,9 +7,9 @@ seed) are also pooled (:func:`schemabank.metrics.pooled_paired`).
 
 from __future__ import annotations
 
-from . import metrics
-from .errors import SchemaBankError
-from .results import load_results
+from .. import metrics
+from ..errors import SchemaBankError
+from ..results import load_results
 
 
 def _outcomes(results: dict, key: str) -> list[bool]:

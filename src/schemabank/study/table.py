@@ -19,9 +19,9 @@ import json
 import statistics
 from pathlib import Path
 
+from ..errors import SchemaBankError
+from ..results import load_results
 from .compare import compare_results
-from .errors import SchemaBankError
-from .results import load_results
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 PPL_LIMIT = 1.10
@@ -193,7 +193,7 @@ def seeds_table(runs: list[dict]) -> list[str]:
 
 def ablations_table(runs: list[dict]) -> list[str]:
     """One row per ablation: its dev and test scores against the run it ablates (same seed), with
-    the paired test comparison (:func:`schemabank.compare.compare_results`)."""
+    the paired test comparison (:func:`schemabank.study.compare.compare_results`)."""
     by_key = {(r["experiment"]["name"], r["experiment"]["seed"]): r for r in runs}
     rows = []
     for r in runs:

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_config
-from .errors import ConfigError
-from .state import STATE_DIR
+from ..config import load_config
+from ..errors import ConfigError
+from ..state import STATE_DIR
 
 
 @dataclass

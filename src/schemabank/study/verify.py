@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import SchemaBankError
-from .results import load_results
+from ..errors import SchemaBankError
+from ..results import load_results
 
 FORMAT = "schemabank-expected-v1"
 ENTRY_KEYS = {"value", "abs", "rel", "min", "max", "note"}
