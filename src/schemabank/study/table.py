@@ -1,8 +1,8 @@
 """The results table of a study, generated from the runs' results.json files, never typed by hand.
 
-``schemabank table results --readme README.md`` (every ``results/*/results.json`` and
+``schemabank table results --readme docs/results.md`` (every ``results/*/results.json`` and
 ``results/compare/*.json``) rewrites the
-text between ``<!-- results-table:start -->`` and ``<!-- results-table:end -->`` in the README;
+text between ``<!-- results-table:start -->`` and ``<!-- results-table:end -->`` in that file;
 ``--check`` fails when that text is not what the committed results give (CI runs it).
 
 Selection rule (:func:`best_runs`): among the trained runs of each mode at one seed, the best is
