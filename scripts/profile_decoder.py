@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from schemabank.adapter import build_adapter
 from schemabank.config import load_config
 from schemabank.data import load_gsm8k
 from schemabank.decode import StaticDecoder
 from schemabank.evaluation import CACHE_ROUNDING, build_prompts
+from schemabank.method.adapter import build_adapter
 from schemabank.models import load_base_model, resolve_base_model
 from schemabank.runtime import (
     autocast,

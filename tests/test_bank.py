@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from schemabank.attach import BankSet, decoder_layers, resolve_layers
-from schemabank.bank import SchemaBank, balance_loss, ortho_penalty, routing_ce, z_loss
 from schemabank.errors import ConfigError
+from schemabank.method.attach import BankSet, decoder_layers, resolve_layers
+from schemabank.method.bank import SchemaBank, balance_loss, ortho_penalty, routing_ce, z_loss
 
 
 def reference_forward(bank: SchemaBank, h: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,13 @@ import torch
 from conftest import TRAIN, tiny_config
 
 from schemabank import training
-from schemabank.adapter import build_adapter
 from schemabank.cli import main
 from schemabank.config import config_from_dict
 from schemabank.data import load_gsm8k
+from schemabank.method.adapter import build_adapter
+from schemabank.method.stages import BASELINE
 from schemabank.models import load_base_model, resolve_base_model
 from schemabank.runtime import seed_everything
-from schemabank.stages import BASELINE
 from schemabank.study.bench import draw_batches, format_bench, make_peer, run_bench
 from schemabank.training import Trainer
 

@@ -9,10 +9,10 @@ import torch
 from conftest import make_tiny_model, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from schemabank.adapter import build_adapter
 from schemabank.checkpoint import load_checkpoint, save_checkpoint
 from schemabank.config import config_from_dict
 from schemabank.errors import CheckpointError
+from schemabank.method.adapter import build_adapter
 from schemabank.models import resolve_base_model
 
 CPU = torch.device("cpu")

@@ -16,7 +16,7 @@ from test_training import make_trainer, wake_up
 from schemabank import training
 from schemabank.batching import answer_positions
 from schemabank.data import DataOrder, collate
-from schemabank.stages import BASELINE, STAGES
+from schemabank.method.stages import BASELINE, STAGES
 from schemabank.state import load_state, save_state
 from schemabank.training import answer_loss, masked_answer_loss
 

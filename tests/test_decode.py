@@ -10,11 +10,11 @@ import torch
 from conftest import TRAIN, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from schemabank.attach import BankSet
 from schemabank.config import config_from_dict
 from schemabank.decode import STOP_OVERLAP, StaticDecoder, stop_test
 from schemabank.errors import ConfigError
 from schemabank.evaluation import _kept_tokens, generate
+from schemabank.method.attach import BankSet
 
 CPU = torch.device("cpu")
 PROMPTS = [f"Question: {q}\nAnswer:" for q, _ in TRAIN[:4]]  # four lengths

@@ -13,7 +13,6 @@ import torch
 from conftest import TEST, TRAIN
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from schemabank.attach import BankSet
 from schemabank.data import Problem
 from schemabank.evaluation import (
     Generation,
@@ -29,6 +28,7 @@ from schemabank.evaluation import (
     step_top1,
     write_samples,
 )
+from schemabank.method.attach import BankSet
 from schemabank.results import load_samples, samples_path
 
 CPU = torch.device("cpu")

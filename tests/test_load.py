@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM
 
 import schemabank
 from schemabank import training
-from schemabank.adapter import build_adapter
 from schemabank.checkpoint import load_checkpoint, save_checkpoint
 from schemabank.config import config_from_dict
+from schemabank.method.adapter import build_adapter
 from schemabank.models import BaseModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]

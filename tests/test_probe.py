@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from schemabank.data import collate, encode_all, load_gsm8k, question_prompt
+from schemabank.method.tags import TAGS
 from schemabank.models import load_base_model, resolve_base_model
 from schemabank.study.probe import (
     INPUTS,
@@ -22,7 +23,6 @@ from schemabank.study.probe import (
     probe_table,
     run_probes,
 )
-from schemabank.tags import TAGS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_tags.py"
 CPU = torch.device("cpu")

@@ -11,15 +11,15 @@ import torch
 from conftest import TEST, TRAIN, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from schemabank.attach import BankSet
-from schemabank.bank import RMS_EPS, SchemaBank
 from schemabank.config import config_from_dict
 from schemabank.data import Problem
 from schemabank.errors import ConfigError
 from schemabank.evaluation import evaluate_gsm8k, oracle_masks, routing_fit
+from schemabank.method.attach import BankSet
+from schemabank.method.bank import RMS_EPS, SchemaBank
+from schemabank.method.router import prefix_mean
+from schemabank.method.tags import owned_schemas
 from schemabank.metrics import tag_routing_scores
-from schemabank.router import prefix_mean
-from schemabank.tags import owned_schemas
 
 CPU = torch.device("cpu")
 DESIGNS = [("prefix_mean", 0), ("token_prefix", 0), ("prefix_mean", 16), ("token", 16)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from schemabank.tags import (
+from schemabank.method.tags import (
     TAGS,
     annotations,
     derive_tags,

@@ -11,11 +11,11 @@ import torch
 from conftest import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from schemabank.adapter import build_adapter, matched_rank
 from schemabank.config import config_from_dict
 from schemabank.data import load_gsm8k, split_dev
 from schemabank.errors import TrainingError
-from schemabank.stages import BASELINE, STAGES, count_parameters, param_group
+from schemabank.method.adapter import build_adapter, matched_rank
+from schemabank.method.stages import BASELINE, STAGES, count_parameters, param_group
 from schemabank.steplog import pack_values, unpack_values
 from schemabank.telemetry import JsonlLogger, read_jsonl
 from schemabank.training import Trainer, lr_factor, stage_plan

@@ -1,8 +1,8 @@
 """SchemaBank: a routed bank of low-rank schemas on a frozen causal LM, trained in three stages.
 
 The main entry points are :func:`schemabank.load` (a trained run as ``(model, tokenizer)``,
-banks attached), :class:`schemabank.bank.SchemaBank` (one bank),
-:class:`schemabank.attach.BankSet` (banks attached to a Hugging Face model),
+banks attached), :class:`schemabank.method.bank.SchemaBank` (one bank),
+:class:`schemabank.method.attach.BankSet` (banks attached to a Hugging Face model),
 :func:`schemabank.config.load_config` and :func:`schemabank.training.run`. They are imported
 lazily, so that ``import schemabank`` (and the CLI's input checks) stay fast.
 
@@ -16,8 +16,8 @@ lazily, so that ``import schemabank`` (and the CLI's input checks) stay fast.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SchemaBank": "schemabank.bank",
-    "BankSet": "schemabank.attach",
+    "SchemaBank": "schemabank.method.bank",
+    "BankSet": "schemabank.method.attach",
     "Config": "schemabank.config",
     "load_config": "schemabank.config",
     "run": "schemabank.training",

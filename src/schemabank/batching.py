@@ -13,8 +13,8 @@ import torch
 from .config import Config
 from .data import DataOrder, Problem, collate, encode_all
 from .errors import TrainingError
-from .stages import Stage
-from .tags import routing_target
+from .method.stages import Stage
+from .method.tags import routing_target
 
 
 class Batches:

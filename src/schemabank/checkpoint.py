@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .attach import BankSet
 from .errors import CheckpointError, SchemaBankError
 from .files import atomic_dir, atomic_write_text, write_json
+from .method.attach import BankSet
 from .models import BaseModelInfo, load_base_model, resolve_base_model
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -177,7 +177,7 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype=None)
     ``path``: a run directory (its ``checkpoint/`` is read) or a checkpoint folder. The base
     model is found by the name the checkpoint records and checked against its sha256; the LoRA
     adapter and, in SchemaBank mode, the banks are attached (``model.banks`` holds the
-    :class:`~schemabank.attach.BankSet`, None for a LoRA-only run). ``device`` defaults to CUDA
+    :class:`~schemabank.method.attach.BankSet`, None for a LoRA-only run). ``device`` defaults to CUDA
     when available, else the CPU; ``dtype`` of the frozen base to bf16 on CUDA, float32 on the
     CPU. The model is in eval mode with every parameter frozen.
     """

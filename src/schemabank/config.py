@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .tags import TAGS
+from .method.tags import TAGS
 
 MODES = ("baseline", "schemabank")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -50,7 +50,7 @@ SCHEDULERS = ("constant", "linear", "cosine")
 COMPILE_SCOPES = ("step", "layers")  # training.compile_scope
 ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
-ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.router
+ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.method.router
 DECODERS = ("hf", "static")  # see schemabank.decode
 DECODER_ATTENTIONS = ("model", "grouped")  # schemabank.decode.ATTENTIONS
 
@@ -81,7 +81,7 @@ class ModelConfig:
 @dataclass
 class LoraSection:
     """The ``lora:`` section (named so as not to shadow ``peft.LoraConfig``, which
-    :func:`schemabank.adapter.make_lora_config` builds from it)."""
+    :func:`schemabank.method.adapter.make_lora_config` builds from it)."""
 
     r: int = 8
     """LoRA rank (PEFT's ``r``), in both modes."""
@@ -121,7 +121,7 @@ class BankConfig:
     router_input: str = "token"
     """What the router reads: ``token`` (its own hidden state, the seed's), ``prefix_mean`` (the
     causal mean of the prefix's hidden states) or ``token_prefix`` (both); see
-    :mod:`schemabank.router`. Every design routes KV-cache decoding exactly as a full pass
+    :mod:`schemabank.method.router`. Every design routes KV-cache decoding exactly as a full pass
     (``docs/routing.md``)."""
     router_hidden: int = 0
     """Router depth: 0 is a linear map (the seed's); n > 0 an MLP with n hidden units."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
-from .tags import derive_tags, tag_line
+from .method.tags import derive_tags, tag_line
 
 ENV_DATA_DIR = "SCHEMABANK_DATA_DIR"
 GSM8K_SPLITS = ("train", "test")

@@ -6,7 +6,7 @@ launches). Here a left-padded prompt batch is prefilled in one forward pass into
 forward pass of shape (B, 1) whose inputs all live in buffers of fixed shape and address, updated
 in place: the KV cache, the 2-D attention mask (B, cache length), the position ids, the last
 tokens, the rows still running and the prefix routers' running sums
-(:meth:`~schemabank.bank.SchemaBank.start_carry`). So the step can be captured as one CUDA graph
+(:meth:`~schemabank.method.bank.SchemaBank.start_carry`). So the step can be captured as one CUDA graph
 (``torch.compile(mode="reduce-overhead", fullgraph=True)``).
 
 It makes the tokens HF ``generate`` makes: greedy, position ids from the cumulative attention mask,
@@ -26,8 +26,8 @@ from transformers import AttentionInterface, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .attach import decoder_module
-from .bank import SchemaBank
+from .method.attach import decoder_module
+from .method.bank import SchemaBank
 from .runtime import cudagraph_skips, warn_cudagraph_skips
 
 
@@ -114,7 +114,7 @@ class StaticDecoder:
     given, e.g. ``"aot_eager"`` in tests, else it stays eager). ``attention``: one of
     :data:`ATTENTIONS`, the attention of the new tokens' passes (``grouped``:
     :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the prefix state
-    of the banks' prefix routers itself (:attr:`~schemabank.router.PrefixState.held`).
+    of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
     """
 
     def __init__(

@@ -37,8 +37,6 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from . import distributed, metrics
-from .adapter import adapter_parameters, base_only
-from .attach import BankSet
 from .checkpoint import load_checkpoint
 from .config import Config, EvalConfig
 from .data import (
@@ -54,10 +52,12 @@ from .data import (
 from .decode import StaticDecoder, stop_test
 from .errors import SchemaBankError
 from .files import atomic_write_text
+from .method.adapter import adapter_parameters, base_only
+from .method.attach import BankSet
+from .method.tags import TAGS, routing_target
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype
-from .tags import TAGS, routing_target
 
 
 @dataclass

@@ -307,7 +307,7 @@ def tag_routing_scores(
     """Per-tag routing precision and recall over problems.
 
     Tag ``j`` owns the block of ``S // T`` schemas starting at ``j * (S // T)`` (see
-    :mod:`schemabank.tags`). A problem is *routed to* a tag when that block receives at least
+    :mod:`schemabank.method.tags`). A problem is *routed to* a tag when that block receives at least
     twice its uniform share (``2 · (S // T) / S``) of the problem's top-k routing slots: a router
     following the tags gives a problem's block(s) all of its slots (a half each with two tags),
     a uniform one an eighth. Precision: of the problems routed to the tag, the share that have

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
 from .files import atomic_dir, write_json
-from .stages import grouped_parameters
+from .method.stages import grouped_parameters
 
 STATE_DIR = "state"
 FORMAT = "schemabank-train-state-v1"

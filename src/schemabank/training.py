@@ -2,7 +2,7 @@
 
 A run is ``setup → train (stage by stage) → save_checkpoint → evaluate → write results``. Both
 modes share the data order (seeded), the batch size and the learning-rate schedule over the global
-step; what each stage trains and optimises comes from the table in :mod:`schemabank.stages`.
+step; what each stage trains and optimises comes from the table in :mod:`schemabank.method.stages`.
 One AdamW optimiser holds every adapter parameter; a stage freezes what it does not train
 (frozen parameters get no gradient, so AdamW leaves them and their moments alone).
 
@@ -26,9 +26,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed, steplog
-from .adapter import adapter_parameters, build_adapter
-from .attach import decoder_layers
-from .bank import balance_loss, routing_ce, z_loss
 from .batching import Batches, answer_positions, split_batch
 from .checkpoint import save_checkpoint
 from .config import Config, check_config, dump_config
@@ -36,6 +33,11 @@ from .data import Problem, load_gsm8k, load_wikitext, split_dev
 from .errors import CheckpointError, SchemaBankError, TrainingError
 from .evaluation import check_context, evaluate_run, write_samples
 from .files import atomic_write_text, check_writable, write_json
+from .method.adapter import adapter_parameters, build_adapter
+from .method.attach import decoder_layers
+from .method.bank import balance_loss, routing_ce, z_loss
+from .method.stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
+from .method.tags import dropout_for_step
 from .models import load_base_model, resolve_base_model
 from .results import build_results
 from .runtime import (
@@ -47,9 +49,7 @@ from .runtime import (
     warn_cudagraph_skips,
     weight_dtype,
 )
-from .stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .state import STATE_DIR, load_state, read_state_meta, save_state
-from .tags import dropout_for_step
 from .telemetry import JsonlLogger, NullLogger
 from .tracking import check_trackers, eval_values, make_trackers
 

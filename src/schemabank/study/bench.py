@@ -17,11 +17,12 @@ import time
 import peft
 import torch
 
-from ..adapter import base_only, build_adapter, make_lora_config
 from ..batching import split_batch
 from ..config import Config
 from ..data import load_gsm8k, load_wikitext
 from ..evaluation import evaluate_gsm8k, evaluate_perplexity
+from ..method.adapter import base_only, build_adapter, make_lora_config
+from ..method.stages import BASELINE, STAGES, Stage
 from ..models import load_base_model, resolve_base_model
 from ..runtime import (
     autocast,
@@ -32,7 +33,6 @@ from ..runtime import (
     use_bf16,
     weight_dtype,
 )
-from ..stages import BASELINE, STAGES, Stage
 from ..training import Trainer
 
 

@@ -199,7 +199,7 @@ def plot_training_curves(
 
 
 def _tag_owner(tags: list[str], num_schemas: int) -> list[int | None]:
-    """Index of the tag owning each schema (the rule of :func:`schemabank.tags.owned_schemas`:
+    """Index of the tag owning each schema (the rule of :func:`schemabank.method.tags.owned_schemas`:
     tag ``t`` owns the block of ``S // T`` schemas from ``t · S // T``), None for leftovers."""
     block = num_schemas // len(tags) if tags else 0
     return [s // block if block and s // block < len(tags) else None for s in range(num_schemas)]

@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from matplotlib import rc_context
 from scipy.stats import rankdata
 
-from ..bank import RMS_EPS
 from ..config import BankConfig
 from ..data import Problem, collate, encode_all
 from ..errors import SchemaBankError
-from ..router import prefix_mean
+from ..method.bank import RMS_EPS
+from ..method.router import prefix_mean
+from ..method.tags import TAGS
 from ..runtime import autocast
-from ..tags import TAGS
 from .figures import STYLE, _new_figure, _save
 
 INPUTS = ("token", "prefix_mean", "last_prompt", "last")

@@ -14,7 +14,7 @@ The forward pass is vectorised over schemas (two matmuls against all of U and V,
 host. ``gain`` starts at 0, so a freshly attached bank leaves the model's output unchanged.
 
 The regularisers are pure functions of the parameters and of the router logits that the bank keeps
-from its last forward pass when ``capture`` is on (see :mod:`schemabank.attach`).
+from its last forward pass when ``capture`` is on (see :mod:`schemabank.method.attach`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class SchemaBank(nn.Module):
     """One bank of ``num_schemas`` rank-``rank`` schemas with a top-``topk`` router.
 
     Parameter names are the stage filters: ``router.weight`` is the router group; ``U``, ``V``,
-    ``A``, ``G`` and ``gain`` are the schema group (see :mod:`schemabank.stages`).
+    ``A``, ``G`` and ``gain`` are the schema group (see :mod:`schemabank.method.stages`).
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class SchemaBank(nn.Module):
 
     def router_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Router logits in float32: ``(B, T, H) -> (B, T, S)``, from the input that
-        ``router_input`` names (see :mod:`schemabank.router`)."""
+        ``router_input`` names (see :mod:`schemabank.method.router`)."""
         with torch.autocast(device_type=h.device.type, enabled=False):
             x = F.rms_norm(h.float(), (self.hidden_size,), eps=RMS_EPS)  # (B, T, H)
             if self.router_input != "token":

@@ -11,8 +11,8 @@ from contextlib import contextmanager, nullcontext
 import peft
 from torch import nn
 
+from ..config import BankConfig, Config, LoraSection
 from .attach import BankSet, decoder_layers, resolve_layers
-from .config import BankConfig, Config, LoraSection
 from .stages import count_parameters
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ROUTER_INPUTS
+from ..config import ROUTER_INPUTS
 
 
 def make_router(hidden_size: int, num_schemas: int, router_input: str, hidden: int) -> nn.Module:
@@ -46,7 +46,7 @@ def make_router(hidden_size: int, num_schemas: int, router_input: str, hidden: i
 
 class PrefixState:
     """Where a forward pass sits in its sequences, set before each decoder pass (see
-    :class:`~schemabank.attach.BankSet`): which of the new tokens are real (not padding) and
+    :class:`~schemabank.method.attach.BankSet`): which of the new tokens are real (not padding) and
     whether the pass continues the sequences of the previous one (KV-cache decoding)."""
 
     def __init__(self):

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .bank import SchemaBank, ortho_penalty
-from .errors import ConfigError
 from .router import PrefixState
 
 BANK_ATTR = "schemabank"
