@@ -53,7 +53,7 @@ BASELINE = Stage("baseline", "lora", ("lora",), ("lm",))
 
 def param_group(name: str) -> str | None:
     """``router``, ``schema``, ``lora`` or None (frozen base) for a parameter name."""
-    if ".schemabank.method.router." in name or name.startswith("schemabank.method.router."):
+    if ".schemabank.router." in name or name.startswith("schemabank.router."):
         return "router"
     if ".schemabank." in name or name.startswith("schemabank."):
         return "schema"
