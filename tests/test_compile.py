@@ -146,7 +146,7 @@ def test_training_losses_build_no_kv_cache(tiny_llama):
     """Both LM losses run the decoder with ``use_cache=False``: a KV cache in the training
     forward is wasted memory, and under ``compile_scope: layers`` its per-layer state
     (``layers[i].is_initialized``) made every decoder layer compile its own graph (30 of them on
-    SmolLM2, seen on an H200)."""
+    SmolLM2)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -169,7 +169,7 @@ def test_training_losses_build_no_kv_cache(tiny_llama):
 def test_layer_graphs_keep_float_attributes_constant(tiny_llama, data_dir, monkeypatch):
     """``compile_scope: layers`` keeps the layers' float attributes (norm epsilons, LoRA
     scalings, the bank's epsilon) as constants: with ``dynamic=True`` Dynamo made them CPU
-    scalar tensors read with ``.item()``, which on an H200 put CPU ops inside every layer's graph
+    scalar tensors read with ``.item()``, which on a GPU put CPU ops inside every layer's graph
     and crashed CUDA-graph recording (a segfault in the first training step)."""
     graphs = []
 

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=1,
-        help="runs at the same time (default 1; 8 suit an H100 at batch 1)",
+        help="runs at the same time (default 1; at batch 1 a GPU is mostly idle and 8 can share it)",
     )
     w.add_argument("--output-dir", help="parent of the run directories (default: each config's)")
     _add_overrides(w, "override a value in every config (repeatable)")

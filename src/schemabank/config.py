@@ -274,7 +274,7 @@ class EvalConfig:
     """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
     into one matmul over the cache as stored, no copy of the cache per query head;
     :func:`schemabank.decode.grouped_attention`) or ``model`` (the model's own, SDPA); ``null``:
-    ``grouped``, which took a captured decode step from 13.7 to 5.6 ms on an H200."""
+    ``grouped``, the faster (docs/performance.md)."""
 
 
 @dataclass

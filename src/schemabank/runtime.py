@@ -33,9 +33,9 @@ def pick_device(name: str = "auto") -> torch.device:
 def configure_cuda() -> None:
     """Turn off cuDNN's attention backend for SDPA.
 
-    Measured on an H200 with torch 2.11: cuDNN attention spent about 1.3 ms of host time per call
-    forward and 1.7 ms backward (it builds an execution plan for every new sequence length), so
-    a 30-layer model lost ~90 ms a training step and ~40 ms a generated token to it. SDPA then
+    cuDNN attention builds an execution plan for every new sequence length, which costs host
+    time on every call: with batches of varying length a 30-layer model lost most of a training
+    step's time to it (docs/log.md#speed). SDPA then
     uses the flash or memory-efficient kernels, with the same results up to rounding.
     """
     torch.backends.cuda.enable_cudnn_sdp(False)

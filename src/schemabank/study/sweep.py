@@ -1,6 +1,6 @@
 """Run many configs, several at a time on one machine: ``schemabank sweep CONFIG... --jobs N``.
 
-A run at ``training.batch_size: 1`` keeps an H100 mostly idle (the step is bound by the host
+A run at ``training.batch_size: 1`` keeps a GPU mostly idle (the step is bound by the host
 launching kernels), so a study of many small runs finishes sooner with several training processes
 sharing the GPU. Each config becomes one ``schemabank train`` subprocess; its output goes to
 ``<output_dir>/logs/<run>.log``. A run whose ``results.json`` exists is skipped, a run with a saved
