@@ -24,7 +24,7 @@ import torch
 
 from schemabank.config import load_config
 from schemabank.data import load_gsm8k
-from schemabank.decode import StaticDecoder
+from schemabank.decode import DEFAULT_ATTENTION, StaticDecoder
 from schemabank.evaluation import CACHE_ROUNDING, build_prompts
 from schemabank.method.adapter import build_adapter
 from schemabank.models import load_base_model, resolve_base_model
@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--new", type=int, default=256, help="decode steps per batch")
     p.add_argument("--profile-steps", type=int, default=32)
-    p.add_argument("--attention", default=None, help="StaticDecoder attention (default: its own)")
+    p.add_argument("--attention", default=None, help="StaticDecoder attention (default: grouped)")
     p.add_argument("--only-compiled", action="store_true", help="skip HF generate and eager")
     p.add_argument("--output", default=None, help="write the figures as JSON here")
     a = p.parse_args()
@@ -78,7 +78,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
     }
-    extra = {} if a.attention is None else {"attention": a.attention}
+    extra = {"attention": a.attention}
 
     def timed(name, fn):
         sync(device)
@@ -105,7 +105,7 @@ def main() -> None:
         timed("hf_generate", hf)
         eager = StaticDecoder(model, cache_len, a.new, None, tok.pad_token_id, **extra)
         timed("static_eager", lambda: eager.decode(ids, mask).shape[1])
-    out["attention"] = a.attention or "model"
+    out["attention"] = a.attention or DEFAULT_ATTENTION
     if device.type != "cuda":
         print(json.dumps(out, indent=1))
         if a.output:

@@ -232,7 +232,7 @@ def test_grouped_attention_decoder_makes_the_same_tokens(tiny_llama):
     b = tok(PROMPTS, return_tensors="pt", padding=True)
     L = b["input_ids"].shape[1] + 12
     args = (model, L, 12, tok.eos_token_id, tok.pad_token_id)
-    want = StaticDecoder(*args).decode(b["input_ids"], b["attention_mask"])
+    want = StaticDecoder(*args, attention="model").decode(b["input_ids"], b["attention_mask"])
     torch._dynamo.reset()
     for extra in ({}, {"compile": True, "backend": "aot_eager"}):
         dec = StaticDecoder(*args, attention="grouped", **extra)

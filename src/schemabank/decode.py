@@ -102,6 +102,7 @@ def attention_implementation(model, name: str | None):
 
 ATTENTIONS = ("model", "grouped")
 """``StaticDecoder(attention=...)``: the model's own attention, or :func:`grouped_attention`."""
+DEFAULT_ATTENTION = "grouped"  # eval.decoder_attention: null
 
 
 class StaticDecoder:
@@ -112,7 +113,7 @@ class StaticDecoder:
     batch size. ``compile``: capture the single-token step with ``torch.compile`` (on CUDA as
     ``mode="reduce-overhead", fullgraph=True``: a CUDA graph; elsewhere only with ``backend``
     given, e.g. ``"aot_eager"`` in tests, else it stays eager). ``attention``: one of
-    :data:`ATTENTIONS`, the attention of the new tokens' passes (``grouped``:
+    :data:`ATTENTIONS`, the attention of the new tokens' passes (None: ``grouped``,
     :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the prefix state
     of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
     """
@@ -126,8 +127,9 @@ class StaticDecoder:
         pad_token_id: int | None,
         compile: bool = False,
         backend: str | None = None,
-        attention: str = "model",
+        attention: str | None = None,
     ):
+        attention = attention or DEFAULT_ATTENTION
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: {attention!r} is not one of {ATTENTIONS}")
         self.model = _core(model)

@@ -49,7 +49,7 @@ from .data import (
     question_prompt,
     split_dev,
 )
-from .decode import StaticDecoder, stop_test
+from .decode import DEFAULT_ATTENTION, StaticDecoder, stop_test
 from .errors import SchemaBankError
 from .files import atomic_write_text
 from .method.adapter import adapter_parameters, base_only
@@ -141,7 +141,7 @@ def generate(
             longest + max_new_tokens,
             max_new_tokens,
             compile_decoder,
-            decoder_attention or "grouped",
+            decoder_attention,
         )
     full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
@@ -182,11 +182,17 @@ CACHE_ROUNDING = (
 
 
 def static_decoder(
-    model, tokenizer, needed: int, max_new_tokens: int, compile: bool, attention: str = "model"
+    model,
+    tokenizer,
+    needed: int,
+    max_new_tokens: int,
+    compile: bool,
+    attention: str | None = None,
 ) -> StaticDecoder:
     """The model's :class:`~schemabank.decode.StaticDecoder` for caches of ``needed`` tokens:
     the one kept from an earlier call when its cache is long enough and its settings match, else
-    a new one (kept in its place)."""
+    a new one (kept in its place). ``attention``: :class:`StaticDecoder`'s."""
+    attention = attention or DEFAULT_ATTENTION
     dec = _DECODERS.get(model)
     if (
         dec is None

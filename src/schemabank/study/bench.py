@@ -20,6 +20,7 @@ import torch
 from ..batching import split_batch
 from ..config import Config
 from ..data import load_gsm8k, load_wikitext
+from ..decode import DEFAULT_ATTENTION
 from ..evaluation import evaluate_gsm8k, evaluate_perplexity
 from ..method.adapter import base_only, build_adapter, make_lora_config
 from ..method.stages import BASELINE, STAGES, Stage
@@ -473,7 +474,7 @@ def run_bench(
             "max_new_tokens": cfg.eval.max_new_tokens,
             "decoder": cfg.eval.decoder,
             "compile_decoder": cfg.eval.compile_decoder,
-            "decoder_attention": (cfg.eval.decoder_attention or "grouped")
+            "decoder_attention": (cfg.eval.decoder_attention or DEFAULT_ATTENTION)
             if cfg.eval.decoder == "static"
             else None,
             "limit": limit,
