@@ -26,6 +26,7 @@ from schemabank.evaluation import (
     sample_records,
     solution_steps,
     step_top1,
+    token_pieces,
     write_samples,
 )
 from schemabank.method.attach import BankSet
@@ -169,6 +170,19 @@ def test_samples_carry_per_token_routing(tiny_llama):
         assert "".join(sample["tokens"]) == sample["output"]
         assert len(sample["top1"]["1"]) == len(sample["tokens"])
         assert all(0 <= s < 8 for s in sample["top1"]["1"])
+
+
+def test_token_pieces_equal_each_generations_own_decoding(tiny_llama):
+    """Decoding each distinct token once gives every generation's pieces as decoding its own
+    tokens one by one does, special tokens (skipped: '') and split characters included."""
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    texts = ["Natalia sold 48 clips.\n\nShe sold 24 × 2 = 48 €", "Answer: 72\n#### 72", ""]
+    gens = [Generation([1], tok(t, add_special_tokens=False)["input_ids"], t) for t in texts]
+    gens[1].gen_ids.append(tok.eos_token_id)
+    assert any(len(g.gen_ids) > 5 for g in gens)
+    expected = [tok.batch_decode([[t] for t in g.gen_ids], skip_special_tokens=True) for g in gens]
+    assert token_pieces(tok, gens) == expected
+    assert expected[1][-1] == ""
 
 
 def test_records_name_each_lines_dominant_schema():

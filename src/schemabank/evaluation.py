@@ -321,13 +321,24 @@ def solution_steps(
     tokenizer, generations: list[Generation], routes: dict[int, list[np.ndarray]]
 ) -> dict[int, list[list[list[int]]]]:
     """Per bank, each generation's top-1 schemas split into steps (:func:`step_top1`), each
-    generation's tokens decoded once for every bank. ``routes``: as :func:`route_tokens`."""
+    generation's tokens decoded once for every bank (:func:`token_pieces`). ``routes``: as
+    :func:`route_tokens`."""
     out: dict[int, list] = {layer: [] for layer in routes}
-    for i, g in enumerate(generations):
-        pieces = tokenizer.batch_decode([[t] for t in g.gen_ids], skip_special_tokens=True)
+    pieces_of = token_pieces(tokenizer, generations)
+    for i, (g, pieces) in enumerate(zip(generations, pieces_of, strict=True)):
         for layer, per_problem in routes.items():
             out[layer].append(_split_steps(pieces, per_problem[i][len(g.prompt_ids) :, 0]))
     return out
+
+
+def token_pieces(tokenizer, generations: list[Generation]) -> list[list[str]]:
+    """Each generation's tokens as text, one string a token (special tokens as ''), as
+    ``tokenizer.batch_decode([[t] for t in gen_ids], skip_special_tokens=True)`` gives them, with
+    each distinct token decoded once (a whole test set's tokens one by one took over a second)."""
+    ids = sorted({t for g in generations for t in g.gen_ids})
+    pieces = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=True)
+    text = dict(zip(ids, pieces, strict=True))
+    return [[text[t] for t in g.gen_ids] for g in generations]
 
 
 def sample_records(
