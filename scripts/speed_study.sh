@@ -17,7 +17,9 @@
 # (training.compile_scope, default layers), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
 # default model), EVAL_BATCH (eval.batch_size, default the config's).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
-# TORCH_LOGS=cudagraphs,recompiles shows why a step runs without CUDA graphs or recompiles.
+# TORCH_LOGS=recompiles shows why a step recompiles. Leave out TORCH_LOGS=cudagraphs with the layers
+# scope: its debug logging makes torch 2.11 fail an assertion when a graph is re-recorded
+# (results/bench/speed_2026-12-01b/README.md).
 set -u
 PART=$1
 OUT=${2:-runs/speed}
@@ -64,7 +66,7 @@ case $PART in
   run-warm) timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
   decoders)
     timed decoders_hf $SBC eval --checkpoint "$OUT/cold/sb_b32_split50_seed42/checkpoint" \
-      --set eval.decoder=hf --set eval.compile_decoder=false --set eval.decoder_attention=model --output "$OUT/hf_eval_results.json"
+      --set eval.decoder=hf --set eval.compile_decoder=false --set eval.decoder_attention=null --output "$OUT/hf_eval_results.json"
     ${PYTHON:-python3} - "$OUT/cold/sb_b32_split50_seed42/results.json" "$OUT/hf_eval_results.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p))["gsm8k"] for p in sys.argv[1:])
