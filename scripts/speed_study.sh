@@ -15,7 +15,7 @@
 #   lora           the best LoRA (seed 42) on the fast path
 # Environment: COMPILE (training.compile of the runs, default true), SCOPE
 # (training.compile_scope, default layers), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
-# default model), EVAL_BATCH (eval.batch_size, default the config's).
+# default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles. Leave out TORCH_LOGS=cudagraphs with the layers
 # scope: its debug logging makes torch 2.11 fail an assertion when a graph is re-recorded
@@ -27,7 +27,7 @@ mkdir -p "$OUT"
 SBC=${SCHEMABANK:-schemabank}
 SB=configs/gsm8k/sb_b32_split50.yaml
 LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
-DEC="--set eval.decoder=static --set eval.compile_decoder=true --set eval.decoder_attention=${ATTN:-model}"
+DEC="--set eval.decoder=static --set eval.compile_decoder=true --set eval.decoder_attention=${ATTN:-grouped}"
 [ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC"
 BENCH="--steps 20 --warmup 15"
@@ -49,16 +49,16 @@ case $PART in
     timed bench_step $SBC bench --config $SB $BENCH --set training.compile=true \
       --set training.compile_scope=step $DEC --output "$OUT/bench_step.json" ;;
   bench-eval)
-    timed "bench_eval_${ATTN:-model}_${EVAL_BATCH:-256}" $SBC bench --config $SB --only eval $DEC \
-      --output "$OUT/bench_eval_${ATTN:-model}_${EVAL_BATCH:-256}.json" ;;
+    timed "bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}" $SBC bench --config $SB --only eval $DEC \
+      --output "$OUT/bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}.json" ;;
   bench-b192)
     timed bench_b192 $SBC bench --config $SB $BENCH --only train --set training.compile=true \
       --set training.compile_scope=${SCOPE:-layers} --set training.batch_size=192 \
       --set training.group_by_length=true --output "$OUT/bench_b192.json" ;;
   profile)
-    timed "profile_${ATTN:-model}_${EVAL_BATCH:-256}" ${PYTHON:-python3} scripts/profile_decoder.py --config $SB \
-      --batch "${EVAL_BATCH:-256}" --attention "${ATTN:-model}" \
-      --output "$OUT/profile_${ATTN:-model}_${EVAL_BATCH:-256}.json" ${PROFILE_ARGS:-} ;;
+    timed "profile_${ATTN:-grouped}_${EVAL_BATCH:-256}" ${PYTHON:-python3} scripts/profile_decoder.py --config $SB \
+      --batch "${EVAL_BATCH:-256}" --attention "${ATTN:-grouped}" \
+      --output "$OUT/profile_${ATTN:-grouped}_${EVAL_BATCH:-256}.json" ${PROFILE_ARGS:-} ;;
   run)
     timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold"
     timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
