@@ -334,6 +334,9 @@ def test_dominant_ties_go_to_smallest_id():
     assert dominant([5, 2, 5]) == 5
     assert dominant([9]) == 9
     assert dominant(np.array([4, 2])) == 2
+    assert dominant(np.array([7, 0, 7, 0, 3], dtype=np.int32)) == 0  # numpy ids, tie, id 0
+    with pytest.raises(ValueError):
+        dominant([])
 
 
 @pytest.mark.parametrize(

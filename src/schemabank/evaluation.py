@@ -310,9 +310,9 @@ def step_top1(tokenizer, gen_ids: list[int], top1: np.ndarray) -> list[list[int]
 def _split_steps(pieces: list[str], top1: np.ndarray) -> list[list[int]]:
     """:func:`step_top1` given the text of each generated token."""
     steps: list[list[int]] = [[]]
-    for piece, s in zip(pieces, top1, strict=True):
+    for piece, s in zip(pieces, np.asarray(top1).tolist(), strict=True):
         if piece.strip():
-            steps[-1].append(int(s))
+            steps[-1].append(s)
         steps.extend([] for _ in range(piece.count("\n")))
     return steps
 

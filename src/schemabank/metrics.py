@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -216,10 +215,9 @@ def schema_usage(
 
 
 def dominant(ids: Sequence[int]) -> int:
-    """The most frequent id (the smallest one on a tie)."""
-    counts = Counter(int(i) for i in ids)
-    best = max(counts.values())
-    return min(i for i, c in counts.items() if c == best)
+    """The most frequent id (the smallest one on a tie). ``ids``: schema ids, non-negative."""
+    counts = np.bincount(np.asarray(ids, dtype=np.int64))  # argmax: the first of the largest
+    return int(counts.argmax())
 
 
 def reuse_count(step_top1: Sequence[Sequence[int]]) -> int:
