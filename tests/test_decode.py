@@ -4,6 +4,7 @@ gives the eager step's tokens; the ``eval.decoder`` keys."""
 
 from __future__ import annotations
 
+import numpy as np
 import peft
 import pytest
 import torch
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from schemabank.config import config_from_dict
 from schemabank.decode import STOP_OVERLAP, StaticDecoder, stop_test
 from schemabank.errors import ConfigError
-from schemabank.evaluation import _kept_tokens, generate
+from schemabank.evaluation import _kept_tokens, evaluate_gsm8k, generate, route_tokens
 from schemabank.method.attach import BankSet
 
 CPU = torch.device("cpu")
@@ -88,6 +89,65 @@ def test_static_decoder_makes_hf_generates_tokens(tiny_llama, design):
             assert gen_ids(model, tok, decoder="static") != hf  # routing changed them
     if masks is not None:
         assert gen_ids(model, tok, banks, decoder="static") != hf  # oracle routing acted
+
+
+@pytest.mark.parametrize("design", ["token", "prefix_mean_mlp", "token_prefix_oracle"])
+@pytest.mark.parametrize("max_new", [12, 1])
+def test_static_decoder_keeps_the_routing_a_second_pass_reads(tiny_llama, design, max_new):
+    """The schemas the static decoder records as it routes each token (prompt and kept
+    generation, the last kept token included) are those of the teacher-forced pass over the
+    text that the HF path uses, for every router design and under oracle routing."""
+    router_input, hidden, masks = {
+        "token": ("token", 0, None),
+        "prefix_mean_mlp": ("prefix_mean", 16, None),
+        "token_prefix_oracle": ("token_prefix", 0, torch.eye(8, dtype=torch.bool)[[0, 2, 4, 7]]),
+    }[design]
+    tok, model, banks = peaky(tiny_llama, router_input, hidden)
+    gens = generate(
+        model,
+        tok,
+        PROMPTS,
+        3,
+        max_new,
+        CPU,
+        False,
+        banks=banks,
+        route_masks=masks,
+        decoder="static",
+    )
+    want = route_tokens(
+        model,
+        banks,
+        [g.prompt_ids + g.gen_ids for g in gens],
+        tok.pad_token_id,
+        2,
+        CPU,
+        False,
+        masks,
+    )
+    assert all(len(g.gen_ids) >= 1 for g in gens)
+    for layer, per_problem in want.items():
+        for g, expected in zip(gens, per_problem, strict=True):
+            assert g.routes[layer].shape == (len(g.prompt_ids) + len(g.gen_ids), 2)
+            np.testing.assert_array_equal(g.routes[layer], expected)
+    assert all(b.last_logits is None and not b.capture for b in banks)  # left as it found them
+    hf = generate(model, tok, PROMPTS, 3, max_new, CPU, False, banks=banks, route_masks=masks)
+    assert all(g.routes is None for g in hf)  # HF generate: route_tokens reads them
+
+
+def test_evaluation_reports_the_same_routing_from_either_decoder(tiny_llama):
+    """The GSM8K routing report and the per-problem records are the same whether the routing
+    came from the static decoder or from the teacher-forced pass after HF generate."""
+    from schemabank.data import Problem
+
+    tok, model, banks = peaky(tiny_llama, "prefix_mean", 16)
+    problems = [Problem(q, a) for q, a in TRAIN[:4]]
+    args = (model, tok, problems, [], banks, 3, 10, CPU, False)
+    hf = evaluate_gsm8k(*args)
+    static = evaluate_gsm8k(*args, decoder="static")
+    assert static["routing"] == hf["routing"]
+    assert static["records"] == hf["records"]
+    assert static["routing"]["layers"]  # banks were reported
 
 
 @pytest.mark.parametrize("check_every", [1, 4])
@@ -177,6 +237,13 @@ def test_compiled_step_gives_the_eager_steps_tokens(tiny_llama):
             want = eager.decode(b["input_ids"], b["attention_mask"])
             got = compiled.decode(b["input_ids"], b["attention_mask"])
             assert torch.equal(got, want)
+            # recording the routing: the same tokens, and the schemas the eager step records
+            assert torch.equal(eager.decode(**b, record=list(banks)), want)
+            assert torch.equal(compiled.decode(**b, record=list(banks)), want)
+            for (p_want, f_want), (p_got, f_got) in zip(eager.routes, compiled.routes, strict=True):
+                assert torch.equal(p_got, p_want) and torch.equal(f_got, f_want)
+                assert f_got.shape == (2, want.shape[1], 2)
+            assert compiled.decode(**b) is not None and compiled.routes is None
     assert compiled.step is not compiled._step  # it did compile
 
 

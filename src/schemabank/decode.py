@@ -116,6 +116,10 @@ class StaticDecoder:
     :data:`ATTENTIONS`, the attention of the new tokens' passes (None: ``grouped``,
     :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the prefix state
     of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
+
+    :meth:`decode` with ``record`` (banks) also keeps the schemas each token was routed to as it
+    went through the model (:meth:`~schemabank.method.bank.SchemaBank.slots`), in
+    :attr:`routes`: no second pass over the text is needed for the routing statistics.
     """
 
     def __init__(
@@ -145,6 +149,8 @@ class StaticDecoder:
             {id(b.prefix_state): b.prefix_state for b in self.prefix_banks}.values()
         )
         self.batch_size: int | None = None
+        self.record: tuple = ()  # banks whose routing the step returns (decode's ``record``)
+        self.routes: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.step = self._step
         self.graphs = False  # CUDA graphs: mark each replay's step
         if compile:
@@ -198,9 +204,11 @@ class StaticDecoder:
         self.positions.add_(1)
         return nxt
 
-    def _step(self) -> torch.Tensor:
-        """One new token for every row: the single-token pass over the static buffers."""
-        return self._pick(self._forward(self.tokens, self.mask, self.positions))
+    def _step(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One new token for every row (B,): the single-token pass over the static buffers; and
+        for each bank of :attr:`record`, the schemas (B, k) the fed tokens were routed to."""
+        nxt = self._pick(self._forward(self.tokens, self.mask, self.positions))
+        return nxt, tuple(b.slots(b.last_logits)[:, -1] for b in self.record)
 
     def _hold(self, mask: torch.Tensor | None) -> None:
         """Prefix state of the pass to come: ``mask`` (B, T_new) real tokens, continuing the
@@ -215,11 +223,17 @@ class StaticDecoder:
         attention_mask: torch.Tensor,
         stopped=None,
         check_every: int = 16,
+        record=(),
     ) -> torch.Tensor:
         """New tokens (B, n) for a left-padded batch ``input_ids`` (B, P) with its
         ``attention_mask``, n <= ``max_new_tokens``: the loop ends once every row has met EOS
         or ``stopped`` (a host-side test of the open rows' new ids so far, a list of id lists
-        to a list of bools, made every ``check_every`` steps), or after ``max_new_tokens``."""
+        to a list of bools, made every ``check_every`` steps), or after ``max_new_tokens``.
+
+        ``record``: banks (:class:`~schemabank.method.bank.SchemaBank`) whose routing to keep.
+        :attr:`routes` then holds, per bank, the prompt's (B, P, k) and the new tokens' (B, n, k)
+        schema ids on the CPU: new token j's as it was fed back (one pass more than the tokens
+        need, so the last one's is there too). Otherwise :attr:`routes` is None."""
         B, P = input_ids.shape
         if P + self.max_new_tokens > self.cache_len:
             raise ValueError(
@@ -237,6 +251,10 @@ class StaticDecoder:
             bank.start_carry(B)
         for state in self.prefix_states:
             state.held = True
+        self.record, self.routes = tuple(record), None
+        capture = [(b, b.capture) for b in self.record]
+        for b, _ in capture:
+            b.capture = True
         try:
             with attention_implementation(self.model, self.attention):
                 return self._loop(input_ids, attention_mask, positions, out, stopped, check_every)
@@ -244,6 +262,9 @@ class StaticDecoder:
             for state in self.prefix_states:
                 state.held = False
                 state.set(None, False)
+            for b, before in capture:
+                b.capture, b.last_logits = before, None
+            self.record = ()
 
     def _loop(self, input_ids, attention_mask, positions, out, stopped, check_every):
         """:meth:`decode`'s prefill and steps, the prefix state held."""
@@ -251,21 +272,42 @@ class StaticDecoder:
         self._hold(attention_mask)
         self.positions.copy_(positions[:, -1:])
         logits = self._forward(input_ids, self.mask, positions)  # prefill (B, P)
+        prompt = [b.slots(b.last_logits) for b in self.record]  # (B, P, k) each
+        # new token j's schemas (B, k) come from step j + 1, the pass that feeds it back
+        fed = [
+            torch.zeros(B, self.max_new_tokens + 1, b.topk, dtype=torch.long, device=out.device)
+            for b in self.record
+        ]
         out[:, 0] = self._pick(logits)
         self._hold(None)  # every new token is real
         done = [False] * B
+        n = self.max_new_tokens
         for j in range(1, self.max_new_tokens):
             if j % check_every == 0:
                 recent = out[:, max(0, j - check_every - STOP_OVERLAP) : j]
                 if self._all_done(recent, stopped, done):
-                    return out[:, :j]
-            if self.graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            out[:, j] = self.step()
-            if self.graphs and not self.checked and j == 3:  # compiled, recorded, replayed
-                warn_cudagraph_skips(self.skips_before, "the static decoder's step")
-                self.checked = True
-        return out
+                    n = j
+                    break
+            out[:, j] = self._replay(fed, j)
+        if self.record:  # the pass that feeds the last token back: its routing
+            self._replay(fed, n)
+            self.routes = [
+                (p.cpu(), f[:, 1 : n + 1].cpu()) for p, f in zip(prompt, fed, strict=True)
+            ]
+        return out[:, :n]
+
+    def _replay(self, fed: list[torch.Tensor], j: int) -> torch.Tensor:
+        """Step ``j`` (:attr:`step`, a CUDA-graph replay when captured): its new tokens (B,),
+        the routing of the tokens it fed written to column ``j`` of ``fed``."""
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        nxt, ids = self.step()
+        for buf, step_ids in zip(fed, ids, strict=True):
+            buf[:, j] = step_ids
+        if self.graphs and not self.checked and j == 3:  # compiled, recorded, replayed
+            warn_cudagraph_skips(self.skips_before, "the static decoder's step")
+            self.checked = True
+        return nxt
 
     def _all_done(self, new: torch.Tensor, stopped, done: list[bool]) -> bool:
         """Whether every row has met EOS or ``stopped`` (rows found done are marked in

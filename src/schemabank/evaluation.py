@@ -1,10 +1,11 @@
 """Evaluation (SPEC section 6): GSM8K accuracy, perplexity and routing statistics.
 
 GSM8K: batched greedy generation with left padding (prompts sorted by length, results put back in
-test-set order), at most ``max_new_tokens`` new tokens, stopping at EOS or ``Question:``. Routing is
-then read in one teacher-forced pass over each prompt plus its kept generation, recording every
-token's top-k schemas at every bank (the same routing the tokens got during generation, since the
-bank acts token by token on a causal model).
+test-set order), at most ``max_new_tokens`` new tokens, stopping at EOS or ``Question:``. Every
+token's top-k schemas at every bank (prompt and kept generation) are kept by the static decoder as
+it routes them; after HF ``generate`` they are read in one teacher-forced pass over each prompt
+plus its kept generation (the same routing the tokens got during generation, since the bank acts
+token by token on a causal model).
 
 Perplexity: token perplexity of WikiText-2 test text in disjoint windows (stride = window); each
 window predicts its tokens 2..W from the earlier ones in the window; the last window may be
@@ -69,6 +70,10 @@ class Generation:
     text: str
     truncated: int = 0
     """Tokens cut from the prompt's start to fit the model's context."""
+    routes: dict[int, np.ndarray] | None = None
+    """Per bank layer, the top-k schema ids (L, k) of the prompt's and the kept tokens, as the
+    static decoder routed them (:meth:`~schemabank.decode.StaticDecoder.decode`'s ``record``);
+    None from HF ``generate`` (:func:`route_tokens` then reads them)."""
 
 
 def build_prompts(problems: list[Problem], shots: list[Problem]) -> list[str]:
@@ -143,6 +148,7 @@ def generate(
             compile_decoder,
             decoder_attention,
         )
+    record = list(banks) if static is not None and banks is not None else []
     full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
     out: list[Generation | None] = [None] * len(prompts)
@@ -161,13 +167,23 @@ def generate(
         )
         with _restricted(banks, route_masks, rows, device), autocast(device, bf16):
             if static is not None:
-                new = static.decode(batch["input_ids"], batch["attention_mask"], stopped).tolist()
+                new = static.decode(
+                    batch["input_ids"], batch["attention_mask"], stopped, record=record
+                ).tolist()
             else:
                 seqs = model.generate(**batch, generation_config=gen_cfg, tokenizer=tokenizer)
                 new = seqs[:, batch["input_ids"].shape[1] :].tolist()
-        for i, ids in zip(idx, new[: len(idx)], strict=True):
+        P = batch["input_ids"].shape[1]
+        for r, (i, ids) in enumerate(zip(idx, new[: len(idx)], strict=True)):
             kept, text = _kept_tokens(tokenizer, ids, metrics.STOP_STRING)
-            out[i] = Generation(encoded[i], kept, text, cut[i])
+            routes = None
+            if record:  # the prompt's real tokens (left-padded to P), then the kept ones
+                L = len(encoded[i])
+                routes = {
+                    layer: torch.cat([prompt[r, P - L :], fed[r, : len(kept)]]).numpy()
+                    for layer, (prompt, fed) in zip(banks.banks, static.routes, strict=True)
+                }
+            out[i] = Generation(encoded[i], kept, text, cut[i], routes)
         bar.update(len(idx))
     bar.close()
     return out  # type: ignore[return-value]
@@ -257,14 +273,6 @@ def oracle_masks(problems: list[Problem], num_schemas: int) -> torch.Tensor:
     return torch.stack([routing_target(p.tags, num_schemas) > 0 for p in problems])
 
 
-def _slots(logits: torch.Tensor, k: int) -> np.ndarray:
-    """Top-k schema ids (B, T, k) of router logits; a slot that gets no weight (oracle routing
-    among fewer than k schemas: its logit is -inf) repeats the token's top-1 schema."""
-    val, idx = logits.topk(k, dim=-1)
-    idx = torch.where(torch.isinf(val), idx[..., :1], idx)
-    return idx.cpu().numpy()
-
-
 @torch.no_grad()
 def route_tokens(
     model,
@@ -294,7 +302,7 @@ def route_tokens(
             autocast(device, bf16),
         ):
             model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
-            topk = [_slots(b.masked(b.last_logits), b.topk) for b in banks]
+            topk = [b.slots(b.last_logits).cpu().numpy() for b in banks]
         for layer, t in zip(banks.banks, topk, strict=True):
             out[layer].extend(t[i, : len(s)] for i, s in enumerate(chunk))
     return out
@@ -585,16 +593,19 @@ def evaluate_gsm8k(
     }
     routing, steps = None, None
     if banks is not None and report_routing:
-        my_routes = route_tokens(
-            model,
-            banks,
-            [g.prompt_ids + g.gen_ids for g in my_gens],
-            tokenizer.pad_token_id,
-            batch_size,
-            device,
-            bf16,
-            masks,
-        )
+        if my_gens and all(g.routes is not None for g in my_gens):  # the static decoder's
+            my_routes = {layer: [g.routes[layer] for g in my_gens] for layer in banks.banks}
+        else:
+            my_routes = route_tokens(
+                model,
+                banks,
+                [g.prompt_ids + g.gen_ids for g in my_gens],
+                tokenizer.pad_token_id,
+                batch_size,
+                device,
+                bf16,
+                masks,
+            )
         per_problem = distributed.gather_shards(
             list(zip(*my_routes.values(), strict=True)), len(problems)
         )  # per problem: its (L, k) array for each bank

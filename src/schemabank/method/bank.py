@@ -149,6 +149,13 @@ class SchemaBank(nn.Module):
             return logits
         return logits.masked_fill(~self.route_mask[:, None, :], float("-inf"))  # (B, 1, S) mask
 
+    def slots(self, logits: torch.Tensor) -> torch.Tensor:
+        """The top-k schema ids (B, T, k) that router logits ``logits`` (B, T, S) route to, under
+        :attr:`route_mask`; a slot that gets no weight (oracle routing among fewer than k
+        schemas: its logit is -inf) repeats the token's top-1 schema."""
+        val, idx = self.masked(logits).topk(self.topk, dim=-1)
+        return torch.where(torch.isinf(val), idx[..., :1], idx)
+
     def gates(self) -> torch.Tensor:
         """Per-schema gates ``sigmoid(A · G)``: ``S x r``."""
         return torch.sigmoid(self.A @ self.G)  # (S, ad) @ (ad, r) -> (S, r)
