@@ -48,6 +48,16 @@ def peaky(path, router_input: str | None = None, hidden: int = 0):
     return tok, model, banks
 
 
+# The adapters the decoder tests run: router input, router hidden size, oracle masks (a row per
+# prompt) or None.
+DESIGNS = {
+    "lora": (None, 0, None),
+    "token": ("token", 0, None),
+    "prefix_mean_mlp": ("prefix_mean", 16, None),
+    "token_prefix_oracle": ("token_prefix", 0, torch.eye(8, dtype=torch.bool)[[0, 2, 4, 7]]),
+}
+
+
 def gen_ids(model, tok, banks=None, masks=None, decoder="hf", max_new=12, attention="model"):
     gens = generate(
         model,
@@ -72,12 +82,7 @@ def gen_ids(model, tok, banks=None, masks=None, decoder="hf", max_new=12, attent
 def test_static_decoder_makes_hf_generates_tokens(tiny_llama, design):
     """Left-padded batches of prompts of four lengths (batches of 3 and 1): the kept tokens of
     the static decoder are HF generate's, token for token, and the banks do change them."""
-    router_input, hidden, masks = {
-        "lora": (None, 0, None),
-        "token": ("token", 0, None),
-        "prefix_mean_mlp": ("prefix_mean", 16, None),
-        "token_prefix_oracle": ("token_prefix", 0, torch.eye(8, dtype=torch.bool)[[0, 2, 4, 7]]),
-    }[design]
+    router_input, hidden, masks = DESIGNS[design]
     tok, model, banks = peaky(tiny_llama, router_input, hidden)
     hf = gen_ids(model, tok, banks, masks)
     static = gen_ids(model, tok, banks, masks, decoder="static")
@@ -97,42 +102,23 @@ def test_static_decoder_keeps_the_routing_a_second_pass_reads(tiny_llama, design
     """The schemas the static decoder records as it routes each token (prompt and kept
     generation, the last kept token included) are those of the teacher-forced pass over the
     text that the HF path uses, for every router design and under oracle routing."""
-    router_input, hidden, masks = {
-        "token": ("token", 0, None),
-        "prefix_mean_mlp": ("prefix_mean", 16, None),
-        "token_prefix_oracle": ("token_prefix", 0, torch.eye(8, dtype=torch.bool)[[0, 2, 4, 7]]),
-    }[design]
+    router_input, hidden, masks = DESIGNS[design]
     tok, model, banks = peaky(tiny_llama, router_input, hidden)
-    gens = generate(
-        model,
-        tok,
-        PROMPTS,
-        3,
-        max_new,
-        CPU,
-        False,
-        banks=banks,
-        route_masks=masks,
-        decoder="static",
-    )
-    want = route_tokens(
-        model,
-        banks,
-        [g.prompt_ids + g.gen_ids for g in gens],
-        tok.pad_token_id,
-        2,
-        CPU,
-        False,
-        masks,
-    )
+    args, kw = (model, tok, PROMPTS, 3, max_new, CPU, False), dict(banks=banks, route_masks=masks)
+    gens = generate(*args, **kw, decoder="static")
+    sequences = [g.prompt_ids + g.gen_ids for g in gens]
+    want = route_tokens(model, banks, sequences, tok.pad_token_id, 2, CPU, False, masks)
     assert all(len(g.gen_ids) >= 1 for g in gens)
     for layer, per_problem in want.items():
         for g, expected in zip(gens, per_problem, strict=True):
             assert g.routes[layer].shape == (len(g.prompt_ids) + len(g.gen_ids), 2)
             np.testing.assert_array_equal(g.routes[layer], expected)
     assert all(b.last_logits is None and not b.capture for b in banks)  # left as it found them
-    hf = generate(model, tok, PROMPTS, 3, max_new, CPU, False, banks=banks, route_masks=masks)
+    hf = generate(*args, **kw)
     assert all(g.routes is None for g in hf)  # HF generate: route_tokens reads them
+    unkept = generate(*args, **kw, decoder="static", keep_routes=False)
+    assert [g.gen_ids for g in unkept] == [g.gen_ids for g in gens]
+    assert all(g.routes is None for g in unkept)  # not asked for: not recorded
 
 
 def test_evaluation_reports_the_same_routing_from_either_decoder(tiny_llama):

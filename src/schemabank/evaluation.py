@@ -117,13 +117,15 @@ def generate(
     decoder: str = "hf",
     compile_decoder: bool = False,
     decoder_attention: str | None = None,
+    keep_routes: bool = True,
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
     one row per prompt, each prompt's tokens are routed only among its row's schemas
     (oracle routing; :meth:`BankSet.restricted`). ``decoder``: ``hf`` (HF ``generate``) or
     ``static`` (:class:`~schemabank.decode.StaticDecoder`, the same tokens; its single-token step
     captured as a CUDA graph with ``compile_decoder``; its new tokens' attention
-    ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`, None: ``grouped``)."""
+    ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`, None: ``grouped``; with banks
+    and ``keep_routes`` it keeps each token's schemas in :attr:`Generation.routes`)."""
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p).input_ids for p in prompts]
     cut = [max(0, len(ids) - (max_prompt_tokens or len(ids))) for ids in encoded]
@@ -148,7 +150,7 @@ def generate(
             compile_decoder,
             decoder_attention,
         )
-    record = list(banks) if static is not None and banks is not None else []
+    record = list(banks) if static is not None and banks is not None and keep_routes else []
     full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
     out: list[Generation | None] = [None] * len(prompts)
@@ -547,6 +549,7 @@ def evaluate_gsm8k(
         decoder=decoder,
         compile_decoder=compile_decoder,
         decoder_attention=decoder_attention,
+        keep_routes=report_routing,
     )
     gens = distributed.gather_shards(my_gens, len(problems))
     gen_time = time.perf_counter() - t0
@@ -593,7 +596,7 @@ def evaluate_gsm8k(
     }
     routing, steps = None, None
     if banks is not None and report_routing:
-        if my_gens and all(g.routes is not None for g in my_gens):  # the static decoder's
+        if all(g.routes is not None for g in my_gens):  # the static decoder kept them
             my_routes = {layer: [g.routes[layer] for g in my_gens] for layer in banks.banks}
         else:
             my_routes = route_tokens(
