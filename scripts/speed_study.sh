@@ -14,7 +14,7 @@
 #   decoders       the run's checkpoint evaluated again with HF generate: answers compared
 #   lora           the best LoRA (seed 42) on the fast path
 # Environment: COMPILE (training.compile of the runs, default true), SCOPE
-# (training.compile_scope, default layers), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
+# (training.compile_scope, default layers), COMPILE_DECODER (eval.compile_decoder, default true), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
 # default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles. Leave out TORCH_LOGS=cudagraphs with the layers
@@ -27,7 +27,7 @@ mkdir -p "$OUT"
 SBC=${SCHEMABANK:-schemabank}
 SB=configs/gsm8k/sb_b32_split50.yaml
 LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
-DEC="--set eval.decoder=static --set eval.compile_decoder=true --set eval.decoder_attention=${ATTN:-grouped}"
+DEC="--set eval.decoder=static --set eval.compile_decoder=${COMPILE_DECODER:-true} --set eval.decoder_attention=${ATTN:-grouped}"
 [ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC"
 BENCH="--steps 20 --warmup 15"
