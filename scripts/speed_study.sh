@@ -5,7 +5,8 @@
 #   bench-layers   the same with training.compile (scope layers) and the compiled static decoder
 #   bench-step     the same with training.compile (scope step)
 #   bench-eval     the GSM8K evaluation alone with the compiled static decoder (timed twice)
-#   bench-b192     bench-layers' training part at batch 192, length-grouped
+#   bench-b192     bench-layers' training part at batch 192, length-grouped, without the peers
+#                  (PEERS=all adds them: plain PEFT eager ran out of the H200's memory there)
 #   profile        scripts/profile_decoder.py: one batch decoded by HF generate, the static
 #                  decoder eager and captured, with a torch.profiler table (ATTN picks the
 #                  decoder's attention, EVAL_BATCH the batch)
@@ -54,7 +55,7 @@ case $PART in
   bench-b192)
     timed bench_b192 $SBC bench --config $SB $BENCH --only train --set training.compile=true \
       --set training.compile_scope=${SCOPE:-layers} --set training.batch_size=192 \
-      --set training.group_by_length=true --output "$OUT/bench_b192.json" ;;
+      --set training.group_by_length=true --peers ${PEERS:-none} --output "$OUT/bench_b192.json" ;;
   profile)
     timed "profile_${ATTN:-grouped}_${EVAL_BATCH:-256}" ${PYTHON:-python3} scripts/profile_decoder.py --config $SB \
       --batch "${EVAL_BATCH:-256}" --attention "${ATTN:-grouped}" \

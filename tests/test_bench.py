@@ -16,7 +16,15 @@ from schemabank.method.adapter import build_adapter
 from schemabank.method.stages import BASELINE
 from schemabank.models import load_base_model, resolve_base_model
 from schemabank.runtime import seed_everything
-from schemabank.study.bench import draw_batches, format_bench, make_peer, run_bench
+from schemabank.study.bench import (
+    Batch,
+    batch_shape,
+    cover_shapes,
+    draw_batches,
+    format_bench,
+    make_peer,
+    run_bench,
+)
 from schemabank.training import Trainer
 
 
@@ -196,3 +204,24 @@ def test_bench_times_a_compiled_decoder_twice(tiny_llama, data_dir):
     assert r["settings"]["decoder_attention"] == "grouped" and "training" not in r
     text = "\n".join(format_bench(r))
     assert "attention grouped" in text and "3 of 3 answers as the first pass" in text
+
+
+def test_cover_shapes_warms_up_every_timed_shape():
+    """The warmup gains the first timed batch of each shape it lacks, once, in order; the timed
+    batches stay as they are; no warmup steps means no additions."""
+
+    def batch(*lengths):
+        micro = [([0], {"input_ids": torch.zeros(2, n, dtype=torch.long)}) for n in lengths]
+        return Batch(examples=[], targets=torch.zeros(0), n_ans=[], micro=micro, shares=[])
+
+    a, b, c, b2, ab = batch(64), batch(128), batch(192), batch(128), batch(64, 128)
+    warm, timed = cover_shapes([a], [b, a, c, b2, ab])
+    assert warm == [a, b, c, ab] and timed == [b, a, c, b2, ab]
+    assert [batch_shape(x) for x in warm] == [
+        ((2, 64),),
+        ((2, 128),),
+        ((2, 192),),
+        ((2, 64), (2, 128)),
+    ]
+    assert cover_shapes([], [b, c]) == ([], [b, c])
+    assert cover_shapes([a, b, c], [b2]) == ([a, b, c], [b2])

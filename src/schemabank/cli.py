@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         help="training steps per mode before the timed ones, timed only as a whole (the "
-        "compiled peer's compile time is what they took beyond as many steady steps)",
+        "compiled peer's compile time is what they took beyond as many steady steps); the "
+        "first timed batch of each shape these lack is replayed among them too",
     )
     b.add_argument(
         "--limit", type=int, help="GSM8K test problems to generate for (default: all 1,319)"

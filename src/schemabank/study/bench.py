@@ -213,6 +213,26 @@ def batches_digest(seen: list[tuple[list, tuple[int, ...]]]) -> str:
     return h.hexdigest()
 
 
+def batch_shape(batch: Batch) -> tuple[tuple[int, ...], ...]:
+    """The padded shapes of a batch's micro-batches: what a compiled step specialises on."""
+    return tuple(tuple(b["input_ids"].shape) for _, b in batch.micro)
+
+
+def cover_shapes(warm: list[Batch], timed: list[Batch]) -> tuple[list[Batch], list[Batch]]:
+    """``warm`` extended by the first timed batch of each shape that ``warm`` lacks (replayed
+    again in the timed steps), so that no compilation or CUDA-graph recording for a new shape
+    falls inside the timed steps. Without warmup steps, nothing is added."""
+    if not warm:
+        return warm, timed
+    seen = {batch_shape(b) for b in warm}
+    extra = []
+    for b in timed:
+        if batch_shape(b) not in seen:
+            seen.add(batch_shape(b))
+            extra.append(b)
+    return warm + extra, timed
+
+
 def bench_training(
     cfg: Config,
     info,
@@ -244,7 +264,10 @@ def bench_training(
     wall time minus ``warmup`` steady steps, i.e. what compiling (and recording CUDA graphs)
     added to the warmup (None without warmup steps). Each new batch shape may compile again:
     ``batch_shapes`` counts the padded shapes a model computed and ``new_shapes_timed`` those
-    first met in the timed steps, whose compilation then falls inside ``step_ms``.
+    first met in the timed steps, whose compilation would fall inside ``step_ms``: the warmup
+    therefore also replays the first timed batch of every shape its own batches lack
+    (:func:`cover_shapes`; ``warmup_steps`` counts them), so it is 0 unless a model pads
+    differently.
     """
     unknown = set(peers) - set(PEERS["all"])
     if unknown:
@@ -272,7 +295,7 @@ def bench_training(
             cfg, info, device, bf16, lora_rank, compiled, compile_mode, compile_backend
         )
 
-    warm, timed = batches[:warmup], batches[warmup:]
+    warm, timed = cover_shapes(batches[:warmup], batches[warmup:])
     warmup_s, seen_in_warmup = {}, {}
     for name, m in models.items():
         m.begin()
