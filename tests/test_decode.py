@@ -293,3 +293,32 @@ def test_grouped_attention_decoder_makes_the_same_tokens(tiny_llama):
         assert model.get_base_model().config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="attention"):
         StaticDecoder(*args, attention="flash")
+
+
+def test_a_later_call_pads_to_the_captured_batch_size(tiny_llama):
+    """A captured decoder kept from a call at batch 4 (the test set's) serves a later call of
+    two prompts (the dev split's) at 4 rows, not a new capture at 2; the generations and their
+    routing are those of an eager decode of the two alone. ``captured_rows`` pads only up to the
+    call's batch size."""
+    from schemabank.evaluation import _DECODERS, captured_rows
+
+    tok, model, banks = peaky(tiny_llama, "token", 0)
+    kw = dict(banks=banks, decoder="static")
+    alone = generate(model, tok, PROMPTS[1:3], 4, 12, CPU, False, **kw)
+    _DECODERS.pop(model, None)
+    generate(model, tok, PROMPTS, 4, 12, CPU, False, **kw)
+    dec = _DECODERS[model]
+    assert dec.batch_size == 4
+    dec.graphs, dec.checked = True, True  # as if captured: on the CPU the step stays eager
+    seen = []
+    decode = dec.decode
+    dec.decode = lambda ids, *a, **k: seen.append(ids.shape[0]) or decode(ids, *a, **k)
+    later = generate(model, tok, PROMPTS[1:3], 4, 12, CPU, False, **kw)
+    assert seen == [4] and dec.batch_size == 4 and _DECODERS[model] is dec
+    assert [g.gen_ids for g in later] == [g.gen_ids for g in alone]
+    for g, a in zip(later, alone, strict=True):
+        assert g.routes.keys() == a.routes.keys()
+        assert all(np.array_equal(g.routes[k], a.routes[k]) for k in g.routes)
+    assert captured_rows(4, 2, 4) == 4
+    assert captured_rows(8, 2, 4) == 2  # beyond the call's batch size: its own
+    assert captured_rows(None, 2, 4) == captured_rows(1, 2, 4) == 2

@@ -152,6 +152,8 @@ def generate(
         )
     record = list(banks) if static is not None and banks is not None and keep_routes else []
     full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
+    if static is not None and static.graphs:
+        full = captured_rows(static.batch_size, full, batch_size)
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(
@@ -189,6 +191,16 @@ def generate(
         bar.update(len(idx))
     bar.close()
     return out  # type: ignore[return-value]
+
+
+def captured_rows(captured: int | None, needed: int, limit: int) -> int:
+    """Rows of each batch for a captured decoder: ``needed`` (the call's batch size, its last
+    batch padded up to it), or ``captured``, the batch size an earlier call captured the step
+    at (the test set's, for the dev split after it), when it lies between ``needed`` and the
+    call's ``limit``. Padding rows cost some decode time; a new batch size costs a compilation
+    and a capture (on an H200, the dev split's 500 problems took as long as the test set's
+    1,319 when they were captured apart: ``results/bench/speed_2026-12-02/``)."""
+    return captured if captured is not None and needed <= captured <= limit else needed
 
 
 # One static decoder per model, kept between generate calls (test, dev): its captured step and
