@@ -12,7 +12,8 @@
 #                  decoder's attention, EVAL_BATCH the batch)
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
-#   decoders       the run's checkpoint evaluated again with HF generate: answers compared
+#   decoders       the run's checkpoint evaluated again with HF generate, compared with
+#                  schemabank compare (A: the static decoder, B: HF generate)
 #   lora           the best LoRA (seed 42) on the fast path
 # Environment: COMPILE (training.compile of the runs, default true), SCOPE
 # (training.compile_scope, default layers), COMPILE_DECODER (eval.compile_decoder, default true), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
@@ -68,14 +69,7 @@ case $PART in
   decoders)
     timed decoders_hf $SBC eval --checkpoint "$OUT/cold/sb_b32_split50_seed42/checkpoint" \
       --set eval.decoder=hf --set eval.compile_decoder=false --set eval.decoder_attention=null --output "$OUT/hf_eval_results.json"
-    ${PYTHON:-python3} - "$OUT/cold/sb_b32_split50_seed42/results.json" "$OUT/hf_eval_results.json" <<'PY'
-import json, sys
-a, b = (json.load(open(p))["gsm8k"] for p in sys.argv[1:])
-pa, pb = ({x["index"]: x for x in g["problems"]} for g in (a, b))
-diff = sum(pa[i]["flexible_pred"] != pb[i]["flexible_pred"] for i in pa)
-print(f"static decoder: {a['strict']['correct']} strict correct; HF generate: "
-      f"{b['strict']['correct']}; the extracted answers of {diff} of {len(pa)} problems differ")
-PY
+    $SBC compare "$OUT/cold/sb_b32_split50_seed42/results.json" "$OUT/hf_eval_results.json"
     ;;
   lora) timed lora $SBC train --config $LORA $FAST --output-dir "$OUT/lora" ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TRAIN, tiny_config
 
@@ -225,3 +226,35 @@ def test_cover_shapes_warms_up_every_timed_shape():
     ]
     assert cover_shapes([], [b, c]) == ([], [b, c])
     assert cover_shapes([a, b, c], [b2]) == ([a, b, c], [b2])
+
+
+def test_step_times_script(tmp_path, capsys):
+    """scripts/step_times.py: each step's time from tokens / tokens_per_s, per stage, with the
+    slow steps named; a missing log is one line and a non-zero exit."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "step_times.py"
+    spec = importlib.util.spec_from_file_location("step_times", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seconds = {"schema_train": [5.0, 0.06, 0.05, 0.07], "joint_finetune": [0.06, 0.5]}
+    lines, step = [], 0
+    for stage, times in seconds.items():
+        for t in times:
+            step += 1
+            lines.append({"step": step, "stage": stage, "tokens": 600, "tokens_per_s": 600 / t})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    stages = module.step_times(lines)
+    assert [s for s, _ in stages["joint_finetune"]] == [5, 6]
+    r = module.summary(stages["schema_train"], 0.2)
+    assert r["median_ms"] == pytest.approx(65.0) and r["total_s"] == pytest.approx(5.18)
+    assert r["slow_steps"] == [(1, pytest.approx(5.0))] and r["slow_s"] == pytest.approx(5.0)
+    capsys.readouterr()
+    assert module.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "6 steps, 5.7 s" in out and "over 0.2 s: 1 steps, 5.0 s: 1 (5.0 s)" in out
+    assert "6 (0.5 s)" in out
+    with pytest.raises(SystemExit, match="training log not found"):
+        module.main([str(tmp_path / "absent")])

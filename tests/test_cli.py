@@ -593,6 +593,7 @@ def test_compare(evals, runs):
     for key in ("strict", "flexible"):
         line = next(ln for ln in lines if ln.strip().startswith(key))
         assert "McNemar p = " in line and "95% CI" in line and "A-B" in line
+        assert "answers differ on " in line
     c = read_json(evals.dir / "compare.json")
     assert c["n"] == 3
     assert c["a"]["mode"] == "schemabank" and c["b"]["mode"] == "baseline"
@@ -605,6 +606,9 @@ def test_compare(evals, runs):
         assert entry["bootstrap"]["difference"] == pytest.approx(
             entry["accuracy_a"] - entry["accuracy_b"]
         )
+        pa, pb = (runs[m].results()["gsm8k"]["problems"] for m in ("schemabank", "baseline"))
+        want = sum(x[f"{key}_pred"] != y[f"{key}_pred"] for x, y in zip(pa, pb, strict=True))
+        assert entry["answers_differ"] == want
 
 
 def test_compare_different_problem_sets_fails(evals, runs, capsys, tmp_path):

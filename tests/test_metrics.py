@@ -490,3 +490,40 @@ def test_compare_identifies_problems_by_their_questions():
     check_same_problems(old, old)
     with pytest.raises(SchemaBankError, match="gold answers"):
         check_same_problems(old, [{"index": 0, "gold": "8"}, {"index": 1, "gold": "7"}])
+
+
+def test_compare_counts_the_answers_that_differ():
+    """``answers_differ`` counts problems whose extracted answers differ, right or wrong: two
+    wrong answers that differ count, two equal ones do not, and neither changes the McNemar
+    counts."""
+    from schemabank.study.compare import compare_results
+
+    def results(preds):
+        problems = [
+            {
+                "index": i,
+                "gold": "8",
+                "strict_pred": p,
+                "flexible_pred": p,
+                "strict_correct": p == "8",
+                "flexible_correct": p == "8",
+            }
+            for i, p in enumerate(preds)
+        ]
+        acc = sum(p == "8" for p in preds) / len(preds)
+        return {
+            "experiment": {"name": "x", "mode": "baseline"},
+            "gsm8k": {
+                "problems": problems,
+                "strict": {"accuracy": acc},
+                "flexible": {"accuracy": acc},
+            },
+        }
+
+    a = results(["8", "7", "6", None, "8"])
+    b = results(["8", "5", "6", "3", "9"])
+    c = compare_results(a, b, n_resamples=100)
+    for key in ("strict", "flexible"):
+        assert c[key]["answers_differ"] == 3  # 7/5, None/3, 8/9
+        assert (c[key]["mcnemar"]["only_a"], c[key]["mcnemar"]["only_b"]) == (1, 0)
+    assert compare_results(a, a, n_resamples=100)["strict"]["answers_differ"] == 0

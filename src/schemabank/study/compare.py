@@ -1,7 +1,8 @@
 """Paired comparison of two runs evaluated on the same GSM8K problems.
 
 For strict and flexible accuracy: both accuracies, the exact McNemar test on the problems only one
-run solved, and the difference A − B with a paired-bootstrap 95% interval. Several pairs (one per
+run solved, the difference A − B with a paired-bootstrap 95% interval, and on how many problems
+the two extracted answers differ (right or wrong: how far two decoders or retrainings agree). Several pairs (one per
 seed) are also pooled (:func:`schemabank.metrics.pooled_paired`).
 """
 
@@ -57,6 +58,9 @@ def compare_results(a: dict, b: dict, n_resamples: int = 10_000, seed: int = 0) 
             "accuracy_b": b["gsm8k"][key]["accuracy"],
             "mcnemar": metrics.mcnemar_exact(xa, xb),
             "bootstrap": metrics.paired_bootstrap(xa, xb, n_resamples=n_resamples, seed=seed),
+            "answers_differ": sum(
+                x[f"{key}_pred"] != y[f"{key}_pred"] for x, y in zip(pa, pb, strict=True)
+            ),
         }
     return out
 
@@ -108,6 +112,7 @@ def format_comparison(c: dict) -> list[str]:
         lines.append(
             f"  {key:9s} A {100 * r['accuracy_a']:.1f}%  B {100 * r['accuracy_b']:.1f}%  "
             f"A-B {100 * bs['difference']:+.1f} pts (95% CI {100 * bs['ci95'][0]:+.1f} to {100 * bs['ci95'][1]:+.1f})  "
-            f"only A {m['only_a']}, only B {m['only_b']}, McNemar p = {m['p_value']:.4g}"
+            f"only A {m['only_a']}, only B {m['only_b']}, McNemar p = {m['p_value']:.4g}, "
+            f"answers differ on {r['answers_differ']}"
         )
     return lines
