@@ -5,6 +5,14 @@ and the training data, not a GPU):
 
     python scripts/padding.py --batch-size 384 --micro-batch-size 192 --steps 120 --nproc 2
 
+With ``--random`` the batches are drawn as the study's configs train (``group_by_length`` off);
+``--multiple M`` pads each micro-batch's length up to a multiple of M, as
+``training.pad_to_multiple_of`` does for a compiled step, and the padded lengths (each a shape
+the compiled step meets) are counted too. The study's settings with the compiled step's default:
+
+    python scripts/padding.py --config configs/gsm8k/sb_b32_split50.yaml --random \
+        --batch-size 32 --micro-batch-size 0 --steps 1000 --nproc 1 --multiple 64
+
 It draws the first ``--steps`` global batches of a config's training order with
 ``training.group_by_length`` on, as training does, and splits each as the Trainer does for 1
 process and for N (:func:`schemabank.batching.split_batch`: every N-th example of the batch to
@@ -19,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 
 import torch
 
-from schemabank.batching import padded_tokens
+from schemabank.batching import split_batch
 from schemabank.config import load_config
 from schemabank.data import DataOrder, encode_all, load_gsm8k, split_dev
 from schemabank.errors import SchemaBankError
@@ -37,7 +46,34 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=384, help="global batch")
     p.add_argument("--micro-batch-size", type=int, default=192, help="per process (0: none)")
     p.add_argument("--data-dir", help="folder with gsm8k/ (default: $SCHEMABANK_DATA_DIR)")
+    p.add_argument("--random", action="store_true", help="random batches, not length groups")
+    p.add_argument("--multiple", type=int, default=1, help="pad lengths to a multiple of this")
     return p.parse_args(argv)
+
+
+def padded_lengths(
+    lengths: list[int], world: int, micro: int | None, multiple: int
+) -> list[list[int]]:
+    """Each process's micro-batches' padded lengths for one batch (:func:`split_batch`), each
+    rounded up to a multiple of ``multiple``."""
+    return [
+        [
+            -(-max(lengths[j] for j in chunk) // multiple) * multiple
+            for chunk in split_batch(lengths, r, world, micro)
+        ]
+        for r in range(world)
+    ]
+
+
+def padded_tokens(lengths: list[int], world: int, micro: int | None, multiple: int) -> list[int]:
+    """Tokens each process computes for a batch: its micro-batches, padded."""
+    return [
+        sum(
+            len(chunk) * n
+            for chunk, n in zip(split_batch(lengths, r, world, micro), row, strict=True)
+        )
+        for r, row in enumerate(padded_lengths(lengths, world, micro, multiple))
+    ]
 
 
 def main(argv=None) -> int:
@@ -51,21 +87,34 @@ def main(argv=None) -> int:
     except SchemaBankError as exc:
         sys.exit(f"padding: {exc}")
     lengths = [len(ids) for ids, _ in encode_all(tok, train, cfg.training.max_length)]
-    order = DataOrder(len(train), args.batch_size, cfg.experiment.seed, lengths)
+    order = DataOrder(
+        len(train), args.batch_size, cfg.experiment.seed, None if args.random else lengths
+    )
     batches = [[lengths[i] for i in order.next_batch()] for _ in range(args.steps)]
     micro = args.micro_batch_size or None
     real = sum(sum(b) for b in batches)
-    per_step = {w: [padded_tokens(b, w, micro) for b in batches] for w in (1, args.nproc)}
+    m = args.multiple
+    per_step = {
+        w: [padded_tokens(b, w, micro, m) for b in batches] for w in dict.fromkeys((1, args.nproc))
+    }
     print(
-        f"{args.steps} batches of {args.batch_size} (micro-batches of {micro or 'the whole share'}), "
-        f"{real:,} tokens, seed {cfg.experiment.seed}"
+        f"{args.steps} {'random' if args.random else 'length-grouped'} batches of {args.batch_size} "
+        f"(micro-batches of {micro or 'the whole share'}), {real:,} tokens, seed {cfg.experiment.seed}"
+        + (f", lengths padded to multiples of {m}" if m > 1 else "")
     )
+    if m > 1:
+        counts = Counter(n for b in batches for n in padded_lengths(b, 1, micro, m)[0])
+        print(
+            f"  padded lengths (1 process), micro-batches of each: {dict(sorted(counts.items()))}"
+        )
     for w, steps in per_step.items():
         computed = sum(sum(s) for s in steps)
         print(
             f"  {w} process{'es' if w > 1 else ''}: {computed:,} tokens computed, "
             f"{1 - real / computed:.1%} padding"
         )
+    if args.nproc == 1:
+        return 0
     busiest = sum(max(s) for s in per_step[args.nproc])
     one = sum(s[0] for s in per_step[1])
     print(f"  speed-up the padding leaves to {args.nproc} processes: {one / busiest:.2f} x")

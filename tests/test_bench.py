@@ -258,3 +258,24 @@ def test_step_times_script(tmp_path, capsys):
     assert "6 (0.5 s)" in out
     with pytest.raises(SystemExit, match="training log not found"):
         module.main([str(tmp_path / "absent")])
+
+
+def test_padding_script_rounds_lengths_as_the_compiled_step_pads():
+    """scripts/padding.py: with ``--multiple 1`` the tokens of batching.padded_tokens; with a
+    multiple, each micro-batch's length rounded up to it (training.pad_to_multiple_of)."""
+    import importlib.util
+
+    from schemabank.batching import padded_tokens
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "padding.py"
+    spec = importlib.util.spec_from_file_location("padding", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lengths = [70, 130, 5, 64, 200, 9]
+    for world, micro in ((1, None), (2, None), (1, 2), (2, 2)):
+        assert module.padded_tokens(lengths, world, micro, 1) == padded_tokens(
+            lengths, world, micro
+        )
+    assert module.padded_lengths(lengths, 1, None, 64) == [[256]]
+    assert module.padded_tokens(lengths, 1, None, 64) == [6 * 256]
+    assert module.padded_lengths([70, 130, 5, 64], 1, 2, 64) == [[64, 192]]  # ascending lengths
