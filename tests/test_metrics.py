@@ -527,3 +527,7 @@ def test_compare_counts_the_answers_that_differ():
         assert c[key]["answers_differ"] == 3  # 7/5, None/3, 8/9
         assert (c[key]["mcnemar"]["only_a"], c[key]["mcnemar"]["only_b"]) == (1, 0)
     assert compare_results(a, a, n_resamples=100)["strict"]["answers_differ"] == 0
+    for p in b["gsm8k"]["problems"]:  # results that do not record the extracted answers
+        del p["strict_pred"]
+    c = compare_results(a, b, n_resamples=100)
+    assert c["strict"]["answers_differ"] is None and c["flexible"]["answers_differ"] == 3

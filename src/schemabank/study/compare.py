@@ -58,11 +58,17 @@ def compare_results(a: dict, b: dict, n_resamples: int = 10_000, seed: int = 0) 
             "accuracy_b": b["gsm8k"][key]["accuracy"],
             "mcnemar": metrics.mcnemar_exact(xa, xb),
             "bootstrap": metrics.paired_bootstrap(xa, xb, n_resamples=n_resamples, seed=seed),
-            "answers_differ": sum(
-                x[f"{key}_pred"] != y[f"{key}_pred"] for x, y in zip(pa, pb, strict=True)
-            ),
+            "answers_differ": answers_differ(pa, pb, f"{key}_pred"),
         }
     return out
+
+
+def answers_differ(pa: list[dict], pb: list[dict], field: str) -> int | None:
+    """On how many paired problems the extracted answers (``field``) differ; None when either
+    run's problems do not record them."""
+    if not all(field in p for p in pa) or not all(field in p for p in pb):
+        return None
+    return sum(x[field] != y[field] for x, y in zip(pa, pb, strict=True))
 
 
 def compare_runs(run_a: str, run_b: str) -> dict:
@@ -112,7 +118,11 @@ def format_comparison(c: dict) -> list[str]:
         lines.append(
             f"  {key:9s} A {100 * r['accuracy_a']:.1f}%  B {100 * r['accuracy_b']:.1f}%  "
             f"A-B {100 * bs['difference']:+.1f} pts (95% CI {100 * bs['ci95'][0]:+.1f} to {100 * bs['ci95'][1]:+.1f})  "
-            f"only A {m['only_a']}, only B {m['only_b']}, McNemar p = {m['p_value']:.4g}, "
-            f"answers differ on {r['answers_differ']}"
+            f"only A {m['only_a']}, only B {m['only_b']}, McNemar p = {m['p_value']:.4g}"
+            + (
+                f", answers differ on {r['answers_differ']}"
+                if r["answers_differ"] is not None
+                else ""
+            )
         )
     return lines
