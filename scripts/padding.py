@@ -31,9 +31,9 @@ from collections import Counter
 
 import torch
 
-from schemabank.batching import split_batch
+from schemabank.batching import padded_tokens, split_batch
 from schemabank.config import load_config
-from schemabank.data import DataOrder, encode_all, load_gsm8k, split_dev
+from schemabank.data import DataOrder, encode_all, load_gsm8k, padded_length, split_dev
 from schemabank.errors import SchemaBankError
 from schemabank.models import load_base_model, resolve_base_model
 
@@ -51,28 +51,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def padded_lengths(
-    lengths: list[int], world: int, micro: int | None, multiple: int
-) -> list[list[int]]:
-    """Each process's micro-batches' padded lengths for one batch (:func:`split_batch`), each
-    rounded up to a multiple of ``multiple``."""
+def padded_lengths(lengths: list[int], micro: int | None, multiple: int) -> list[int]:
+    """The padded length of each micro-batch of one batch on one process (:func:`split_batch`),
+    rounded up to a multiple of ``multiple``: the shapes a compiled step meets."""
     return [
-        [
-            -(-max(lengths[j] for j in chunk) // multiple) * multiple
-            for chunk in split_batch(lengths, r, world, micro)
-        ]
-        for r in range(world)
-    ]
-
-
-def padded_tokens(lengths: list[int], world: int, micro: int | None, multiple: int) -> list[int]:
-    """Tokens each process computes for a batch: its micro-batches, padded."""
-    return [
-        sum(
-            len(chunk) * n
-            for chunk, n in zip(split_batch(lengths, r, world, micro), row, strict=True)
-        )
-        for r, row in enumerate(padded_lengths(lengths, world, micro, multiple))
+        padded_length(max(lengths[j] for j in chunk), multiple)
+        for chunk in split_batch(lengths, 0, 1, micro)
     ]
 
 
@@ -103,7 +87,7 @@ def main(argv=None) -> int:
         + (f", lengths padded to multiples of {m}" if m > 1 else "")
     )
     if m > 1:
-        counts = Counter(n for b in batches for n in padded_lengths(b, 1, micro, m)[0])
+        counts = Counter(n for b in batches for n in padded_lengths(b, micro, m))
         print(
             f"  padded lengths (1 process), micro-batches of each: {dict(sorted(counts.items()))}"
         )

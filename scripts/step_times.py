@@ -4,7 +4,7 @@ Usage, from the repository root, on any machine:
 
     python scripts/step_times.py RUN [RUN ...] [--slow 0.2]
 
-A step's time is ``tokens / tokens_per_s`` of its log line (the wall time of the step, as the
+A step's time is ``tokens / tokens_per_s`` of its log line (``telemetry.step_seconds``) (the wall time of the step, as the
 trainer measured it). For each run and stage it prints the steps, the median and 90th-percentile
 step time, and the steps slower than ``--slow`` seconds (compilation, CUDA-graph recording,
 checkpoints) with their sum and their step numbers. With ``training.compile`` the median is the
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from schemabank.telemetry import read_jsonl
+from schemabank.telemetry import read_jsonl, step_seconds
 
 
 def step_times(lines: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """``{stage: [(step, seconds), ...]}`` in the order the stages ran."""
     out: dict[str, list[tuple[int, float]]] = {}
     for x in lines:
-        out.setdefault(x["stage"], []).append((x["step"], x["tokens"] / x["tokens_per_s"]))
+        out.setdefault(x["stage"], []).append((x["step"], step_seconds(x)))
     return out
 
 

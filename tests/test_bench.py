@@ -261,8 +261,9 @@ def test_step_times_script(tmp_path, capsys):
 
 
 def test_padding_script_rounds_lengths_as_the_compiled_step_pads():
-    """scripts/padding.py: with ``--multiple 1`` the tokens of batching.padded_tokens; with a
-    multiple, each micro-batch's length rounded up to it (training.pad_to_multiple_of)."""
+    """batching.padded_tokens with ``multiple`` (what scripts/padding.py counts): without one the
+    tokens as before; with one, each micro-batch's length rounded up to it
+    (training.pad_to_multiple_of), the lengths the script lists."""
     import importlib.util
 
     from schemabank.batching import padded_tokens
@@ -273,9 +274,7 @@ def test_padding_script_rounds_lengths_as_the_compiled_step_pads():
     spec.loader.exec_module(module)
     lengths = [70, 130, 5, 64, 200, 9]
     for world, micro in ((1, None), (2, None), (1, 2), (2, 2)):
-        assert module.padded_tokens(lengths, world, micro, 1) == padded_tokens(
-            lengths, world, micro
-        )
-    assert module.padded_lengths(lengths, 1, None, 64) == [[256]]
-    assert module.padded_tokens(lengths, 1, None, 64) == [6 * 256]
-    assert module.padded_lengths([70, 130, 5, 64], 1, 2, 64) == [[64, 192]]  # ascending lengths
+        assert padded_tokens(lengths, world, micro, 1) == padded_tokens(lengths, world, micro)
+    assert module.padded_lengths(lengths, None, 64) == [256]
+    assert padded_tokens(lengths, 1, None, 64) == [6 * 256]
+    assert module.padded_lengths([70, 130, 5, 64], 2, 64) == [64, 192]  # ascending lengths

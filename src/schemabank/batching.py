@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .config import Config
-from .data import DataOrder, Problem, collate, encode_all
+from .data import DataOrder, Problem, collate, encode_all, padded_length
 from .errors import TrainingError
 from .method.stages import Stage
 from .method.tags import routing_target
@@ -125,12 +125,15 @@ def split_batch(lengths: list[int], rank: int, world: int, micro: int | None) ->
     return [share[i : i + size] for i in range(0, len(share), size)]
 
 
-def padded_tokens(lengths: list[int], world: int, micro: int | None) -> list[int]:
-    """Tokens each process computes for a batch (its micro-batches padded), :func:`split_batch`
+def padded_tokens(
+    lengths: list[int], world: int, micro: int | None, multiple: int | None = None
+) -> list[int]:
+    """Tokens each process computes for a batch (its micro-batches padded, their lengths rounded
+    up to a multiple of ``multiple`` as ``training.pad_to_multiple_of``), :func:`split_batch`
     applied to every rank."""
     return [
         sum(
-            len(chunk) * max(lengths[j] for j in chunk)
+            len(chunk) * padded_length(max(lengths[j] for j in chunk), multiple)
             for chunk in split_batch(lengths, r, world, micro)
         )
         for r in range(world)

@@ -204,6 +204,11 @@ def encode_all(
     return [_join(p, a + eos, max_length) for p, a in zip(prompts, answers, strict=True)]
 
 
+def padded_length(n: int, multiple: int | None) -> int:
+    """``n`` tokens rounded up to a multiple of ``multiple`` (unchanged when it is None)."""
+    return -(-n // multiple) * multiple if multiple else n
+
+
 def collate(
     examples: list[tuple[list[int], list[int]]], pad_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -215,9 +220,7 @@ def collate(
     lengths = torch.tensor([len(ids) for ids, _ in examples])
     if any(len(lab) != len(ids) for ids, lab in examples):
         raise ValueError("collate: every example's ids and labels must have the same length")
-    T = int(lengths.max())
-    if pad_to_multiple_of:
-        T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+    T = padded_length(int(lengths.max()), pad_to_multiple_of)
     mask = torch.arange(T) < lengths[:, None]  # (B, T)
 
     def padded(rows, fill: int) -> torch.Tensor:

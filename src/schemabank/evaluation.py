@@ -151,9 +151,9 @@ def generate(
             decoder_attention,
         )
     record = list(banks) if static is not None and banks is not None and keep_routes else []
-    full = min(batch_size, len(order))  # a captured step keeps one batch size: pad the last
+    pad_to = None  # a captured step keeps one batch size: every batch is padded to it
     if static is not None and static.graphs:
-        full = captured_rows(static.batch_size, full, batch_size)
+        pad_to = captured_rows(static.batch_size, min(batch_size, len(order)), batch_size)
     stopped = stop_test(tokenizer, metrics.STOP_STRING)
     out: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(
@@ -165,7 +165,7 @@ def generate(
     )
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        rows = idx + [idx[-1]] * (full - len(idx)) if static is not None and static.graphs else idx
+        rows = idx + [idx[-1]] * (pad_to - len(idx)) if pad_to else idx
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(
             device
         )

@@ -79,6 +79,11 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def step_seconds(line: dict) -> float:
+    """A training-log line's step time: its ``tokens`` over its ``tokens_per_s``."""
+    return line["tokens"] / line["tokens_per_s"]
+
+
 def throughput(lines: list[dict], skip: int = 0) -> dict:
     """Training throughput of a log: its tokens over its steps' wall time (``tokens`` /
     ``tokens_per_s`` per step), leaving out the first ``skip`` steps of each stage (warm-up)."""
@@ -88,7 +93,7 @@ def throughput(lines: list[dict], skip: int = 0) -> dict:
         if seen[line["stage"]] > skip:
             kept.append(line)
     tokens = sum(x["tokens"] for x in kept)
-    seconds = sum(x["tokens"] / x["tokens_per_s"] for x in kept)
+    seconds = sum(step_seconds(x) for x in kept)
     return {
         "steps": len(kept),
         "tokens": tokens,

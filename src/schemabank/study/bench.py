@@ -227,8 +227,9 @@ def cover_shapes(warm: list[Batch], timed: list[Batch]) -> tuple[list[Batch], li
     seen = {batch_shape(b) for b in warm}
     extra = []
     for b in timed:
-        if batch_shape(b) not in seen:
-            seen.add(batch_shape(b))
+        shape = batch_shape(b)
+        if shape not in seen:
+            seen.add(shape)
             extra.append(b)
     return warm + extra, timed
 

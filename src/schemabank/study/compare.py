@@ -2,8 +2,8 @@
 
 For strict and flexible accuracy: both accuracies, the exact McNemar test on the problems only one
 run solved, the difference A − B with a paired-bootstrap 95% interval, and on how many problems
-the two extracted answers differ (right or wrong: how far two decoders or retrainings agree). Several pairs (one per
-seed) are also pooled (:func:`schemabank.metrics.pooled_paired`).
+the two extracted answers differ (right or wrong: how far two decoders or retrainings agree).
+Several pairs (one per seed) are also pooled (:func:`schemabank.metrics.pooled_paired`).
 """
 
 from __future__ import annotations
@@ -119,10 +119,7 @@ def format_comparison(c: dict) -> list[str]:
             f"  {key:9s} A {100 * r['accuracy_a']:.1f}%  B {100 * r['accuracy_b']:.1f}%  "
             f"A-B {100 * bs['difference']:+.1f} pts (95% CI {100 * bs['ci95'][0]:+.1f} to {100 * bs['ci95'][1]:+.1f})  "
             f"only A {m['only_a']}, only B {m['only_b']}, McNemar p = {m['p_value']:.4g}"
-            + (
-                f", answers differ on {r['answers_differ']}"
-                if r["answers_differ"] is not None
-                else ""
-            )
         )
+        if r["answers_differ"] is not None:
+            lines[-1] += f", answers differ on {r['answers_differ']}"
     return lines
