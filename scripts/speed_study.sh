@@ -17,7 +17,11 @@
 #   lora           the best LoRA (seed 42) on the fast path
 # Environment: COMPILE (training.compile of the runs, default true), SCOPE
 # (training.compile_scope, default layers), COMPILE_DECODER (eval.compile_decoder, default true), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
-# default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's).
+# default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's),
+# MICRO (training.micro_batch_size of the benches and runs: each batch's examples sorted by length
+# and cut into micro-batches of MICRO, each padded to its own longest; the same gradient, fewer
+# padded tokens), PAD (training.pad_to_multiple_of), PEERS (bench-layers and bench-b192: --peers;
+# bench-layers defaults to all, bench-b192 to none).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles. Leave out TORCH_LOGS=cudagraphs with the layers
 # scope: its debug logging makes torch 2.11 fail an assertion when a graph is re-recorded
@@ -31,7 +35,11 @@ SB=configs/gsm8k/sb_b32_split50.yaml
 LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
 DEC="--set eval.decoder=static --set eval.compile_decoder=${COMPILE_DECODER:-true} --set eval.decoder_attention=${ATTN:-grouped}"
 [ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
-FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC"
+TRAIN=""
+[ -n "${MICRO:-}" ] && TRAIN="$TRAIN --set training.micro_batch_size=$MICRO"
+[ -n "${PAD:-}" ] && TRAIN="$TRAIN --set training.pad_to_multiple_of=$PAD"
+SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}"  # the benches' file names say their settings
+FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
 BENCH="--steps 20 --warmup 15"
 timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.txt
   local name=$1 t0 rc
@@ -45,8 +53,9 @@ timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.t
 case $PART in
   bench-eager) timed bench_eager $SBC bench --config $SB $BENCH --output "$OUT/bench_eager.json" ;;
   bench-layers)
-    timed bench_layers $SBC bench --config $SB $BENCH --set training.compile=true \
-      --set training.compile_scope=layers $DEC ${ONLY:+--only $ONLY} --output "$OUT/bench_layers.json" ;;
+    timed "bench_layers$SUFFIX" $SBC bench --config $SB $BENCH --set training.compile=true \
+      --set training.compile_scope=layers $DEC $TRAIN ${ONLY:+--only $ONLY} --peers ${PEERS:-all} \
+      --output "$OUT/bench_layers$SUFFIX.json" ;;
   bench-step)
     timed bench_step $SBC bench --config $SB $BENCH --set training.compile=true \
       --set training.compile_scope=step $DEC --output "$OUT/bench_step.json" ;;
@@ -54,9 +63,9 @@ case $PART in
     timed "bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}" $SBC bench --config $SB --only eval $DEC \
       --output "$OUT/bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}.json" ;;
   bench-b192)
-    timed bench_b192 $SBC bench --config $SB $BENCH --only train --set training.compile=true \
+    timed "bench_b192$SUFFIX" $SBC bench --config $SB $BENCH --only train --set training.compile=true \
       --set training.compile_scope=${SCOPE:-layers} --set training.batch_size=192 \
-      --set training.group_by_length=true --peers ${PEERS:-none} --output "$OUT/bench_b192.json" ;;
+      --set training.group_by_length=true $TRAIN --peers ${PEERS:-none} --output "$OUT/bench_b192$SUFFIX.json" ;;
   profile)
     timed "profile_${ATTN:-grouped}_${EVAL_BATCH:-256}" ${PYTHON:-python3} scripts/profile_decoder.py --config $SB \
       --batch "${EVAL_BATCH:-256}" --attention "${ATTN:-grouped}" \

@@ -21,6 +21,7 @@ from schemabank.evaluation import (
     evaluate_gsm8k,
     evaluate_perplexity,
     generate,
+    nll_sum,
     perplexity,
     routing_report,
     sample_records,
@@ -65,6 +66,53 @@ def test_perplexity_matches_hand_computation(tiny_llama, n_tokens, window):
     full, rest = divmod(n_tokens, window)
     assert got["windows"] == full + (rest >= 2)
     assert got["tokens"] == full * (window - 1) + (rest - 1 if rest >= 2 else 0)
+
+
+@pytest.mark.parametrize("chunk", [5, 8192])
+def test_nll_sum_equals_the_models_own_logits(tiny_llama, chunk):
+    """The chunked head over the decoder's states gives the full logits' summed cross-entropy,
+    with a LoRA adapter and an active bank in the model (their hooks run in the decoder)."""
+    from peft import LoraConfig, get_peft_model
+
+    tok, model = load(tiny_llama)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    banks = BankSet.attach(model, [-1], 8, 4, 2, 4)
+    with torch.no_grad():
+        next(iter(banks)).gain.fill_(3.0)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)  # an adapter that changes the output
+        ids = torch.tensor([tok(q).input_ids[:12] for q, _ in TRAIN[:3]])  # (3, 12)
+        logits = model(input_ids=ids).logits[:, :-1]
+        want = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
+        )
+        got = nll_sum(model, ids, chunk=chunk)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_nll_sum_uses_the_models_logits_when_the_head_caps_them(tiny_llama):
+    """A model whose head does more than a projection (here: a forward that halves the logits,
+    flagged by ``final_logit_softcapping``) is scored on its own logits, not on head(states)."""
+    tok, model = load(tiny_llama)
+    ids = torch.tensor([tok(TRAIN[0][0]).input_ids[:10]])
+    with torch.no_grad():
+        plain = nll_sum(model, ids, chunk=3).item()
+        forward = model.forward
+
+        def capped(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            out.logits = out.logits * 0.5
+            return out
+
+        model.forward = capped
+        model.config.final_logit_softcapping = 30.0
+        got = nll_sum(model, ids, chunk=3).item()
+        logits = model(input_ids=ids).logits[:, :-1]
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[0, 1:], reduction="sum")
+    assert got == pytest.approx(want.item(), rel=1e-6)
+    assert got != pytest.approx(plain, rel=1e-3)
 
 
 def test_perplexity_reports_base_beside_adapter(tiny_llama):

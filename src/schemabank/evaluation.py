@@ -56,7 +56,7 @@ from .files import atomic_write_text
 from .method.adapter import adapter_parameters, base_only
 from .method.attach import BankSet
 from .method.tags import TAGS, routing_target
-from .models import load_base_model, resolve_base_model
+from .models import load_base_model, plain_head_base, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype
 
@@ -640,6 +640,33 @@ def evaluate_gsm8k(
     return {"gsm8k": result, "routing": routing, "records": records}
 
 
+# Tokens a perplexity batch holds, per device type: on a GPU, batches large enough that the eager
+# forward passes are not bound by launching kernels; on the CPU, small ones, where SDPA's
+# attention weights (windows x heads x W x W floats) are materialised.
+PPL_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
+
+
+def nll_sum(model, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Summed next-token negative log-likelihood (float32, on the device) of ``ids`` (B, W):
+    position t predicts t + 1. The vocabulary projection runs on ``chunk`` positions at a time,
+    so the (B, W, V) float logits never exist whole (the model's own logits when its head does
+    more than a projection, :func:`~schemabank.models.plain_head_base`)."""
+    y = ids[:, 1:].reshape(-1)  # (B·(W-1),)
+    base = plain_head_base(model)
+    if base is None:
+        logits = model(input_ids=ids).logits[:, :-1]  # (B, W-1, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y, reduction="sum")
+    hidden = base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, W, H)
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(W-1), H)
+    head = base.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk):
+        total = total + F.cross_entropy(
+            head(h[s : s + chunk]).float(), y[s : s + chunk], reduction="sum"
+        )
+    return total
+
+
 @torch.no_grad()
 def perplexity(
     model,
@@ -647,12 +674,16 @@ def perplexity(
     window: int,
     device: torch.device,
     bf16: bool,
-    tokens_per_batch: int = 8192,
+    tokens_per_batch: int | None = None,
 ) -> dict:
     """Token perplexity over disjoint windows of ``window`` tokens of a 1-D id tensor.
 
-    With several processes, each computes a share of the batches of windows; the per-batch sums
-    are gathered and added in order, as one process adds them."""
+    The windows go through the model in batches of about ``tokens_per_batch`` tokens (default
+    :data:`PPL_BATCH_TOKENS` of the device's type), the vocabulary projection in chunks
+    (:func:`nll_sum`). With several processes, each computes a share of the batches of windows;
+    the per-batch sums are gathered and added in order, as one process adds them."""
+    if tokens_per_batch is None:
+        tokens_per_batch = PPL_BATCH_TOKENS.get(device.type, PPL_BATCH_TOKENS["cpu"])
     starts = [s for s in range(0, len(token_ids), window) if len(token_ids) - s >= 2]
     full = [s for s in starts if s + window <= len(token_ids)]
     per_batch = max(1, tokens_per_batch // window)
@@ -663,10 +694,7 @@ def perplexity(
     for b in tqdm(mine, desc=f"ppl@{window}", leave=False, disable=not distributed.is_main()):
         ids = torch.stack([token_ids[s : s + window] for s in batches[b]]).to(device)
         with autocast(device, bf16):
-            logits = model(input_ids=ids).logits  # (B, W, V)
-        nll = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"
-        ).item()
+            nll = nll_sum(model, ids).item()
         sums.append((nll, ids[:, 1:].numel()))
     nll, count = 0.0, 0
     for batch_nll, batch_count in distributed.gather_shards(sums, len(batches)):

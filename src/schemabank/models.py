@@ -194,3 +194,13 @@ def load_base_model(info: BaseModelInfo, device: torch.device, dtype: torch.dtyp
     info.num_hidden_layers = model.config.num_hidden_layers
     info.hidden_size = model.config.hidden_size
     return tok, model
+
+
+def plain_head_base(model):
+    """The Hugging Face model under ``model``'s PEFT wrapper, or None when its head does more
+    than a projection (logit soft-capping or scaling), where only the model's own loss is right."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
+        return None
+    return base

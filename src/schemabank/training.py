@@ -38,7 +38,7 @@ from .method.attach import decoder_layers
 from .method.bank import balance_loss, routing_ce, z_loss
 from .method.stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .method.tags import dropout_for_step
-from .models import load_base_model, resolve_base_model
+from .models import load_base_model, plain_head_base, resolve_base_model
 from .results import build_results
 from .runtime import (
     autocast,
@@ -482,16 +482,6 @@ def _steps_run(summary: dict | None, steps: int) -> int:
     return steps if ran is None else ran
 
 
-def _plain_head_base(model):
-    """The Hugging Face model under ``model``'s PEFT wrapper, or None when its head does more
-    than a projection (logit soft-capping or scaling), where only the model's own loss is right."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
-        return None
-    return base
-
-
 def answer_loss(
     model, batch: dict, chunk: int = 8192, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -502,7 +492,7 @@ def answer_loss(
     ``positions`` (:func:`answer_positions` of the labels, on the labels' device) are found from
     the labels when not given; given, the loss needs nothing back from the GPU.
     """
-    base = _plain_head_base(model)
+    base = plain_head_base(model)
     if base is None:
         return model(**batch).loss  # the head does more than a projection: use the model's loss
     hidden = base.get_decoder()(  # no KV cache: a cache would make each layer's graph its own
@@ -525,7 +515,7 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
     on every position and the positions that do not predict an answer token are ignored, so no
     shape depends on the labels (more work and memory, (B, T, V) logits, in exchange for one
     graph per batch shape)."""
-    base = _plain_head_base(model)
+    base = plain_head_base(model)
     if base is None:
         return model(**batch).loss  # the head does more than a projection: use the model's loss
     hidden = base.get_decoder()(
