@@ -299,7 +299,7 @@ def test_a_later_call_pads_to_the_captured_batch_size(tiny_llama):
     """A captured decoder kept from a call at batch 4 (the test set's) serves a later call of
     two prompts (the dev split's) at 4 rows, not a new capture at 2; the generations and their
     routing are those of an eager decode of the two alone. ``captured_rows`` pads only up to the
-    call's batch size."""
+    call's batch size. A later call without routes records them all the same."""
     from schemabank.evaluation import _DECODERS, captured_rows
 
     tok, model, banks = peaky(tiny_llama, "token", 0)
@@ -319,6 +319,14 @@ def test_a_later_call_pads_to_the_captured_batch_size(tiny_llama):
     for g, a in zip(later, alone, strict=True):
         assert g.routes.keys() == a.routes.keys()
         assert all(np.array_equal(g.routes[k], a.routes[k]) for k in g.routes)
+    # a call that keeps no routes (the dev split) still records them in the captured step, so
+    # that the step keeps the graph it was captured with (a new record is a new compilation)
+    records = []
+    dec.decode = lambda ids, *a, **k: records.append(k["record"]) or decode(ids, *a, **k)
+    unkept = generate(model, tok, PROMPTS[1:3], 4, 12, CPU, False, **kw, keep_routes=False)
+    assert records == [list(banks)]
+    assert [g.gen_ids for g in unkept] == [g.gen_ids for g in alone]
+    assert all(g.routes is None for g in unkept)
     assert captured_rows(4, 2, 4) == 4
     assert captured_rows(8, 2, 4) == 2  # beyond the call's batch size: its own
     assert captured_rows(None, 2, 4) == captured_rows(1, 2, 4) == 2
