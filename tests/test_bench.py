@@ -73,6 +73,43 @@ def same_length_data(root: Path) -> Path:
     return root
 
 
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_bench_interleaves_eager_models_and_runs_compiled_ones_one_after_another(
+    tiny_llama, tmp_path, monkeypatch, contiguous
+):
+    """Eager models alternate their timed blocks; when a model is compiled on a GPU
+    (:func:`times_contiguously`), each runs its warmup and all its timed steps before the next."""
+    from schemabank.study import bench
+
+    monkeypatch.setattr(bench, "times_contiguously", lambda device, compiled: contiguous)
+    order = []
+    step = bench._Ours.step
+    monkeypatch.setattr(
+        bench._Ours, "step", lambda self, batch: order.append(self.stage.key) or step(self, batch)
+    )
+    cfg = config_from_dict(tiny_config(tiny_llama, training={"batch_size": 2}))
+    r = run_bench(
+        cfg, data_dir=same_length_data(tmp_path), steps=4, warmup=1, parts=("train",), peers="none"
+    )
+    base, sb = order[0], order[-1]
+    assert base != sb and len(order) == 2 * (1 + 4)
+    if contiguous:
+        assert order == [base] * 5 + [sb] * 5
+    else:  # warmups, then two rounds of two-step blocks
+        assert order == [base, sb, base, base, sb, sb, base, base, sb, sb]
+    for m in ("baseline", "schemabank_stage3"):
+        assert r["training"][m]["timing"] == ("contiguous" if contiguous else "interleaved")
+        assert r["training"][m]["steps"] == 4
+
+
+def test_times_contiguously_only_for_compiled_models_on_a_gpu():
+    from schemabank.study.bench import times_contiguously
+
+    assert times_contiguously(torch.device("cuda"), True)
+    assert not times_contiguously(torch.device("cuda"), False)
+    assert not times_contiguously(torch.device("cpu"), True)
+
+
 def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch):
     """Both peers (the compiled one through the fast aot_eager backend) run on the batches our
     trainers run on, in the same order, and the ratios are those of the reported step times.

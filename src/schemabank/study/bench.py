@@ -234,6 +234,14 @@ def cover_shapes(warm: list[Batch], timed: list[Batch]) -> tuple[list[Batch], li
     return warm + extra, timed
 
 
+def times_contiguously(device: torch.device, compiled: bool) -> bool:
+    """Whether :func:`bench_training` runs each model's warmup and timed steps before the next
+    model starts, instead of alternating the models' blocks: when a model is compiled on a GPU.
+    Alternating them made the compiled step 4 times slower than in a whole run (H200,
+    ``results/bench/speed_2026-12-02b/``), as if each switch recorded its CUDA graphs again."""
+    return device.type == "cuda" and compiled
+
+
 def bench_training(
     cfg: Config,
     info,
@@ -254,7 +262,9 @@ def bench_training(
     baseline trainer's data path and replayed to every model in the same order (each model's
     ``batches_sha256`` shows it). Each model runs its ``warmup`` steps, timed as a whole
     (``warmup_s``); then the timed steps run in alternating blocks (``rounds`` per model), so that
-    none gains from running second, with the device synchronised around each block.
+    none gains from running second, with the device synchronised around each block. When a model
+    is compiled on a GPU, each model instead runs its warmup and all its timed blocks before the
+    next model starts (``timing``: ``contiguous``, else ``interleaved``).
     ``step_ms`` is the steady state: the timed steps' mean. Our step includes its host-side
     collation and copy to the device (``Batches.to_device``, as in training); the peers are
     given the batches already on the device, as a static-batch benchmark would. ``peak_memory_gib`` is the peak
@@ -298,7 +308,8 @@ def bench_training(
 
     warm, timed = cover_shapes(batches[:warmup], batches[warmup:])
     warmup_s, seen_in_warmup = {}, {}
-    for name, m in models.items():
+
+    def warm_up(name: str, m) -> None:
         m.begin()
         _sync(device)
         t0 = time.perf_counter()
@@ -307,22 +318,35 @@ def bench_training(
         _sync(device)
         warmup_s[name] = time.perf_counter() - t0
         seen_in_warmup[name] = {shape for _, shape in m.seen}
-    for r in range(rounds):
+
+    def timed_block(m, r: int) -> None:
         block = timed[r * per_block : (r + 1) * per_block]
-        for m in models.values():
-            acc = m.acc
-            m.begin()
-            _sync(device)
-            _peak_reset(device)
-            t0 = time.perf_counter()
-            for batch in block:
-                m.step(batch)
-            _sync(device)
-            acc["time"] += time.perf_counter() - t0
-            acc["steps"] += len(block)
-            acc["tokens"] += sum(b.tokens for b in block)
-            acc["padded"] += sum(x["input_ids"].numel() for b in block for _, x in b.micro)
-            acc["peak"] = max(acc["peak"], _peak_gib(device) or 0.0)
+        acc = m.acc
+        m.begin()
+        _sync(device)
+        _peak_reset(device)
+        t0 = time.perf_counter()
+        for batch in block:
+            m.step(batch)
+        _sync(device)
+        acc["time"] += time.perf_counter() - t0
+        acc["steps"] += len(block)
+        acc["tokens"] += sum(b.tokens for b in block)
+        acc["padded"] += sum(x["input_ids"].numel() for b in block for _, x in b.micro)
+        acc["peak"] = max(acc["peak"], _peak_gib(device) or 0.0)
+
+    contiguous = times_contiguously(device, cfg.training.compile or "peft_compiled" in peers)
+    if contiguous:
+        for name, m in models.items():
+            warm_up(name, m)
+            for r in range(rounds):
+                timed_block(m, r)
+    else:
+        for name, m in models.items():
+            warm_up(name, m)
+        for r in range(rounds):
+            for m in models.values():
+                timed_block(m, r)
 
     out = {}
     t = cfg.training
@@ -343,6 +367,7 @@ def bench_training(
             "batch_shapes": len(shapes),
             "new_shapes_timed": len(shapes - seen_in_warmup[name]),
             "batches_sha256": batches_digest(m.seen),
+            "timing": "contiguous" if contiguous else "interleaved",
         }
     for name in peers:
         out[name]["lora_rank"] = lora_rank
