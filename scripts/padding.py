@@ -12,6 +12,9 @@ the compiled step meets) are counted too. The study's settings with the compiled
 
     python scripts/padding.py --config configs/gsm8k/sb_b32_split50.yaml --random \
         --batch-size 32 --micro-batch-size 0 --steps 1000 --nproc 1 --multiple 64
+``--packing`` counts the tokens of ``training.packing`` instead (one process): each micro-batch
+packed into rows of ``training.max_length`` tokens, their number rounded up to ``--rows-multiple``
+(4, as with a compiled step).
 
 It draws the first ``--steps`` global batches of a config's training order with
 ``training.group_by_length`` on, as training does, and splits each as the Trainer does for 1
@@ -33,7 +36,14 @@ import torch
 
 from schemabank.batching import padded_tokens, split_batch
 from schemabank.config import load_config
-from schemabank.data import DataOrder, encode_all, load_gsm8k, padded_length, split_dev
+from schemabank.data import (
+    DataOrder,
+    encode_all,
+    load_gsm8k,
+    pack_rows,
+    padded_length,
+    split_dev,
+)
 from schemabank.errors import SchemaBankError
 from schemabank.models import load_base_model, resolve_base_model
 
@@ -48,6 +58,14 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder with gsm8k/ (default: $SCHEMABANK_DATA_DIR)")
     p.add_argument("--random", action="store_true", help="random batches, not length groups")
     p.add_argument("--multiple", type=int, default=1, help="pad lengths to a multiple of this")
+    p.add_argument(
+        "--packing",
+        action="store_true",
+        help="training.packing: rows of max_length (rounded up to --multiple) tokens, one process",
+    )
+    p.add_argument(
+        "--rows-multiple", type=int, default=4, help="with --packing: rows rounded up to this"
+    )
     return p.parse_args(argv)
 
 
@@ -86,6 +104,21 @@ def main(argv=None) -> int:
         f"(micro-batches of {micro or 'the whole share'}), {real:,} tokens, seed {cfg.experiment.seed}"
         + (f", lengths padded to multiples of {m}" if m > 1 else "")
     )
+    if args.packing:  # one process: each micro-batch packed into rows of max_length tokens
+        L = padded_length(cfg.training.max_length, m)
+        rows = [
+            padded_length(len(pack_rows([b[j] for j in chunk], L)), args.rows_multiple)
+            for b in batches
+            for chunk in split_batch(b, 0, 1, micro)
+        ]
+        computed = sum(rows) * L
+        print(
+            f"  packed into rows of {L} tokens (row counts rounded up to a multiple of "
+            f"{args.rows_multiple}), micro-batches of each row count: "
+            f"{dict(sorted(Counter(rows).items()))}"
+        )
+        print(f"  1 process: {computed:,} tokens computed, {1 - real / computed:.1%} padding")
+        return 0
     if m > 1:
         counts = Counter(n for b in batches for n in padded_lengths(b, micro, m))
         print(

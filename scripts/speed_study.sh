@@ -20,8 +20,9 @@
 # default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's),
 # MICRO (training.micro_batch_size of the benches and runs: each batch's examples sorted by length
 # and cut into micro-batches of MICRO, each padded to its own longest; the same gradient, fewer
-# padded tokens), PAD (training.pad_to_multiple_of), PEERS (bench-layers and bench-b192: --peers;
-# bench-layers defaults to all, bench-b192 to none).
+# padded tokens; slower with compiled layers on the H200, see docs/performance.md), PAD
+# (training.pad_to_multiple_of), PACK=true (training.packing: several examples a row), PEERS
+# (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles. Leave out TORCH_LOGS=cudagraphs with the layers
 # scope: its debug logging makes torch 2.11 fail an assertion when a graph is re-recorded
@@ -38,7 +39,8 @@ DEC="--set eval.decoder=static --set eval.compile_decoder=${COMPILE_DECODER:-tru
 TRAIN=""
 [ -n "${MICRO:-}" ] && TRAIN="$TRAIN --set training.micro_batch_size=$MICRO"
 [ -n "${PAD:-}" ] && TRAIN="$TRAIN --set training.pad_to_multiple_of=$PAD"
-SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}"  # the benches' file names say their settings
+[ -n "${PACK:-}" ] && TRAIN="$TRAIN --set training.packing=$PACK"
+SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}"  # the benches' file names say their settings
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
 BENCH="--steps 20 --warmup 15"
 timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.txt

@@ -110,16 +110,15 @@ def test_times_contiguously_only_for_compiled_models_on_a_gpu():
     assert not times_contiguously(torch.device("cpu"), True)
 
 
-def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch):
+@pytest.mark.parametrize("packing", [False, True])
+def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch, packing):
     """Both peers (the compiled one through the fast aot_eager backend) run on the batches our
     trainers run on, in the same order, and the ratios are those of the reported step times.
-    Our trainers compile too (training.compile, layers scope) and report their compilation."""
+    Our trainers compile too (training.compile, layers scope) and report their compilation.
+    With training.packing the peers get the packed rows, their positions and block mask."""
     monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
-    cfg = config_from_dict(
-        tiny_config(
-            tiny_llama, training={"batch_size": 2, "compile": True, "compile_scope": "layers"}
-        )
-    )
+    keys = {"batch_size": 2, "compile": True, "compile_scope": "layers", "packing": packing}
+    cfg = config_from_dict(tiny_config(tiny_llama, training=keys))
     r = run_bench(
         cfg,
         data_dir=same_length_data(tmp_path),

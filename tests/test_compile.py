@@ -15,7 +15,7 @@ from test_training import make_trainer, wake_up
 
 from schemabank import training
 from schemabank.batching import answer_positions
-from schemabank.data import DataOrder, collate
+from schemabank.data import DataOrder, collate, pack, packed_attention_mask
 from schemabank.method.stages import BASELINE, STAGES
 from schemabank.state import load_state, save_state
 from schemabank.training import answer_loss, masked_answer_loss
@@ -75,6 +75,112 @@ def test_padding_to_a_multiple_keeps_the_step(tiny_llama, data_dir):
     for t in (ragged, rounded):  # rewind: the same batches
         t.batches.order = DataOrder(len(t.train_set), 2, 0)
     _assert_same_training(ragged, rounded, STAGES[2])
+
+
+def test_pack_places_every_example_once_in_rows_that_keep_them_apart():
+    examples = [([1] * n, [-100] * (n // 2) + [7] * (n - n // 2)) for n in (5, 3, 6, 2, 4)]
+    out = pack(examples, 0, 8, row_multiple=4)
+    R, L = out["input_ids"].shape
+    assert L == 8 and R == 4  # first-fit decreasing: [6, 2], [5, 3], [4], then a row of padding
+    ex = out["example"]
+    assert ex[0].tolist() == [2] * 6 + [3] * 2 and ex[1].tolist() == [0] * 5 + [1] * 3
+    assert ex[2].tolist() == [4] * 4 + [-1] * 4 and ex[3].eq(-1).all()
+    for i, (ids, labels) in enumerate(examples):  # each example whole, in order, positions from 0
+        at = ex == i
+        assert at.sum() == len(ids)
+        assert out["labels"][at].tolist() == labels
+        assert out["position_ids"][at].tolist() == list(range(len(ids)))
+    assert out["labels"][ex < 0].eq(-100).all() and out["input_ids"][ex < 0].eq(0).all()
+    mask = packed_attention_mask(ex)  # (R, 1, L, L)
+    assert mask.shape == (4, 1, 8, 8)
+    q, k = 7, 5  # row 0: token 7 (example 3) sees itself and token 6, not example 2's tokens
+    assert mask[0, 0, q].tolist() == [False] * 6 + [True, True]
+    assert mask[0, 0, k].tolist() == [True] * 6 + [False, False]  # causal within example 2
+    assert mask.any(-1).all()  # every token, padding too, attends to something
+    assert pack(examples, 0, 8)["input_ids"].shape == (3, 8)  # no row rounding
+    with pytest.raises(ValueError, match="exceeds rows of 4"):
+        pack(examples, 0, 4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "stage", "micro"),
+    [
+        ("baseline", BASELINE, None),
+        ("schemabank", STAGES[0], None),
+        ("schemabank", STAGES[1], 2),
+        ("schemabank", STAGES[2], None),
+    ],
+    ids=["baseline", "stage1", "stage2-micro", "stage3"],
+)
+def test_packing_keeps_the_step(tiny_llama, data_dir, mode, stage, micro):
+    """Packed rows (several examples a row, each attending to itself alone, positions from 0)
+    give the padded batch's losses (LM, routing, balance, z), gradient norm and updates."""
+    sections = (
+        {"schemabank": {"lambda_balance": 0.1, "lambda_z": 0.1}} if mode != "baseline" else {}
+    )
+    training_keys = {"batch_size": 4, "micro_batch_size": micro, "max_length": 256}
+    padded = make_trainer(tiny_llama, data_dir, mode=mode, training=training_keys, **sections)
+    packed = make_trainer(
+        tiny_llama, data_dir, mode=mode, training={**training_keys, "packing": True}, **sections
+    )
+    for t in (padded, packed):
+        wake_up(t)
+    examples, targets, _ = packed.batches.next_examples(stage, 0.5)
+    batch, per_token, _ = packed.batches.to_device(examples, targets)
+    rows = batch["input_ids"].shape[0]
+    assert rows < len(examples) and batch["input_ids"].shape[1] == 256  # max_length
+    assert batch["attention_mask"].shape == (rows, 1, 256, 256)
+    assert per_token.shape == (rows, 256, targets.shape[1])
+    assert batch["token_mask"].sum() == sum(len(ids) for ids, _ in examples)
+    for t in (padded, packed):  # rewind: the same batches
+        t.batches.order = DataOrder(len(t.train_set), 4, 0)
+        t.batches.tag_rng.manual_seed(1)
+    padded.enter_stage(stage)
+    packed.enter_stage(stage)
+    a, b = padded.train_step(stage, 1e-2, 0.5), packed.train_step(stage, 1e-2, 0.5)
+    assert b["tokens"] == a["tokens"] and b["padded_tokens"] % 256 == 0
+    for k in ("loss", "lm_loss", "route_loss", "balance", "z_loss", "ortho", "grad_norm"):
+        if a[k] is not None:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    for (name, p), (_, q) in zip(
+        padded.model.named_parameters(), packed.model.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("scope", ["layers", "step"])
+def test_compiled_packed_step_equals_the_eager_packed_step(aot_eager, tiny_llama, data_dir, scope):
+    keys = {"packing": True, "batch_size": 4, "max_length": 256}
+    eager = make_trainer(tiny_llama, data_dir, training=keys)
+    compiled = make_trainer(
+        tiny_llama,
+        data_dir,
+        training={**keys, "compile": True, "compile_scope": scope},
+    )
+    assert compiled.batches.pack_rows == 4 and eager.batches.pack_rows == 1
+    eager.batches.pack_rows = 4  # the same rows: the compiled trainer rounds them up to 4
+    for t in (eager, compiled):
+        wake_up(t)
+    _assert_same_training(eager, compiled, STAGES[2], steps=3)
+
+
+def test_packing_refuses_prefix_routers_and_oracle_routing(tiny_llama):
+    from conftest import tiny_config
+
+    from schemabank.config import config_from_dict
+    from schemabank.errors import ConfigError
+
+    for bank in ({"router_input": "prefix_mean"}, {"routing": "oracle"}):
+        with pytest.raises(ConfigError, match="training.packing: needs schemabank.router_input"):
+            config_from_dict(tiny_config(tiny_llama, training={"packing": True}, schemabank=bank))
+    config_from_dict(  # the baseline has no router
+        tiny_config(
+            tiny_llama,
+            mode="baseline",
+            training={"packing": True},
+            schemabank={"router_input": "prefix_mean"},
+        )
+    )
 
 
 @pytest.mark.parametrize(

@@ -382,6 +382,13 @@ def test_padding_script_counts_what_the_trainer_computes(
     # one process pads the batch to its longest; four of one example each pad nothing
     assert "1 process:" in one and "0.0% padding" not in one
     assert "4 processes:" in four and "0.0% padding" in four
+    # training.packing: micro-batches of one example are one row of max_length (128) tokens each
+    assert (
+        padding.main([*args, "--micro-batch-size", "1", "--packing", "--rows-multiple", "1"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "rows of 128 tokens" in out and "{1: 24}" in out
+    assert f"1 process: {6 * 4 * 128:,} tokens computed" in out
 
 
 def _patience_config(tiny_llama, **training):

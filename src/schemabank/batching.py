@@ -11,10 +11,22 @@ from __future__ import annotations
 import torch
 
 from .config import Config
-from .data import DataOrder, Problem, collate, encode_all, padded_length
+from .data import (
+    DataOrder,
+    Problem,
+    collate,
+    encode_all,
+    pack,
+    packed_attention_mask,
+    padded_length,
+)
 from .errors import TrainingError
 from .method.stages import Stage
 from .method.tags import routing_target
+
+# training.packing with training.compile: the rows of a packed batch are rounded up to a multiple
+# of this, so that the compiled step meets few shapes.
+PACK_ROW_MULTIPLE = 4
 
 
 class Batches:
@@ -31,6 +43,11 @@ class Batches:
     ):
         self.cfg, self.tok, self.train_set, self.device = cfg, tokenizer, train_set, device
         self.pad_multiple = pad_multiple  # batch lengths rounded up to a multiple of it
+        t = cfg.training
+        # training.packing: rows of this many tokens, their number rounded up to a multiple of
+        # PACK_ROW_MULTIPLE when compiling (None: one padded row per example)
+        self.pack_length = padded_length(t.max_length, pad_multiple) if t.packing else None
+        self.pack_rows = PACK_ROW_MULTIPLE if t.compile else 1
         seed = cfg.experiment.seed
         self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
         self._n_ans: dict[tuple[int, bool], int] = {}  # answer tokens the LM loss trains on
@@ -102,11 +119,29 @@ class Batches:
         return tensor.to(self.device, non_blocking=True)
 
     def to_device(self, examples, targets: torch.Tensor):
-        """Examples as one padded batch on the device, their routing targets, and the batch's
-        :func:`answer_positions` (found on the host, so that the loss need not ask the GPU)."""
-        host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
+        """Examples as one padded batch on the device, their routing targets (B, S), and the
+        batch's :func:`answer_positions` (found on the host, so that the loss need not ask the
+        GPU). With ``training.packing``, the examples packed into rows (:func:`~schemabank.data.
+        pack`): the batch then also holds position_ids, its attention_mask is the (R, 1, L, L)
+        block mask and ``token_mask`` (R, L) marks the real tokens, and the routing targets are
+        each token's, (R, L, S) (zero on padding)."""
+        if self.pack_length is None:
+            host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
+            positions = answer_positions(host["labels"])
+            return (
+                {k: self.move(v) for k, v in host.items()},
+                self.move(targets),
+                self.move(positions),
+            )
+        host = pack(examples, self.tok.pad_token_id, self.pack_length, self.pack_rows)
         positions = answer_positions(host["labels"])
-        return {k: self.move(v) for k, v in host.items()}, self.move(targets), self.move(positions)
+        example = self.move(host.pop("example"))  # (R, L), -1 on padding
+        batch = {k: self.move(v) for k, v in host.items()}
+        real = example >= 0
+        batch["attention_mask"] = packed_attention_mask(example)  # made on the device
+        batch["token_mask"] = real.long()
+        per_token = self.move(targets)[example.clamp_min(0)] * real[..., None]  # (R, L, S)
+        return batch, per_token, self.move(positions)
 
     def make_batch(self, stage: Stage, p_drop: float):
         """The next batch as one padded batch on the device, its targets and non-padding tokens."""

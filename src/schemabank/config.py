@@ -220,6 +220,15 @@ class TrainingConfig:
     """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
     shapes (what a compiled step needs; the loss is unchanged). ``null``: 64 with ``compile``,
     else no rounding."""
+    packing: bool = False
+    """Pack each micro-batch's examples into rows of ``max_length`` tokens (rounded up to the
+    padding multiple), several examples a row, each attending only to itself with its positions
+    from 0, instead of one padded row each: the same losses and gradients over fewer tokens (the
+    study's 1,000 random batches of 32: 7.6 M tokens computed instead of 12.9 M with the compiled
+    step's padding, ``scripts/padding.py --packing``). The number of rows is rounded up to a
+    multiple of 4 with ``compile`` (few shapes). Worth it when ``max_length`` is near the longest
+    example. Needs ``schemabank.router_input: token`` and learned routing (the prefix routers and
+    oracle routing work per row)."""
     checkpoint_every: int = 100
     """Save the resumable training state (adapter, optimiser, RNGs, data position) every this many
     steps to ``<run>/state``; 0 saves it only on SIGINT/SIGTERM."""
@@ -477,6 +486,16 @@ def validate(cfg: Config) -> list[str]:
         )
     if t.pad_to_multiple_of is not None and t.pad_to_multiple_of < 1:
         p.append(f"training.pad_to_multiple_of: must be >= 1 or null, got {t.pad_to_multiple_of}")
+    if (
+        t.packing
+        and e.mode == "schemabank"
+        and (b.router_input != "token" or b.routing == "oracle")
+    ):
+        p.append(
+            "training.packing: needs schemabank.router_input: token and schemabank.routing: learned "
+            f"(their prefix means and oracle masks are per row, not per example), got router_input "
+            f"{b.router_input!r}, routing {b.routing!r}"
+        )
     if t.max_length < 16:
         p.append(f"training.max_length: must be >= 16, got {t.max_length}")
     if t.precision not in PRECISIONS:

@@ -235,6 +235,70 @@ def collate(
     }
 
 
+def pack(
+    examples: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    row_length: int,
+    row_multiple: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Pack (ids, labels) examples into rows of ``row_length`` tokens, instead of one padded row
+    each: first-fit decreasing, the longest example first, each into the first row with room.
+    The number of rows is rounded up to a multiple of ``row_multiple`` (rows of padding alone).
+
+    Returns input_ids, labels (-100 on padding), position_ids (each example's from 0) and
+    ``example`` (R, L): the index in ``examples`` of the example each token belongs to, -1 for
+    padding; :func:`packed_attention_mask` of ``example`` keeps the examples apart."""
+    lengths = [len(ids) for ids, _ in examples]
+    if any(len(lab) != n for (_, lab), n in zip(examples, lengths, strict=True)):
+        raise ValueError("pack: every example's ids and labels must have the same length")
+    rows = pack_rows(lengths, row_length)
+    R = padded_length(len(rows), row_multiple)
+    out = {
+        "input_ids": torch.full((R, row_length), pad_id, dtype=torch.long),
+        "labels": torch.full((R, row_length), -100, dtype=torch.long),
+        "position_ids": torch.zeros((R, row_length), dtype=torch.long),
+        "example": torch.full((R, row_length), -1, dtype=torch.long),
+    }
+    for r, row in enumerate(rows):
+        t = 0
+        for i in row:
+            ids, lab = examples[i]
+            n = len(ids)
+            out["input_ids"][r, t : t + n] = torch.tensor(ids)
+            out["labels"][r, t : t + n] = torch.tensor(lab)
+            out["position_ids"][r, t : t + n] = torch.arange(n)
+            out["example"][r, t : t + n] = i
+            t += n
+    return out
+
+
+def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
+    """:func:`pack`'s rows: the indices of the examples of ``lengths`` tokens that each row
+    holds, first-fit decreasing (the longest first, each into the first row with room)."""
+    if max(lengths) > row_length:
+        raise ValueError(f"pack: an example of {max(lengths)} tokens exceeds rows of {row_length}")
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, f in enumerate(free) if f >= lengths[i]), len(rows))
+        if r == len(rows):
+            rows.append([])
+            free.append(row_length)
+        rows[r].append(i)
+        free[r] -= lengths[i]
+    return rows
+
+
+def packed_attention_mask(example: torch.Tensor) -> torch.Tensor:
+    """(R, 1, L, L) bool, True where a query token may attend to a key: causal, within its own
+    example (:func:`pack`'s ``example`` (R, L)). The padding of a row is one block of its own, so
+    that no token attends to nothing (SDPA's output would be NaN)."""
+    L = example.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=example.device).tril()  # (L, L)
+    same = example[:, :, None] == example[:, None, :]  # (R, L, L)
+    return (same & causal)[:, None]
+
+
 class DataOrder:
     """The sequence of training-problem indices: seeded epochs of random permutations.
 

@@ -164,8 +164,12 @@ class Trainer:
         optimised = tuple(k for k, w in weights.items() if k in stage.losses and w > 0)
         with capture, oracle, self._compiled_layers():
             if self._compiled_losses is not None:
-                for x in batch.values():  # one graph for every length (a CUDA graph per length)
-                    torch._dynamo.mark_dynamic(x, 1)
+                # one graph for every length (a CUDA graph per length), or for every number of
+                # rows of a packed batch (its rows all have the same length)
+                dim = 0 if "token_mask" in batch else 1
+                for x in batch.values():
+                    if x.shape[dim] > 1:  # a dimension of 1 would be specialised anyway
+                        torch._dynamo.mark_dynamic(x, dim)
                 return self._compiled_losses(stage, batch, targets, None, optimised)
             return self.forward_losses(stage, batch, targets, positions, optimised)
 
@@ -214,6 +218,7 @@ class Trainer:
                 self.model(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
+                    position_ids=batch.get("position_ids"),
                     logits_to_keep=1,
                     use_cache=False,
                 )
@@ -221,7 +226,7 @@ class Trainer:
                 logits = self.banks.last_logits()
         if self.banks is None:
             return out
-        mask = batch["attention_mask"].bool()
+        mask = batch.get("token_mask", batch["attention_mask"]).bool()  # (B, T) real tokens
 
         def mean(xs):  # average over banks
             return torch.stack(xs).mean()
@@ -493,10 +498,13 @@ def answer_loss(
     the labels when not given; given, the loss needs nothing back from the GPU.
     """
     base = plain_head_base(model)
-    if base is None:
-        return model(**batch).loss  # the head does more than a projection: use the model's loss
+    if base is None:  # the head does more than a projection: use the model's loss
+        return model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss
     hidden = base.get_decoder()(  # no KV cache: a cache would make each layer's graph its own
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch.get("position_ids"),  # a packed batch's (each example's from 0)
+        use_cache=False,
     ).last_hidden_state  # (B, T, H)
     if positions is None:
         positions = answer_positions(batch["labels"])
@@ -516,10 +524,13 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
     shape depends on the labels (more work and memory, (B, T, V) logits, in exchange for one
     graph per batch shape)."""
     base = plain_head_base(model)
-    if base is None:
-        return model(**batch).loss  # the head does more than a projection: use the model's loss
+    if base is None:  # the head does more than a projection: use the model's loss
+        return model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss
     hidden = base.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
     ).last_hidden_state  # (B, T, H)
     labels = batch["labels"][:, 1:]  # position t predicts t + 1
     logits = base.get_output_embeddings()(hidden[:, :-1]).float()  # (B, T - 1, V)

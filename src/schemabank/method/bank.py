@@ -208,10 +208,13 @@ def routing_ce(
 ) -> torch.Tensor:
     """Cross-entropy of the router's softmax against a per-example target distribution.
 
-    ``logits``: (B, T, S); ``target``: (B, S), rows summing to 1; ``mask``: (B, T) non-padding.
+    ``logits``: (B, T, S); ``target``: (B, S), rows summing to 1, or each token's (B, T, S) (a
+    packed batch's); ``mask``: (B, T) non-padding.
     """
     logp = logits.float().log_softmax(-1)  # (B, T, S)
-    ce = -(logp * target[:, None, :]).sum(-1)  # (B, T)
+    if target.dim() == 2:
+        target = target[:, None, :]  # (B, S) -> (B, 1, S)
+    ce = -(logp * target).sum(-1)  # (B, T)
     return _masked_mean(ce, mask)
 
 

@@ -174,8 +174,12 @@ class _Peer(_Measured):
         for (chunk, b), share in zip(batch.micro, batch.shares, strict=True):
             self.seen.append(([batch.examples[j] for j in chunk], tuple(b["input_ids"].shape)))
             with autocast(self.device, self.bf16):
+                packed = {"position_ids": b["position_ids"]} if "position_ids" in b else {}
                 out = self.forward(
-                    input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]
+                    input_ids=b["input_ids"],
+                    attention_mask=b["attention_mask"],
+                    labels=b["labels"],
+                    **packed,  # training.packing: each example's positions from 0
                 )
             loss = out.loss if len(batch.micro) == 1 else out.loss * share
             loss.backward()
