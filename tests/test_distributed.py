@@ -161,6 +161,27 @@ def test_torchrun_two_processes_match_one(tiny_llama, data_dir, tmp_path):
         assert rb["perplexity"]["windows"][w]["base_ppl"] == entry["base_ppl"]
 
 
+def test_torchrun_two_processes_packing_match_one_without(tiny_llama, data_dir, tmp_path):
+    """``training.packing`` under two processes: each packs its share of the batch into rows, and
+    the run is one process's padded run (losses, gradient norms, final weights)."""
+    cfg = tiny_config(tiny_llama, schemabank={"lambda_z": 0.1}, data={"dev_size": 3})
+    cfg["training"] |= {"batch_size": 4, "max_length": 256}
+    cfg["eval"] |= {"ppl_windows": []}
+    one = run(config_from_dict(cfg), output_dir=tmp_path / "one", data_dir=data_dir)
+    cfg["training"]["packing"] = True
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + train_args(write_config(cfg, tmp_path), tmp_path / "two", data_dir),
+        cwd=REPO,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_training(one, tmp_path / "two" / one.name, tol=1e-5)
+
+
 def test_signal_to_one_process_stops_all_and_resumes_on_one(tiny_llama, data_dir, tmp_path):
     """Baseline mode in micro-batches: SIGTERM to rank 1 alone stops both processes after the
     same step with the state saved once; resumed by one process, the run ends as an
