@@ -102,6 +102,34 @@ def test_bench_interleaves_eager_models_and_runs_compiled_ones_one_after_another
         assert r["training"][m]["steps"] == 4
 
 
+def test_bench_peer_gets_the_packed_rows_positions(tiny_llama, tmp_path, monkeypatch):
+    """With training.packing the peer's forward gets the packed rows with each example's
+    positions and the block mask, as our trainers do (without them its loss would be wrong)."""
+    from schemabank.study import bench
+
+    calls = []
+    make_peer = bench.make_peer
+
+    def recording_peer(*args, **kwargs):
+        peer = make_peer(*args, **kwargs)
+        forward = peer.forward
+        peer.forward = lambda **kw: calls.append(kw) or forward(**kw)
+        return peer
+
+    monkeypatch.setattr(bench, "make_peer", recording_peer)
+    keys = {"batch_size": 4, "packing": True, "max_length": 256}
+    cfg = config_from_dict(tiny_config(tiny_llama, training=keys))
+    r = run_bench(
+        cfg, data_dir=same_length_data(tmp_path), steps=1, warmup=0, parts=("train",), peers="eager"
+    )
+    assert len({r["training"][m]["batches_sha256"] for m in ("baseline", "peft_eager")}) == 1
+    assert calls and all(c["attention_mask"].dim() == 4 for c in calls)
+    for c in calls:  # each row's examples start their positions at 0
+        rows, length = c["input_ids"].shape
+        assert c["position_ids"].shape == (rows, length) and c["position_ids"][:, 0].eq(0).all()
+        assert c["position_ids"].max() < length
+
+
 def test_times_contiguously_only_for_compiled_models_on_a_gpu():
     from schemabank.study.bench import times_contiguously
 
@@ -110,14 +138,12 @@ def test_times_contiguously_only_for_compiled_models_on_a_gpu():
     assert not times_contiguously(torch.device("cpu"), True)
 
 
-@pytest.mark.parametrize("packing", [False, True])
-def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch, packing):
+def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch):
     """Both peers (the compiled one through the fast aot_eager backend) run on the batches our
     trainers run on, in the same order, and the ratios are those of the reported step times.
-    Our trainers compile too (training.compile, layers scope) and report their compilation.
-    With training.packing the peers get the packed rows, their positions and block mask."""
+    Our trainers compile too (training.compile, layers scope) and report their compilation."""
     monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
-    keys = {"batch_size": 2, "compile": True, "compile_scope": "layers", "packing": packing}
+    keys = {"batch_size": 2, "compile": True, "compile_scope": "layers"}
     cfg = config_from_dict(tiny_config(tiny_llama, training=keys))
     r = run_bench(
         cfg,
