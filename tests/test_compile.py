@@ -157,8 +157,8 @@ def test_compiled_packed_step_equals_the_eager_packed_step(aot_eager, tiny_llama
         data_dir,
         training={**keys, "compile": True, "compile_scope": scope},
     )
-    assert compiled.batches.pack_rows == 4 and eager.batches.pack_rows == 1
-    eager.batches.pack_rows = 4  # the same rows: the compiled trainer rounds them up to 4
+    assert compiled.batches.pack_row_multiple == 4 and eager.batches.pack_row_multiple == 1
+    eager.batches.pack_row_multiple = 4  # the same rows: the compiled trainer rounds them up to 4
     for t in (eager, compiled):
         wake_up(t)
     _assert_same_training(eager, compiled, STAGES[2], steps=2)

@@ -47,7 +47,7 @@ class Batches:
         # training.packing: rows of this many tokens, their number rounded up to a multiple of
         # PACK_ROW_MULTIPLE when compiling (None: one padded row per example)
         self.pack_length = padded_length(t.max_length, pad_multiple) if t.packing else None
-        self.pack_rows = PACK_ROW_MULTIPLE if t.compile else 1
+        self.pack_row_multiple = PACK_ROW_MULTIPLE if t.compile else 1
         seed = cfg.experiment.seed
         self._encoded: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
         self._n_ans: dict[tuple[int, bool], int] = {}  # answer tokens the LM loss trains on
@@ -133,7 +133,7 @@ class Batches:
                 self.move(targets),
                 self.move(positions),
             )
-        host = pack(examples, self.tok.pad_token_id, self.pack_length, self.pack_rows)
+        host = pack(examples, self.tok.pad_token_id, self.pack_length, self.pack_row_multiple)
         positions = answer_positions(host["labels"])
         example = self.move(host.pop("example"))  # (R, L), -1 on padding
         batch = {k: self.move(v) for k, v in host.items()}

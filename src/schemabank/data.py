@@ -241,35 +241,40 @@ def pack(
     row_length: int,
     row_multiple: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Pack (ids, labels) examples into rows of ``row_length`` tokens, instead of one padded row
-    each: first-fit decreasing, the longest example first, each into the first row with room.
-    The number of rows is rounded up to a multiple of ``row_multiple`` (rows of padding alone).
+    """Pack (ids, labels) examples into rows of ``row_length`` tokens (:func:`pack_rows`) instead
+    of one padded row each, the number of rows rounded up to a multiple of ``row_multiple`` (rows
+    of padding alone).
 
     Returns input_ids, labels (-100 on padding), position_ids (each example's from 0) and
     ``example`` (R, L): the index in ``examples`` of the example each token belongs to, -1 for
-    padding; :func:`packed_attention_mask` of ``example`` keeps the examples apart."""
-    lengths = [len(ids) for ids, _ in examples]
+    padding; :func:`packed_attention_mask` of ``example`` keeps the examples apart. Filled as
+    :func:`collate` fills, from flat arrays (the training step waits for it)."""
+    lengths = np.array([len(ids) for ids, _ in examples])  # (N,)
     if any(len(lab) != n for (_, lab), n in zip(examples, lengths, strict=True)):
         raise ValueError("pack: every example's ids and labels must have the same length")
-    rows = pack_rows(lengths, row_length)
+    rows = pack_rows(lengths.tolist(), row_length)
     R = padded_length(len(rows), row_multiple)
-    out = {
-        "input_ids": torch.full((R, row_length), pad_id, dtype=torch.long),
-        "labels": torch.full((R, row_length), -100, dtype=torch.long),
-        "position_ids": torch.zeros((R, row_length), dtype=torch.long),
-        "example": torch.full((R, row_length), -1, dtype=torch.long),
-    }
+    start = np.empty(len(examples), dtype=np.int64)  # (N,): each example's first flat index
     for r, row in enumerate(rows):
-        t = 0
-        for i in row:
-            ids, lab = examples[i]
-            n = len(ids)
-            out["input_ids"][r, t : t + n] = torch.tensor(ids)
-            out["labels"][r, t : t + n] = torch.tensor(lab)
-            out["position_ids"][r, t : t + n] = torch.arange(n)
-            out["example"][r, t : t + n] = i
-            t += n
-    return out
+        start[row] = r * row_length + np.concatenate([[0], np.cumsum(lengths[row])[:-1]])
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)  # each token's example's first token
+    position = np.arange(lengths.sum()) - first  # (tokens,): position within its example
+    flat = torch.from_numpy(np.repeat(start, lengths) + position)  # (tokens,) into (R·L)
+
+    def filled(values: np.ndarray, fill: int) -> torch.Tensor:  # (tokens,) -> (R, L)
+        out = torch.full((R * row_length,), fill, dtype=torch.long)
+        out[flat] = torch.from_numpy(values)
+        return out.view(R, row_length)
+
+    def tokens(rows) -> np.ndarray:  # the examples' lists, concatenated
+        return np.fromiter(chain.from_iterable(rows), dtype=np.int64)
+
+    return {
+        "input_ids": filled(tokens(ids for ids, _ in examples), pad_id),
+        "labels": filled(tokens(lab for _, lab in examples), -100),
+        "position_ids": filled(position, 0),
+        "example": filled(np.repeat(np.arange(len(examples)), lengths), -1),
+    }
 
 
 def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:

@@ -56,7 +56,7 @@ from .files import atomic_write_text
 from .method.adapter import adapter_parameters, base_only
 from .method.attach import BankSet
 from .method.tags import TAGS, routing_target
-from .models import load_base_model, plain_head_base, resolve_base_model
+from .models import head_nll_sum, load_base_model, plain_head_base, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype
 
@@ -654,23 +654,17 @@ PPL_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 
 def nll_sum(model, ids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Summed next-token negative log-likelihood (float32, on the device) of ``ids`` (B, W):
-    position t predicts t + 1. The vocabulary projection runs on ``chunk`` positions at a time,
-    so the (B, W, V) float logits never exist whole (the model's own logits when its head does
-    more than a projection, :func:`~schemabank.models.plain_head_base`)."""
+    position t predicts t + 1. The vocabulary projection runs on ``chunk`` positions at a time
+    (:func:`~schemabank.models.head_nll_sum`), so the (B, W, V) float logits never exist whole
+    (the model's own logits when its head does more than a projection,
+    :func:`~schemabank.models.plain_head_base`)."""
     y = ids[:, 1:].reshape(-1)  # (B·(W-1),)
     base = plain_head_base(model)
     if base is None:
         logits = model(input_ids=ids).logits[:, :-1]  # (B, W-1, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), y, reduction="sum")
     hidden = base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, W, H)
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(W-1), H)
-    head = base.get_output_embeddings()
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], chunk):
-        total = total + F.cross_entropy(
-            head(h[s : s + chunk]).float(), y[s : s + chunk], reduction="sum"
-        )
-    return total
+    return head_nll_sum(base, hidden[:, :-1].reshape(-1, hidden.shape[-1]), y, chunk)
 
 
 @torch.no_grad()

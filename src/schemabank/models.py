@@ -204,3 +204,17 @@ def plain_head_base(model):
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
         return None
     return base
+
+
+def head_nll_sum(base, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 8192):
+    """Summed cross-entropy (float32) of ``base``'s vocabulary projection of ``hidden`` (N, H)
+    against ``targets`` (N,), ``chunk`` rows at a time, so that the (N, V) float logits never
+    exist whole (``base``: :func:`plain_head_base`'s model)."""
+    head = base.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, hidden.shape[0], chunk):
+        logits = head(hidden[s : s + chunk]).float()  # (n, V)
+        total = total + torch.nn.functional.cross_entropy(
+            logits, targets[s : s + chunk], reduction="sum"
+        )
+    return total

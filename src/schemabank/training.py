@@ -38,7 +38,7 @@ from .method.attach import decoder_layers
 from .method.bank import balance_loss, routing_ce, z_loss
 from .method.stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .method.tags import dropout_for_step
-from .models import load_base_model, plain_head_base, resolve_base_model
+from .models import head_nll_sum, load_base_model, plain_head_base, resolve_base_model
 from .results import build_results
 from .runtime import (
     autocast,
@@ -487,6 +487,22 @@ def _steps_run(summary: dict | None, steps: int) -> int:
     return steps if ran is None else ran
 
 
+def _model_loss(model, batch: dict) -> torch.Tensor:
+    """The model's own causal-LM loss of ``batch`` (for a head that does more than a projection)."""
+    return model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss
+
+
+def _decoder_states(base, batch: dict) -> torch.Tensor:
+    """The decoder's last hidden states (B, T, H) of ``batch``; no KV cache (a cache would make
+    each compiled layer's graph its own), a packed batch's position_ids (each example's from 0)."""
+    return base.get_decoder()(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).last_hidden_state
+
+
 def answer_loss(
     model, batch: dict, chunk: int = 8192, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -498,24 +514,14 @@ def answer_loss(
     the labels when not given; given, the loss needs nothing back from the GPU.
     """
     base = plain_head_base(model)
-    if base is None:  # the head does more than a projection: use the model's loss
-        return model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss
-    hidden = base.get_decoder()(  # no KV cache: a cache would make each layer's graph its own
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch.get("position_ids"),  # a packed batch's (each example's from 0)
-        use_cache=False,
-    ).last_hidden_state  # (B, T, H)
+    if base is None:
+        return _model_loss(model, batch)
+    hidden = _decoder_states(base, batch)  # (B, T, H)
     if positions is None:
         positions = answer_positions(batch["labels"])
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (N, H)
     y = batch["labels"].reshape(-1).index_select(0, positions + 1)  # (N,): t predicts t + 1
-    head = base.get_output_embeddings()
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], chunk):
-        logits = head(h[s : s + chunk]).float()  # (n, V)
-        total = total + F.cross_entropy(logits, y[s : s + chunk], reduction="sum")
-    return total / max(h.shape[0], 1)
+    return head_nll_sum(base, h, y, chunk) / max(h.shape[0], 1)
 
 
 def masked_answer_loss(model, batch: dict) -> torch.Tensor:
@@ -524,14 +530,9 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
     shape depends on the labels (more work and memory, (B, T, V) logits, in exchange for one
     graph per batch shape)."""
     base = plain_head_base(model)
-    if base is None:  # the head does more than a projection: use the model's loss
-        return model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss
-    hidden = base.get_decoder()(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch.get("position_ids"),
-        use_cache=False,
-    ).last_hidden_state  # (B, T, H)
+    if base is None:
+        return _model_loss(model, batch)
+    hidden = _decoder_states(base, batch)  # (B, T, H)
     labels = batch["labels"][:, 1:]  # position t predicts t + 1
     logits = base.get_output_embeddings()(hidden[:, :-1]).float()  # (B, T - 1, V)
     total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
