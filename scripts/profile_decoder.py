@@ -3,8 +3,9 @@
 Times one batch of the longest test prompts (``--batch`` rows, as ``evaluate_gsm8k`` orders
 them) decoded three ways with the config's adapter (untrained, seeded; speed only, the answers are
 not scored): HF ``generate``, the static-cache decoder eager, and the static decoder with its step
-captured (``torch.compile(mode="reduce-overhead")``: its first batch, which compiles, and a second
-one). Every decoder runs ``--new`` steps (no stop test, EOS ignored), so the ms per step compare.
+captured directly (``capture="graph"``) and through ``torch.compile(mode="reduce-overhead")``
+(each: its first batch, which captures or compiles, and a second one); then how many rows' tokens
+differ between them. Every decoder runs ``--new`` steps (no stop test, EOS ignored), so the ms per step compare.
 Then it profiles ``--profile-steps`` steps of the captured decoder (``torch.profiler``) and
 prints the entries with the most device time (the kernels of the attention over the cache, the
 copies, the matmuls).
@@ -101,10 +102,16 @@ def main() -> None:
         )
         return seqs.shape[1] - ids.shape[1]
 
+    tokens = {}  # each decoder's new tokens
+
+    def decode(name, dec):
+        tokens[name] = dec.decode(ids, mask)
+        return tokens[name].shape[1]
+
     if not a.only_compiled:
         timed("hf_generate", hf)
         eager = StaticDecoder(model, cache_len, a.new, None, tok.pad_token_id, **extra)
-        timed("static_eager", lambda: eager.decode(ids, mask).shape[1])
+        timed("static_eager", lambda: decode("eager", eager))
     out["attention"] = a.attention or DEFAULT_ATTENTION
     if device.type != "cuda":
         print(json.dumps(out, indent=1))
@@ -113,11 +120,21 @@ def main() -> None:
                 json.dump(out, f, indent=1)
         return
     skips = cudagraph_skips()
+    graph = StaticDecoder(
+        model, cache_len, a.new, None, tok.pad_token_id, compile=True, capture="graph", **extra
+    )
+    timed("static_graph_first", lambda: decode("graph", graph))
+    timed("static_graph", lambda: decode("graph", graph))
     dec = StaticDecoder(model, cache_len, a.new, None, tok.pad_token_id, compile=True, **extra)
-    timed("static_compiled_first", lambda: dec.decode(ids, mask).shape[1])
-    timed("static_compiled", lambda: dec.decode(ids, mask).shape[1])
+    timed("static_compiled_first", lambda: decode("compiled", dec))
+    timed("static_compiled", lambda: decode("compiled", dec))
     out["cudagraph_skips"] = cudagraph_skips() - skips
     print(f"cudagraph skips: {out['cudagraph_skips']}", flush=True)
+    for x, y in [("graph", "eager"), ("compiled", "eager"), ("graph", "compiled")]:
+        if x in tokens and y in tokens:  # the rows whose new tokens differ
+            rows = int((tokens[x] != tokens[y]).any(-1).sum())
+            out[f"rows_differ_{x}_{y}"] = rows
+            print(f"rows whose tokens differ, {x} and {y}: {rows} of {a.batch}", flush=True)
 
     from torch.profiler import ProfilerActivity, profile
 

@@ -16,7 +16,8 @@
 #                  schemabank compare (A: the static decoder, B: HF generate)
 #   lora           the best LoRA (seed 42) on the fast path
 # Environment: COMPILE (training.compile of the runs, default true), SCOPE
-# (training.compile_scope, default layers), COMPILE_DECODER (eval.compile_decoder, default true), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
+# (training.compile_scope, default layers), COMPILE_DECODER (eval.compile_decoder, default true),
+# CAPTURE (eval.decoder_capture: compile, the default, or graph), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
 # default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's),
 # MICRO (training.micro_batch_size of the benches and runs: each batch's examples sorted by length
 # and cut into micro-batches of MICRO, each padded to its own longest; the same gradient, fewer
@@ -35,6 +36,7 @@ SBC=${SCHEMABANK:-schemabank}
 SB=configs/gsm8k/sb_b32_split50.yaml
 LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
 DEC="--set eval.decoder=static --set eval.compile_decoder=${COMPILE_DECODER:-true} --set eval.decoder_attention=${ATTN:-grouped}"
+[ -n "${CAPTURE:-}" ] && DEC="$DEC --set eval.decoder_capture=$CAPTURE"
 [ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
 TRAIN=""
 [ -n "${MICRO:-}" ] && TRAIN="$TRAIN --set training.micro_batch_size=$MICRO"
@@ -62,8 +64,8 @@ case $PART in
     timed bench_step $SBC bench --config $SB $BENCH --set training.compile=true \
       --set training.compile_scope=step $DEC --output "$OUT/bench_step.json" ;;
   bench-eval)
-    timed "bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}" $SBC bench --config $SB --only eval $DEC \
-      --output "$OUT/bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}.json" ;;
+    timed "bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}${CAPTURE:+_$CAPTURE}" $SBC bench --config $SB --only eval $DEC \
+      --output "$OUT/bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}${CAPTURE:+_$CAPTURE}.json" ;;
   bench-b192)
     timed "bench_b192$SUFFIX" $SBC bench --config $SB $BENCH --only train --set training.compile=true \
       --set training.compile_scope=${SCOPE:-layers} --set training.batch_size=192 \

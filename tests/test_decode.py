@@ -12,7 +12,7 @@ from conftest import TRAIN, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from schemabank.config import config_from_dict
-from schemabank.decode import STOP_OVERLAP, StaticDecoder, stop_test
+from schemabank.decode import STOP_OVERLAP, CapturedStep, StaticDecoder, stop_test
 from schemabank.errors import ConfigError
 from schemabank.evaluation import _kept_tokens, evaluate_gsm8k, generate, route_tokens
 from schemabank.method.attach import BankSet
@@ -233,6 +233,85 @@ def test_compiled_step_gives_the_eager_steps_tokens(tiny_llama):
     assert compiled.step is not compiled._step  # it did compile
 
 
+class ReplayedOnCPU(CapturedStep):
+    """:class:`CapturedStep`'s sequence on the CPU: a capture runs nothing (on a GPU the
+    captured kernels run only when replayed), a replay runs the step again."""
+
+    made: list = []
+
+    def __init__(self, fn):
+        super().__init__(fn)
+        ReplayedOnCPU.made.append(self)
+
+    def _capture(self) -> None:
+        self.captured = self.calls
+
+    def _replay(self):
+        return self.fn()
+
+
+def graph_decoders(model, tok, device):
+    """Two prompt batches on ``device``, an eager decoder and one whose step is captured
+    directly (``capture="graph"``: on the CPU through :class:`ReplayedOnCPU`)."""
+    tok.padding_side = "left"
+    first = tok(PROMPTS[:2], return_tensors="pt", padding=True).to(device)
+    second = tok(PROMPTS[1:4], return_tensors="pt", padding=True).to(device)
+    L = max(first["input_ids"].shape[1], second["input_ids"].shape[1]) + 12
+    args = (model, L, 12, tok.eos_token_id, tok.pad_token_id)
+    step = ReplayedOnCPU if device.type == "cpu" else None
+    graph = StaticDecoder(*args, compile=True, capture="graph", graph_step=step)
+    return (first, second), StaticDecoder(*args), graph
+
+
+def assert_same_decoding(batches, eager, graph, banks):
+    """Batch after batch (a new batch size too), the captured decoder's tokens and recorded
+    routing are the eager decoder's; the step goes back to the eager one after each call."""
+    for b in batches:
+        want = eager.decode(**b, record=list(banks))
+        got = graph.decode(**b, record=list(banks))
+        assert torch.equal(got, want) and graph.step == graph._step
+        for (p_want, f_want), (p_got, f_got) in zip(eager.routes, graph.routes, strict=True):
+            assert torch.equal(p_got, p_want) and torch.equal(f_got, f_want)
+        assert torch.equal(graph.decode(b["input_ids"], b["attention_mask"]), want)
+
+
+def test_directly_captured_step_gives_the_eager_steps_tokens(tiny_llama):
+    """``capture="graph"``: each decode call runs its first step eagerly, captures the second
+    and replays from then on, with a new capture for every call; under oracle routing and the
+    prefix routers' carry the tokens and the routing are the eager decoder's. Without a GPU
+    (and no ``graph_step``) it stays eager."""
+    tok, model, banks = peaky(tiny_llama, "token_prefix", 16)
+    batches, eager, graph = graph_decoders(model, tok, CPU)
+    ReplayedOnCPU.made.clear()
+    mask = torch.eye(8, dtype=torch.bool)[[1, 5]] | torch.eye(8, dtype=torch.bool)[[3, 3]]
+    with banks.restricted(mask[:1].expand(2, 8)):
+        assert_same_decoding(batches[:1], eager, graph, banks)
+    assert_same_decoding(batches[1:], eager, graph, banks)
+    steps = ReplayedOnCPU.made
+    assert len(steps) == 4  # one a call
+    new = eager.decode(**batches[1]).shape[1]
+    assert steps[2].calls == new and steps[3].calls == new - 1  # the record pass is one more
+    assert all(s.captured == 2 for s in steps)
+    plain = StaticDecoder(model, 64, 4, None, tok.pad_token_id, compile=True, capture="graph")
+    assert plain.graph_step is None and plain.step == plain._step
+    with pytest.raises(ValueError, match="capture"):
+        StaticDecoder(model, 64, 4, None, tok.pad_token_id, capture="cudagraph")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a CUDA graph")
+def test_cuda_graph_step_gives_the_eager_steps_tokens(tiny_llama):
+    """On a GPU, the step captured as a real CUDA graph (fp32, then under bf16 autocast) makes
+    the eager decoder's tokens and routing."""
+    cuda = torch.device("cuda")
+    tok, model, banks = peaky(tiny_llama, "token_prefix", 16)
+    model.to(cuda)
+    batches, eager, graph = graph_decoders(model, tok, cuda)
+    assert graph.graph_step is CapturedStep
+    assert_same_decoding(batches, eager, graph, banks)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert_same_decoding(batches, eager, graph, banks)
+
+
 def test_decoder_keys_are_validated(tiny_llama):
     ok = config_from_dict(
         tiny_config(tiny_llama, eval={"decoder": "static", "compile_decoder": True})
@@ -249,6 +328,12 @@ def test_decoder_keys_are_validated(tiny_llama):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "flash"}))
     with pytest.raises(ConfigError, match="eval.decoder_attention: needs eval.decoder static"):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "grouped"}))
+    graph = {"decoder": "static", "compile_decoder": True, "decoder_capture": "graph"}
+    assert config_from_dict(tiny_config(tiny_llama, eval=graph)).eval.decoder_capture == "graph"
+    with pytest.raises(ConfigError, match="eval.decoder_capture: must be one of compile, graph"):
+        config_from_dict(tiny_config(tiny_llama, eval={**graph, "decoder_capture": "cuda"}))
+    with pytest.raises(ConfigError, match="eval.decoder_capture: needs eval.compile_decoder true"):
+        config_from_dict(tiny_config(tiny_llama, eval={**graph, "compile_decoder": False}))
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])

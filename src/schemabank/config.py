@@ -53,6 +53,7 @@ TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.method.router
 DECODERS = ("hf", "static")  # see schemabank.decode
 DECODER_ATTENTIONS = ("model", "grouped")  # schemabank.decode.ATTENTIONS
+DECODER_CAPTURES = ("compile", "graph")  # schemabank.decode.CAPTURES
 
 
 @dataclass
@@ -279,6 +280,12 @@ class EvalConfig:
     compile_decoder: bool = False
     """Capture the ``static`` decoder's single-token step with ``torch.compile``
     (``reduce-overhead``: one CUDA graph a token; CUDA only, eager elsewhere)."""
+    decoder_capture: str = "compile"
+    """How ``compile_decoder`` captures the step on CUDA: ``compile`` (``torch.compile``:
+    inductor's fused kernels, after tracing the model, seconds in every new process) or
+    ``graph`` (the eager step captured as a CUDA graph directly,
+    :class:`schemabank.decode.CapturedStep`: nothing traced or compiled; docs/performance.md
+    compares them)."""
     decoder_attention: str | None = None
     """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
     into one matmul over the cache as stored, no copy of the cache per query head;
@@ -559,6 +566,13 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.decoder: must be one of {', '.join(DECODERS)}, got {ev.decoder!r}")
     elif ev.compile_decoder and ev.decoder != "static":
         p.append("eval.compile_decoder: needs eval.decoder static (HF generate is not captured)")
+    if ev.decoder_capture not in DECODER_CAPTURES:
+        p.append(
+            f"eval.decoder_capture: must be one of {', '.join(DECODER_CAPTURES)}, "
+            f"got {ev.decoder_capture!r}"
+        )
+    elif ev.decoder_capture != "compile" and not ev.compile_decoder:
+        p.append("eval.decoder_capture: needs eval.compile_decoder true (nothing is captured)")
     if ev.decoder_attention is not None and ev.decoder_attention not in DECODER_ATTENTIONS:
         p.append(
             f"eval.decoder_attention: must be one of {', '.join(DECODER_ATTENTIONS)} or null, "

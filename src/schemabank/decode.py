@@ -104,6 +104,54 @@ ATTENTIONS = ("model", "grouped")
 """``StaticDecoder(attention=...)``: the model's own attention, or :func:`grouped_attention`."""
 DEFAULT_ATTENTION = "grouped"  # eval.decoder_attention: null
 
+CAPTURES = ("compile", "graph")
+"""How a compiled :class:`StaticDecoder` captures its step on CUDA: ``compile``,
+``torch.compile(mode="reduce-overhead")`` (inductor's fused kernels in a CUDA graph, after Dynamo
+traces the whole model: seconds in every new process, even with a warm cache); ``graph``, the
+eager step captured as it is (:class:`CapturedStep`: no tracing, no compilation)."""
+
+
+class CapturedStep:
+    """A function of no arguments over buffers of fixed address, run as one CUDA graph captured
+    directly (``torch.cuda.CUDAGraph``, no ``torch.compile``): the first call runs it eagerly
+    (warm-up: cuBLAS workspaces, the cache's lazily built tensors), the second captures it, then
+    replays it, and every later call replays it. Returns ``fn``'s outputs, which a replay
+    overwrites in place: read them before the next call. Autocast's cast cache stays off
+    inside, as CUDA graphs need (a cached cast would outlive the graph's memory)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = 0
+        self.outputs = None
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls == 1:
+            with _autocast_uncached():
+                return self.fn()
+        if self.calls == 2:
+            self._capture()
+        return self._replay()
+
+    def _capture(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+        with _autocast_uncached(), torch.cuda.graph(self.graph):
+            self.outputs = self.fn()
+
+    def _replay(self):
+        self.graph.replay()
+        return self.outputs
+
+
+@contextmanager
+def _autocast_uncached():
+    """The CUDA autocast now in force (if any), with its cast cache off."""
+    if not torch.is_autocast_enabled("cuda"):
+        yield
+        return
+    with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False):
+        yield
+
 
 class StaticDecoder:
     """Greedy decoding of left-padded prompt batches with a static KV cache.
@@ -112,7 +160,10 @@ class StaticDecoder:
     length for every batch keeps the step's shapes, so a captured step is captured once per
     batch size. ``compile``: capture the single-token step with ``torch.compile`` (on CUDA as
     ``mode="reduce-overhead", fullgraph=True``: a CUDA graph; elsewhere only with ``backend``
-    given, e.g. ``"aot_eager"`` in tests, else it stays eager). ``attention``: one of
+    given, e.g. ``"aot_eager"`` in tests, else it stays eager). ``capture``: one of
+    :data:`CAPTURES`, how ``compile`` captures on CUDA; with ``graph``, each :meth:`decode` call
+    captures its step anew as a :class:`CapturedStep` (``graph_step``: its class, which tests
+    replace to run the same sequence on the CPU). ``attention``: one of
     :data:`ATTENTIONS`, the attention of the new tokens' passes (None: ``grouped``,
     :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the prefix state
     of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
@@ -132,15 +183,20 @@ class StaticDecoder:
         compile: bool = False,
         backend: str | None = None,
         attention: str | None = None,
+        capture: str = "compile",
+        graph_step: type[CapturedStep] | None = None,
     ):
         attention = attention or DEFAULT_ATTENTION
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: {attention!r} is not one of {ATTENTIONS}")
+        if capture not in CAPTURES:
+            raise ValueError(f"capture: {capture!r} is not one of {CAPTURES}")
         self.model = _core(model)
         self.attention_name = attention
         self.attention = None if attention == "model" else GROUPED
         self.cache_len, self.max_new_tokens = cache_len, max_new_tokens
         self.eos, self.pad_id, self.compiled = eos_token_id, pad_token_id, compile
+        self.capture = capture
         self.pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
         self.cache_arg = _cache_arg(self.model)
         banks = [m for m in self.model.modules() if isinstance(m, SchemaBank)]
@@ -153,9 +209,12 @@ class StaticDecoder:
         self.routes: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.step = self._step
         self.graphs = False  # CUDA graphs: mark each replay's step
+        self.graph_step = None  # capture "graph": the class that captures each call's step
         if compile:
             device = next(self.model.parameters()).device
-            if backend is not None:
+            if capture == "graph" and (graph_step is not None or device.type == "cuda"):
+                self.graph_step = graph_step or CapturedStep
+            elif backend is not None:
                 self.step = torch.compile(
                     self._step, backend=backend, fullgraph=True, dynamic=False
                 )
@@ -255,6 +314,8 @@ class StaticDecoder:
         capture = [(b, b.capture) for b in self.record]
         for b, _ in capture:
             b.capture = True
+        if self.graph_step is not None:  # this call's buffers: captured anew
+            self.step = self.graph_step(self._step)
         try:
             with attention_implementation(self.model, self.attention):
                 return self._loop(input_ids, attention_mask, positions, out, stopped, check_every)
@@ -265,6 +326,8 @@ class StaticDecoder:
             for b, before in capture:
                 b.capture, b.last_logits = before, None
             self.record = ()
+            if self.graph_step is not None:
+                self.step = self._step  # the graph and its memory go
 
     def _loop(self, input_ids, attention_mask, positions, out, stopped, check_every):
         """:meth:`decode`'s prefill and steps, the prefix state held."""

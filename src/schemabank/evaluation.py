@@ -117,13 +117,15 @@ def generate(
     decoder: str = "hf",
     compile_decoder: bool = False,
     decoder_attention: str | None = None,
+    decoder_capture: str = "compile",
     keep_routes: bool = True,
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
     one row per prompt, each prompt's tokens are routed only among its row's schemas
     (oracle routing; :meth:`BankSet.restricted`). ``decoder``: ``hf`` (HF ``generate``) or
     ``static`` (:class:`~schemabank.decode.StaticDecoder`, the same tokens; its single-token step
-    captured as a CUDA graph with ``compile_decoder``; its new tokens' attention
+    captured as a CUDA graph with ``compile_decoder``, as ``decoder_capture`` says,
+    :data:`~schemabank.decode.CAPTURES`; its new tokens' attention
     ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`, None: ``grouped``; with banks
     and ``keep_routes`` it keeps each token's schemas in :attr:`Generation.routes`)."""
     tokenizer.padding_side = "left"
@@ -149,6 +151,7 @@ def generate(
             max_new_tokens,
             compile_decoder,
             decoder_attention,
+            decoder_capture,
         )
     # the banks whose routing the static decoder keeps; a captured one always keeps it (0.13 s of
     # the test set's 5 s on the H200), so that its step keeps one graph: a call without routes
@@ -224,10 +227,11 @@ def static_decoder(
     max_new_tokens: int,
     compile: bool,
     attention: str | None = None,
+    capture: str = "compile",
 ) -> StaticDecoder:
     """The model's :class:`~schemabank.decode.StaticDecoder` for caches of ``needed`` tokens:
     the one kept from an earlier call when its cache is long enough and its settings match, else
-    a new one (kept in its place). ``attention``: :class:`StaticDecoder`'s."""
+    a new one (kept in its place). ``attention``, ``capture``: :class:`StaticDecoder`'s."""
     attention = attention or DEFAULT_ATTENTION
     dec = _DECODERS.get(model)
     if (
@@ -236,6 +240,7 @@ def static_decoder(
         or dec.max_new_tokens != max_new_tokens
         or dec.compiled != compile
         or dec.attention_name != attention
+        or dec.capture != capture
         or (dec.eos, dec.pad_id) != (tokenizer.eos_token_id, tokenizer.pad_token_id)
     ):
         length = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
@@ -247,6 +252,7 @@ def static_decoder(
             tokenizer.pad_token_id,
             compile=compile,
             attention=attention,
+            capture=capture,
         )
         _DECODERS[model] = dec
     return dec
@@ -532,6 +538,7 @@ def evaluate_gsm8k(
     decoder: str = "hf",
     compile_decoder: bool = False,
     decoder_attention: str | None = None,
+    decoder_capture: str = "compile",
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached; ``records``: every problem's
@@ -540,7 +547,7 @@ def evaluate_gsm8k(
     problems. ``oracle``: route each problem's tokens among its tags' schemas only (the tags of
     its reference solution; :func:`oracle_masks`). ``report_routing`` False leaves out the
     routing report (the banks still act). ``decoder``, ``compile_decoder``,
-    ``decoder_attention``: as
+    ``decoder_attention``, ``decoder_capture``: as
     :func:`generate`."""
     # One batch of the whole test set is the fastest on a GPU: each step then serves every problem
     # (docs/log.md#speed has the measurement).
@@ -567,6 +574,7 @@ def evaluate_gsm8k(
         decoder=decoder,
         compile_decoder=compile_decoder,
         decoder_attention=decoder_attention,
+        decoder_capture=decoder_capture,
         keep_routes=report_routing,
     )
     gens = distributed.gather_shards(my_gens, len(problems))
@@ -775,6 +783,7 @@ def run_evaluation(
         decoder=ecfg.decoder,
         compile_decoder=ecfg.compile_decoder,
         decoder_attention=ecfg.decoder_attention,
+        decoder_capture=ecfg.decoder_capture,
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
@@ -796,6 +805,7 @@ def run_evaluation(
             decoder=ecfg.decoder,
             compile_decoder=ecfg.compile_decoder,
             decoder_attention=ecfg.decoder_attention,
+            decoder_capture=ecfg.decoder_capture,
         )["gsm8k"]
         timings["gsm8k_dev_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()

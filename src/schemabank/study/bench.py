@@ -432,6 +432,7 @@ def bench_evaluation(
             decoder=cfg.eval.decoder,
             compile_decoder=cfg.eval.compile_decoder,
             decoder_attention=cfg.eval.decoder_attention,
+            decoder_capture=cfg.eval.decoder_capture,
         )
         _sync(device)
         return ev["gsm8k"], time.perf_counter() - t0
@@ -527,6 +528,7 @@ def run_bench(
             "max_new_tokens": cfg.eval.max_new_tokens,
             "decoder": cfg.eval.decoder,
             "compile_decoder": cfg.eval.compile_decoder,
+            "decoder_capture": cfg.eval.decoder_capture if cfg.eval.compile_decoder else None,
             "decoder_attention": (cfg.eval.decoder_attention or DEFAULT_ATTENTION)
             if cfg.eval.decoder == "static"
             else None,
@@ -624,7 +626,11 @@ def format_bench(r: dict) -> list[str]:
             f"gsm8k: {g['problems']} problems in {g['time_s']:.1f} s (generation {g['generation_s']:.1f} s, "
             f"routing {g['routing_s']:.1f} s), {g['generated_tokens_per_s']:.0f} generated tokens/s, "
             f"batch {g['batch_size']}, decoder {s.get('decoder', 'hf')}"
-            + (" (compile_decoder)" if s.get("compile_decoder") else "")
+            + (
+                f" (compile_decoder, {s.get('decoder_capture') or 'compile'})"
+                if s.get("compile_decoder")
+                else ""
+            )
             + (f", attention {s['decoder_attention']}" if s.get("decoder_attention") else "")
         )
         if "again" in g:
