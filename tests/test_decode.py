@@ -300,16 +300,15 @@ def test_directly_captured_step_gives_the_eager_steps_tokens(tiny_llama):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a CUDA graph")
 def test_cuda_graph_step_gives_the_eager_steps_tokens(tiny_llama):
-    """On a GPU, the step captured as a real CUDA graph (fp32, then under bf16 autocast) makes
-    the eager decoder's tokens and routing."""
+    """On a GPU, the step captured as a real CUDA graph (fp32) makes the eager decoder's tokens
+    and routing (in bf16 on the study's model: ``scripts/profile_decoder.py``, which counts
+    the rows whose tokens differ)."""
     cuda = torch.device("cuda")
     tok, model, banks = peaky(tiny_llama, "token_prefix", 16)
     model.to(cuda)
     batches, eager, graph = graph_decoders(model, tok, cuda)
     assert graph.graph_step is CapturedStep
     assert_same_decoding(batches, eager, graph, banks)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        assert_same_decoding(batches, eager, graph, banks)
 
 
 def test_decoder_keys_are_validated(tiny_llama):
@@ -330,7 +329,8 @@ def test_decoder_keys_are_validated(tiny_llama):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "grouped"}))
     graph = {"decoder": "static", "compile_decoder": True, "decoder_capture": "graph"}
     assert config_from_dict(tiny_config(tiny_llama, eval=graph)).eval.decoder_capture == "graph"
-    with pytest.raises(ConfigError, match="eval.decoder_capture: must be one of compile, graph"):
+    assert config_from_dict(tiny_config(tiny_llama)).eval.decoder_capture is None  # graph
+    with pytest.raises(ConfigError, match="eval.decoder_capture: must be one of compile, graph or"):
         config_from_dict(tiny_config(tiny_llama, eval={**graph, "decoder_capture": "cuda"}))
     with pytest.raises(ConfigError, match="eval.decoder_capture: needs eval.compile_decoder true"):
         config_from_dict(tiny_config(tiny_llama, eval={**graph, "compile_decoder": False}))

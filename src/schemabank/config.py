@@ -278,14 +278,15 @@ class EvalConfig:
     static KV cache, :mod:`schemabank.decode`, the gpt-fast recipe: the same tokens as
     ``generate`` on the CPU tests (fp32), less host work a token)."""
     compile_decoder: bool = False
-    """Capture the ``static`` decoder's single-token step with ``torch.compile``
-    (``reduce-overhead``: one CUDA graph a token; CUDA only, eager elsewhere)."""
-    decoder_capture: str = "compile"
-    """How ``compile_decoder`` captures the step on CUDA: ``compile`` (``torch.compile``:
-    inductor's fused kernels, after tracing the model, seconds in every new process) or
-    ``graph`` (the eager step captured as a CUDA graph directly,
-    :class:`schemabank.decode.CapturedStep`: nothing traced or compiled; docs/performance.md
-    compares them)."""
+    """Capture the ``static`` decoder's single-token step as a CUDA graph, replayed once a token
+    (CUDA only, eager elsewhere); how: ``decoder_capture``."""
+    decoder_capture: str | None = None
+    """How ``compile_decoder`` captures the step (``null``: ``graph``): ``graph``, the eager step captured as it is
+    (:class:`schemabank.decode.CapturedStep`: nothing traced or compiled, a capture per batch,
+    the eager decoder's tokens); ``compile``, ``torch.compile(mode="reduce-overhead")``
+    (inductor's fused kernels: faster steps, after a compilation of minutes, seconds in every
+    new process even from a warm cache; bf16 tokens that differ from the eager decoder's).
+    docs/performance.md compares them."""
     decoder_attention: str | None = None
     """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
     into one matmul over the cache as stored, no copy of the cache per query head;
@@ -566,12 +567,12 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.decoder: must be one of {', '.join(DECODERS)}, got {ev.decoder!r}")
     elif ev.compile_decoder and ev.decoder != "static":
         p.append("eval.compile_decoder: needs eval.decoder static (HF generate is not captured)")
-    if ev.decoder_capture not in DECODER_CAPTURES:
+    if ev.decoder_capture is not None and ev.decoder_capture not in DECODER_CAPTURES:
         p.append(
-            f"eval.decoder_capture: must be one of {', '.join(DECODER_CAPTURES)}, "
+            f"eval.decoder_capture: must be one of {', '.join(DECODER_CAPTURES)} or null, "
             f"got {ev.decoder_capture!r}"
         )
-    elif ev.decoder_capture != "compile" and not ev.compile_decoder:
+    elif ev.decoder_capture is not None and not ev.compile_decoder:
         p.append("eval.decoder_capture: needs eval.compile_decoder true (nothing is captured)")
     if ev.decoder_attention is not None and ev.decoder_attention not in DECODER_ATTENTIONS:
         p.append(

@@ -109,6 +109,7 @@ CAPTURES = ("compile", "graph")
 ``torch.compile(mode="reduce-overhead")`` (inductor's fused kernels in a CUDA graph, after Dynamo
 traces the whole model: seconds in every new process, even with a warm cache); ``graph``, the
 eager step captured as it is (:class:`CapturedStep`: no tracing, no compilation)."""
+DEFAULT_CAPTURE = "graph"  # eval.decoder_capture: null
 
 
 class CapturedStep:
@@ -158,12 +159,12 @@ class StaticDecoder:
 
     ``cache_len``: the cache's length, at least the longest prompt plus ``max_new_tokens``; one
     length for every batch keeps the step's shapes, so a captured step is captured once per
-    batch size. ``compile``: capture the single-token step with ``torch.compile`` (on CUDA as
-    ``mode="reduce-overhead", fullgraph=True``: a CUDA graph; elsewhere only with ``backend``
-    given, e.g. ``"aot_eager"`` in tests, else it stays eager). ``capture``: one of
-    :data:`CAPTURES`, how ``compile`` captures on CUDA; with ``graph``, each :meth:`decode` call
-    captures its step anew as a :class:`CapturedStep` (``graph_step``: its class, which tests
-    replace to run the same sequence on the CPU). ``attention``: one of
+    batch size. ``compile``: the single-token step captured as a CUDA graph (on CUDA only; ``backend`` given, e.g. ``"aot_eager"`` in tests, it
+    goes through ``torch.compile`` with that backend on any device). ``capture``: one of
+    :data:`CAPTURES`, how ``compile`` captures on CUDA: ``graph`` (None: the default), each
+    :meth:`decode` call captures its eager step anew as a :class:`CapturedStep` (``graph_step``:
+    its class, which tests replace to run the same sequence on the CPU); ``compile``,
+    ``torch.compile(mode="reduce-overhead", fullgraph=True)``. ``attention``: one of
     :data:`ATTENTIONS`, the attention of the new tokens' passes (None: ``grouped``,
     :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the prefix state
     of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
@@ -183,10 +184,10 @@ class StaticDecoder:
         compile: bool = False,
         backend: str | None = None,
         attention: str | None = None,
-        capture: str = "compile",
+        capture: str | None = None,
         graph_step: type[CapturedStep] | None = None,
     ):
-        attention = attention or DEFAULT_ATTENTION
+        attention, capture = attention or DEFAULT_ATTENTION, capture or DEFAULT_CAPTURE
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: {attention!r} is not one of {ATTENTIONS}")
         if capture not in CAPTURES:
@@ -212,12 +213,12 @@ class StaticDecoder:
         self.graph_step = None  # capture "graph": the class that captures each call's step
         if compile:
             device = next(self.model.parameters()).device
-            if capture == "graph" and (graph_step is not None or device.type == "cuda"):
-                self.graph_step = graph_step or CapturedStep
-            elif backend is not None:
+            if backend is not None:
                 self.step = torch.compile(
                     self._step, backend=backend, fullgraph=True, dynamic=False
                 )
+            elif capture == "graph" and (graph_step is not None or device.type == "cuda"):
+                self.graph_step = graph_step or CapturedStep
             elif device.type == "cuda":
                 self.step = torch.compile(
                     self._step, mode="reduce-overhead", fullgraph=True, dynamic=False

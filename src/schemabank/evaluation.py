@@ -50,7 +50,7 @@ from .data import (
     question_prompt,
     split_dev,
 )
-from .decode import DEFAULT_ATTENTION, StaticDecoder, stop_test
+from .decode import DEFAULT_ATTENTION, DEFAULT_CAPTURE, StaticDecoder, stop_test
 from .errors import SchemaBankError
 from .files import atomic_write_text
 from .method.adapter import adapter_parameters, base_only
@@ -117,7 +117,7 @@ def generate(
     decoder: str = "hf",
     compile_decoder: bool = False,
     decoder_attention: str | None = None,
-    decoder_capture: str = "compile",
+    decoder_capture: str | None = None,
     keep_routes: bool = True,
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
@@ -125,7 +125,7 @@ def generate(
     (oracle routing; :meth:`BankSet.restricted`). ``decoder``: ``hf`` (HF ``generate``) or
     ``static`` (:class:`~schemabank.decode.StaticDecoder`, the same tokens; its single-token step
     captured as a CUDA graph with ``compile_decoder``, as ``decoder_capture`` says,
-    :data:`~schemabank.decode.CAPTURES`; its new tokens' attention
+    :data:`~schemabank.decode.CAPTURES`, None: ``graph``; its new tokens' attention
     ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`, None: ``grouped``; with banks
     and ``keep_routes`` it keeps each token's schemas in :attr:`Generation.routes`)."""
     tokenizer.padding_side = "left"
@@ -227,12 +227,12 @@ def static_decoder(
     max_new_tokens: int,
     compile: bool,
     attention: str | None = None,
-    capture: str = "compile",
+    capture: str | None = None,
 ) -> StaticDecoder:
     """The model's :class:`~schemabank.decode.StaticDecoder` for caches of ``needed`` tokens:
     the one kept from an earlier call when its cache is long enough and its settings match, else
     a new one (kept in its place). ``attention``, ``capture``: :class:`StaticDecoder`'s."""
-    attention = attention or DEFAULT_ATTENTION
+    attention, capture = attention or DEFAULT_ATTENTION, capture or DEFAULT_CAPTURE
     dec = _DECODERS.get(model)
     if (
         dec is None
@@ -538,7 +538,7 @@ def evaluate_gsm8k(
     decoder: str = "hf",
     compile_decoder: bool = False,
     decoder_attention: str | None = None,
-    decoder_capture: str = "compile",
+    decoder_capture: str | None = None,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached; ``records``: every problem's

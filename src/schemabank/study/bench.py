@@ -20,7 +20,7 @@ import torch
 from ..batching import split_batch
 from ..config import Config
 from ..data import load_gsm8k, load_wikitext
-from ..decode import DEFAULT_ATTENTION
+from ..decode import DEFAULT_ATTENTION, DEFAULT_CAPTURE
 from ..evaluation import evaluate_gsm8k, evaluate_perplexity
 from ..method.adapter import base_only, build_adapter, make_lora_config
 from ..method.stages import BASELINE, STAGES, Stage
@@ -528,7 +528,9 @@ def run_bench(
             "max_new_tokens": cfg.eval.max_new_tokens,
             "decoder": cfg.eval.decoder,
             "compile_decoder": cfg.eval.compile_decoder,
-            "decoder_capture": cfg.eval.decoder_capture if cfg.eval.compile_decoder else None,
+            "decoder_capture": (cfg.eval.decoder_capture or DEFAULT_CAPTURE)
+            if cfg.eval.compile_decoder
+            else None,
             "decoder_attention": (cfg.eval.decoder_attention or DEFAULT_ATTENTION)
             if cfg.eval.decoder == "static"
             else None,
