@@ -227,8 +227,9 @@ class TrainingConfig:
     from 0, instead of one padded row each: the same losses and gradients over fewer tokens (the
     study's 1,000 random batches of 32: 7.6 M tokens computed instead of 12.9 M with the compiled
     step's padding, ``scripts/padding.py --packing``). The number of rows is rounded up to a
-    multiple of 4 with ``compile`` (few shapes). Worth it when ``max_length`` is near the longest
-    example. Needs ``schemabank.router_input: token`` and learned routing (the prefix routers and
+    multiple of 4 with ``compile`` (few shapes). On the H200 at the study's settings the compiled
+    steps were not faster for it (docs/performance.md): its rows attend through a block mask.
+    Needs ``schemabank.router_input: token`` and learned routing (the prefix routers and
     oracle routing work per row)."""
     checkpoint_every: int = 100
     """Save the resumable training state (adapter, optimiser, RNGs, data position) every this many
