@@ -63,6 +63,32 @@ def test_bench_measures_training_and_evaluation(tiny_llama, data_dir):
     assert "baseline / peft_eager step time" in text
 
 
+def test_bench_profiles_each_models_steps(tiny_llama, data_dir, tmp_path, capsys):
+    """``--profile-steps``: after the timed steps every model steps again under the profiler;
+    the figures say the wall time a step and the top host operations (on the CPU the GPU's busy
+    time and the launches are 0), and the timed figures leave those steps out."""
+    import yaml
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tiny_llama)))
+    out = tmp_path / "bench.json"
+    args = ["bench", "--config", str(cfg), "--data-dir", str(data_dir), "--only", "train"]
+    args += ["--steps", "2", "--warmup", "0", "--output", str(out)]
+    assert main([*args, "--profile-steps", "2"]) == 0
+    r = json.loads(out.read_text())
+    assert r["settings"]["profile_steps"] == 2
+    for name in ("baseline", "schemabank_stage3", "peft_eager"):
+        x = r["training"][name]
+        p = x["profile"]
+        assert x["steps"] == 2 and p["steps"] == 2 and p["wall_ms"] > 0
+        assert p["device_ms"] == 0 and p["kernel_launches"] == 0 and p["graph_launches"] == 0
+        host = dict(p["top_host_ms"])
+        assert 0 < len(host) <= 8 and all(v > 0 for v in host.values())
+    assert "baseline profiled over 2 steps" in capsys.readouterr().out
+    assert main([*args, "--profile-steps", "-1"]) == 1
+    assert "--profile-steps: must be >= 0" in capsys.readouterr().err
+
+
 def same_length_data(root: Path) -> Path:
     """A data folder whose training problems are one problem repeated: every batch has one
     padded shape, so a compiled model compiles once (in the warmup)."""

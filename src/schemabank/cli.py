@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile mode of the compiled peer (default: reduce-overhead on CUDA, "
         "torch's default elsewhere)",
     )
+    b.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="then step each model this many more times under torch.profiler: the GPU's busy "
+        "time, the host's launches and the top operations a step (in the JSON's 'profile')",
+    )
     b.add_argument("--output", help="write the figures as JSON here")
     _add_common(b)
 
@@ -462,8 +469,11 @@ def cmd_bench(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag}: must be >= 1, got {value}")
-    if args.warmup < 0:
-        raise ConfigError(f"--warmup: must be >= 0, got {args.warmup}")
+    for flag in ("warmup", "profile_steps"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(
+                f"--{flag.replace('_', '-')}: must be >= 0, got {getattr(args, flag)}"
+            )
     cfg = load_config(args.config, args.overrides)
     _quiet_libraries()
     from .files import write_json
@@ -480,6 +490,7 @@ def cmd_bench(args) -> int:
         parts=parts,
         peers=args.peers,
         compile_mode=args.compile_mode,
+        profile=args.profile_steps,
     )
     print("\n".join(format_bench(result)))
     if args.output:

@@ -246,6 +246,52 @@ def times_contiguously(device: torch.device, compiled: bool) -> bool:
     return device.type == "cuda" and compiled
 
 
+# The profiler's host-side calls that launch work on the GPU: one kernel, or one CUDA graph.
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
+
+
+def profile_steps(m: _Measured, batches: list[Batch], device: torch.device, top: int = 8) -> dict:
+    """Where a model's step time goes: ``batches`` stepped under ``torch.profiler`` (after the
+    timed steps, so compiled and recorded), per step: the wall time (the profiler's overhead
+    included), the GPU's busy time (the kernels' time summed, ``device_ms``; 0 without CUDA),
+    the kernels and CUDA graphs launched from the host, and the ``top`` operations by device
+    time and by host time (ms a step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    m.begin()
+    _sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for batch in batches:
+            m.step(batch)
+        _sync(device)
+        wall = time.perf_counter() - t0
+    n = len(batches)
+    events = prof.key_averages()
+
+    def dev_us(e) -> float:
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+    def calls(names) -> float:
+        return sum(e.count for e in events if e.key in names) / n
+
+    def ranked(key) -> list[list]:
+        best = sorted(events, key=key, reverse=True)[:top]
+        return [[e.key, key(e) / 1000 / n] for e in best if key(e) > 0]
+
+    return {
+        "steps": n,
+        "wall_ms": 1000 * wall / n,
+        "device_ms": sum(dev_us(e) for e in events) / 1000 / n,
+        "kernel_launches": calls(KERNEL_LAUNCHES),
+        "graph_launches": calls(GRAPH_LAUNCHES),
+        "top_device_ms": ranked(dev_us),
+        "top_host_ms": ranked(lambda e: e.self_cpu_time_total),
+    }
+
+
 def bench_training(
     cfg: Config,
     info,
@@ -258,6 +304,7 @@ def bench_training(
     peers: tuple[str, ...] = (),
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
+    profile: int = 0,
 ) -> dict:
     """Step time and tokens/s of the baseline and of SchemaBank stage 3 at ``cfg``'s batch size,
     and of the plain-PEFT ``peers`` (``peft_eager``, ``peft_compiled``) at the baseline's LoRA.
@@ -283,6 +330,9 @@ def bench_training(
     therefore also replays the first timed batch of every shape its own batches lack
     (:func:`cover_shapes`; ``warmup_steps`` counts them), so it is 0 unless a model pads
     differently.
+
+    ``profile`` > 0: then each model steps that many of the timed batches (at most all of them)
+    again under the profiler (:func:`profile_steps`, ``profile`` in its figures; not in ``step_ms``).
     """
     unknown = set(peers) - set(PEERS["all"])
     if unknown:
@@ -352,6 +402,11 @@ def bench_training(
             for m in models.values():
                 timed_block(m, r)
 
+    profiled = (
+        {name: profile_steps(m, timed[:profile], device) for name, m in models.items()}
+        if profile
+        else {}
+    )
     out = {}
     t = cfg.training
     for name, m in models.items():
@@ -373,6 +428,8 @@ def bench_training(
             "batches_sha256": batches_digest(m.seen),
             "timing": "contiguous" if contiguous else "interleaved",
         }
+        if name in profiled:
+            out[name]["profile"] = profiled[name]
     for name in peers:
         out[name]["lora_rank"] = lora_rank
     compiled = ["peft_compiled"] if "peft_compiled" in out else []
@@ -496,12 +553,14 @@ def run_bench(
     peers: str | None = None,
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
+    profile: int = 0,
 ) -> dict:
     """Measure training throughput (``steps`` timed steps per mode after ``warmup``) and/or
     evaluation speed (generation for ``limit`` problems, perplexity) on this device; ``parts``
     picks which. ``peers`` (a key of :data:`PEERS`; default ``all`` on CUDA, ``eager`` elsewhere,
     where compiling is slow) picks the plain-PEFT models timed beside ours, compiled with
-    ``compile_mode`` and ``compile_backend`` (see :func:`bench_training`). Returns the figures
+    ``compile_mode`` and ``compile_backend``; ``profile`` steps of each model profiled (see
+    :func:`bench_training`). Returns the figures
     with the settings and environment they were measured in."""
     device = pick_device(cfg.training.device)
     bf16 = use_bf16(cfg.training.precision, device)
@@ -543,6 +602,7 @@ def run_bench(
             if "peft_compiled" in PEERS[peers]
             else None,
             "compile_backend": compile_backend if "peft_compiled" in PEERS[peers] else None,
+            "profile_steps": profile,
         },
     }
     if "train" in parts:
@@ -558,6 +618,7 @@ def run_bench(
             peers=PEERS[peers],
             compile_mode=compile_mode,
             compile_backend=compile_backend,
+            profile=profile,
         )
     if "eval" in parts:
         result["evaluation"] = bench_evaluation(
@@ -621,6 +682,15 @@ def format_bench(r: dict) -> list[str]:
         ):
             if key in t:
                 lines.append(f"  {label} step time: {t[key]:.3f}")
+        for k in ("baseline", "schemabank_stage3", "peft_eager", "peft_compiled"):
+            p = t.get(k, {}).get("profile")
+            if p:
+                busy = f" ({100 * p['device_ms'] / p['wall_ms']:.0f}%)" if p["device_ms"] else ""
+                lines.append(
+                    f"  {k} profiled over {p['steps']} steps: {p['wall_ms']:.1f} ms a step, GPU "
+                    f"busy {p['device_ms']:.1f} ms{busy}, {p['kernel_launches']:.0f} kernel and "
+                    f"{p['graph_launches']:.0f} CUDA-graph launches from the host"
+                )
     e = r.get("evaluation")
     if e:
         g, s = e["gsm8k"], r.get("settings", {})
