@@ -3,12 +3,12 @@
 # docs/performance.md. Usage: scripts/speed_study.sh PART [OUT]   (OUT defaults to runs/speed)
 #   bench-eager    schemabank bench at the study's settings, eager step, with the PEFT peers
 #   bench-layers   the same with training.compile (scope layers) and the compiled static decoder
-#   bench-step     the same with training.compile (scope step)
+#   bench-step     the same with training.compile (scope step); ONLY, PEERS as bench-layers
 #   bench-eval     the GSM8K evaluation alone with the compiled static decoder (timed twice)
 #   bench-b192     bench-layers' training part at batch 192, length-grouped, without the peers
 #                  (PEERS=all adds them: plain PEFT eager ran out of the H200's memory there)
 #   profile        scripts/profile_decoder.py: one batch decoded by HF generate, the static
-#                  decoder eager and captured, with a torch.profiler table (ATTN picks the
+#                  decoder eager, captured directly and compiled, with a torch.profiler table (ATTN picks the
 #                  decoder's attention, EVAL_BATCH the batch)
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
@@ -63,8 +63,9 @@ case $PART in
       --set training.compile_scope=layers $DEC $TRAIN ${ONLY:+--only $ONLY} --peers ${PEERS:-all} \
       --output "$OUT/bench_layers$SUFFIX.json" ;;
   bench-step)
-    timed bench_step $SBC bench --config $SB $BENCH --set training.compile=true \
-      --set training.compile_scope=step $DEC --output "$OUT/bench_step.json" ;;
+    timed "bench_step$SUFFIX" $SBC bench --config $SB $BENCH --set training.compile=true \
+      --set training.compile_scope=step $DEC $TRAIN ${ONLY:+--only $ONLY} --peers ${PEERS:-all} \
+      --output "$OUT/bench_step$SUFFIX.json" ;;
   bench-eval)
     timed "bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}${CAPTURE:+_$CAPTURE}" $SBC bench --config $SB --only eval $DEC \
       --output "$OUT/bench_eval_${ATTN:-grouped}_${EVAL_BATCH:-256}${CAPTURE:+_$CAPTURE}.json" ;;
