@@ -5,7 +5,8 @@ them) decoded three ways with the config's adapter (untrained, seeded; speed onl
 not scored): HF ``generate``, the static-cache decoder eager, and the static decoder with its step
 captured directly (``capture="graph"``) and through ``torch.compile(mode="reduce-overhead")``
 (each: its first batch, which captures or compiles, and a second one); then how many rows' tokens
-differ between them. Every decoder runs ``--new`` steps (no stop test, EOS ignored), so the ms per step compare.
+differ between them. Every decoder runs ``--new`` steps (no stop test, EOS ignored), so the ms
+per step compare.
 Then it profiles ``--profile-steps`` steps of the captured decoder (``torch.profiler``) and
 prints the entries with the most device time (the kernels of the attention over the cache, the
 copies, the matmuls).

@@ -8,8 +8,8 @@
 #   bench-b192     bench-layers' training part at batch 192, length-grouped, without the peers
 #                  (PEERS=all adds them: plain PEFT eager ran out of the H200's memory there)
 #   profile        scripts/profile_decoder.py: one batch decoded by HF generate, the static
-#                  decoder eager, captured directly and compiled, with a torch.profiler table (ATTN picks the
-#                  decoder's attention, EVAL_BATCH the batch)
+#                  decoder eager, captured directly and compiled, with a torch.profiler table
+#                  (ATTN picks the decoder's attention, EVAL_BATCH the batch)
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
 #   decoders       the run's checkpoint evaluated again with HF generate, compared with
@@ -17,7 +17,8 @@
 #   lora           the best LoRA (seed 42) on the fast path
 # Environment: COMPILE (training.compile of the runs, default true), SCOPE
 # (training.compile_scope, default layers), COMPILE_DECODER (eval.compile_decoder, default true),
-# CAPTURE (eval.decoder_capture: compile, the default, or graph), ONLY (bench-layers: train or eval), ATTN (eval.decoder_attention,
+# CAPTURE (eval.decoder_capture: graph, the default, or compile), ONLY (bench-layers: train or
+# eval), ATTN (eval.decoder_attention,
 # default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's),
 # MICRO (training.micro_batch_size of the benches and runs: each batch's examples sorted by length
 # and cut into micro-batches of MICRO, each padded to its own longest; the same gradient, fewer

@@ -282,12 +282,12 @@ class EvalConfig:
     """Capture the ``static`` decoder's single-token step as a CUDA graph, replayed once a token
     (CUDA only, eager elsewhere); how: ``decoder_capture``."""
     decoder_capture: str | None = None
-    """How ``compile_decoder`` captures the step (``null``: ``graph``): ``graph``, the eager step captured as it is
-    (:class:`schemabank.decode.CapturedStep`: nothing traced or compiled, a capture per batch,
-    the eager decoder's tokens); ``compile``, ``torch.compile(mode="reduce-overhead")``
-    (inductor's fused kernels: faster steps, after a compilation of minutes, seconds in every
-    new process even from a warm cache; bf16 tokens that differ from the eager decoder's).
-    docs/performance.md compares them."""
+    """How ``compile_decoder`` captures the step (``null``: ``graph``): ``graph``, the eager step
+    captured as it is (:class:`schemabank.decode.CapturedStep`: nothing traced or compiled, a
+    capture per batch, the eager decoder's tokens); ``compile``,
+    ``torch.compile(mode="reduce-overhead")`` (inductor's fused kernels: faster steps, after a
+    compilation of minutes, seconds in every new process even from a warm cache; bf16 tokens that
+    differ from the eager decoder's). docs/performance.md compares them."""
     decoder_attention: str | None = None
     """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
     into one matmul over the cache as stored, no copy of the cache per query head;

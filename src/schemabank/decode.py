@@ -159,15 +159,16 @@ class StaticDecoder:
 
     ``cache_len``: the cache's length, at least the longest prompt plus ``max_new_tokens``; one
     length for every batch keeps the step's shapes, so a captured step is captured once per
-    batch size. ``compile``: the single-token step captured as a CUDA graph (on CUDA only; ``backend`` given, e.g. ``"aot_eager"`` in tests, it
-    goes through ``torch.compile`` with that backend on any device). ``capture``: one of
+    batch size. ``compile``: the single-token step captured as a CUDA graph (on CUDA only;
+    ``backend`` given, e.g. ``"aot_eager"`` in tests, it goes through ``torch.compile`` with that
+    backend on any device). ``capture``: one of
     :data:`CAPTURES`, how ``compile`` captures on CUDA: ``graph`` (None: the default), each
     :meth:`decode` call captures its eager step anew as a :class:`CapturedStep` (``graph_step``:
     its class, which tests replace to run the same sequence on the CPU); ``compile``,
     ``torch.compile(mode="reduce-overhead", fullgraph=True)``. ``attention``: one of
     :data:`ATTENTIONS`, the attention of the new tokens' passes (None: ``grouped``,
-    :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the prefix state
-    of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
+    :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the
+    prefix state of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
 
     :meth:`decode` with ``record`` (banks) also keeps the schemas each token was routed to as it
     went through the model (:meth:`~schemabank.method.bank.SchemaBank.slots`), in

@@ -246,7 +246,10 @@ def times_contiguously(device: torch.device, compiled: bool) -> bool:
     return device.type == "cuda" and compiled
 
 
-# The profiler's host-side calls that launch work on the GPU: one kernel, or one CUDA graph.
+# The profiler's host-side calls that launch work on the GPU: one kernel, or one CUDA graph; and
+# what CUPTI reports among the device's activities that is not work (the host waiting on a full
+# launch queue).
+OVERHEAD = ("Command Buffer Full",)
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
 
@@ -254,9 +257,10 @@ GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
 def profile_steps(m: _Measured, batches: list[Batch], device: torch.device, top: int = 8) -> dict:
     """Where a model's step time goes: ``batches`` stepped under ``torch.profiler`` (after the
     timed steps, so compiled and recorded), per step: the wall time (the profiler's overhead
-    included), the GPU's busy time (the kernels' time summed, ``device_ms``; 0 without CUDA),
-    the kernels and CUDA graphs launched from the host, and the ``top`` operations by device
-    time and by host time (ms a step)."""
+    included), the GPU's busy time (its kernels' and copies' time summed, ``device_ms``; 0
+    without CUDA), the kernels and CUDA graphs launched from the host, and the ``top`` kernels by
+    device time and host operations by host time (ms a step)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -270,25 +274,28 @@ def profile_steps(m: _Measured, batches: list[Batch], device: torch.device, top:
         wall = time.perf_counter() - t0
     n = len(batches)
     events = prof.key_averages()
+    # the device's own entries (kernels, copies); an operator's entry repeats its kernels' time
+    device = [e for e in events if e.device_type == DeviceType.CUDA and e.key not in OVERHEAD]
+    host = [e for e in events if e.device_type == DeviceType.CPU]
 
     def dev_us(e) -> float:
         return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
 
     def calls(names) -> float:
-        return sum(e.count for e in events if e.key in names) / n
+        return sum(e.count for e in host if e.key in names) / n
 
-    def ranked(key) -> list[list]:
-        best = sorted(events, key=key, reverse=True)[:top]
+    def ranked(entries, key) -> list[list]:
+        best = sorted(entries, key=key, reverse=True)[:top]
         return [[e.key, key(e) / 1000 / n] for e in best if key(e) > 0]
 
     return {
         "steps": n,
         "wall_ms": 1000 * wall / n,
-        "device_ms": sum(dev_us(e) for e in events) / 1000 / n,
+        "device_ms": sum(dev_us(e) for e in device) / 1000 / n,
         "kernel_launches": calls(KERNEL_LAUNCHES),
         "graph_launches": calls(GRAPH_LAUNCHES),
-        "top_device_ms": ranked(dev_us),
-        "top_host_ms": ranked(lambda e: e.self_cpu_time_total),
+        "top_device_ms": ranked(device, dev_us),
+        "top_host_ms": ranked(host, lambda e: e.self_cpu_time_total),
     }
 
 
@@ -332,7 +339,8 @@ def bench_training(
     differently.
 
     ``profile`` > 0: then each model steps that many of the timed batches (at most all of them)
-    again under the profiler (:func:`profile_steps`, ``profile`` in its figures; not in ``step_ms``).
+    again under the profiler (:func:`profile_steps`, ``profile`` in its figures; not in
+    ``step_ms``).
     """
     unknown = set(peers) - set(PEERS["all"])
     if unknown:
