@@ -69,6 +69,28 @@ def test_router_design_shapes_and_stage_groups(router_input, hidden):
     assert names and all(n.startswith("router.") for n in names)
 
 
+@pytest.mark.parametrize("router_input,hidden", DESIGNS)
+def test_router_logits_are_float32_in_a_model_cast_to_bf16(router_input, hidden):
+    """Every router design computes its logits in float32, also after the bank (the model it
+    is attached to) is cast to bf16: the logits of the bf16 weights, read back in float32, and
+    gradients that reach the bf16 weights."""
+    torch.manual_seed(0)
+    bank = SchemaBank(16, 8, 4, 2, 4, router_input, hidden)
+    h = torch.randn(2, 5, 16)
+    cast = SchemaBank(16, 8, 4, 2, 4, router_input, hidden).to(torch.bfloat16)
+    cast.load_state_dict(bank.state_dict())  # the same weights, rounded to bf16
+    logits = cast.router_logits(h.to(torch.bfloat16))
+    assert logits.dtype == torch.float32
+    rounded = SchemaBank(16, 8, 4, 2, 4, router_input, hidden)
+    rounded.load_state_dict({k: v.float() for k, v in cast.state_dict().items()})
+    want = rounded.router_logits(h.to(torch.bfloat16).float())
+    torch.testing.assert_close(logits, want)
+    logits.sum().backward()
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.bfloat16 for p in cast.router.parameters()
+    )
+
+
 def test_token_router_is_the_seed_router():
     """The default design reads the token's own RMS-normed state through one linear map."""
     torch.manual_seed(0)

@@ -104,9 +104,11 @@ class SchemaBank(nn.Module):
                 mean = self._prefix_mean(x)  # (B, T, H)
                 # prefix_mean: (B, T, H); token_prefix: (B, T, H) + (B, T, H) -> (B, T, 2H)
                 x = mean if self.router_input == "prefix_mean" else torch.cat([x, mean], -1)
+            # in float32 whatever the router's weights are (a model cast to bf16 casts them too)
             if isinstance(self.router, nn.Linear):
                 return F.linear(x, self.router.weight.float())  # (B, T, H) -> (B, T, S)
-            return self.router(x)  # (B, T, H or 2H) -> (B, T, S)
+            weights = {name: p.float() for name, p in self.router.named_parameters()}
+            return torch.func.functional_call(self.router, weights, (x,))  # (B, T, H or 2H)
 
     def _prefix_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Running mean (B, T, H) of the RMS-normed states ``x`` over each sequence's real
