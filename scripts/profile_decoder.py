@@ -5,9 +5,11 @@ them) decoded three ways with the config's adapter (untrained, seeded; speed onl
 not scored): HF ``generate``, the static-cache decoder eager, and the static decoder with its step
 captured directly (``capture="graph"``) and through ``torch.compile(mode="reduce-overhead")``
 (each: its first batch, which captures or compiles, and a second one); then how many rows' tokens
-differ between them. Every decoder runs ``--new`` steps (no stop test, EOS ignored), so the ms
-per step compare.
-Then it profiles ``--profile-steps`` steps of the captured decoder (``torch.profiler``) and
+differ between them; with ``--graph-batches``, the directly captured step also at smaller
+batches. Every decoder runs ``--new`` steps (no stop test, EOS ignored), so the ms per step
+compare.
+Then it profiles ``--profile-steps`` steps of the compiled decoder (the directly captured one with
+``--skip-compiled``; ``torch.profiler``) and
 prints the entries with the most device time (the kernels of the attention over the cache, the
 copies, the matmuls).
 
@@ -53,6 +55,18 @@ def main() -> None:
     p.add_argument("--profile-steps", type=int, default=32)
     p.add_argument("--attention", default=None, help="StaticDecoder attention (default: grouped)")
     p.add_argument("--only-compiled", action="store_true", help="skip HF generate and eager")
+    p.add_argument(
+        "--skip-compiled",
+        action="store_true",
+        help="leave out the torch.compile decoder (minutes of compilation); the profile is then "
+        "the directly captured one's",
+    )
+    p.add_argument(
+        "--graph-batches",
+        default="",
+        help="comma-separated smaller batch sizes (the batch's first rows) at which to time the "
+        "directly captured step too: how its time falls as decoded rows would leave the batch",
+    )
     p.add_argument("--output", default=None, help="write the figures as JSON here")
     a = p.parse_args()
 
@@ -126,9 +140,22 @@ def main() -> None:
     )
     timed("static_graph_first", lambda: decode("graph", graph))
     timed("static_graph", lambda: decode("graph", graph))
-    dec = StaticDecoder(model, cache_len, a.new, None, tok.pad_token_id, compile=True, **extra)
-    timed("static_compiled_first", lambda: decode("compiled", dec))
-    timed("static_compiled", lambda: decode("compiled", dec))
+    for rows in [int(x) for x in a.graph_batches.split(",") if x]:  # captured anew at each
+        timed(f"static_graph_{rows}", lambda r=rows: graph.decode(ids[:r], mask[:r]).shape[1])
+    dec = graph  # the decoder profiled below
+    if not a.skip_compiled:
+        dec = StaticDecoder(
+            model,
+            cache_len,
+            a.new,
+            None,
+            tok.pad_token_id,
+            compile=True,
+            capture="compile",
+            **extra,
+        )
+        timed("static_compiled_first", lambda: decode("compiled", dec))
+        timed("static_compiled", lambda: decode("compiled", dec))
     out["cudagraph_skips"] = cudagraph_skips() - skips
     print(f"cudagraph skips: {out['cudagraph_skips']}", flush=True)
     for x, y in [("graph", "eager"), ("compiled", "eager"), ("graph", "compiled")]:
@@ -150,7 +177,11 @@ def main() -> None:
             sync(device)
             wall = time.perf_counter() - t0
     ka = prof.key_averages()
-    out["profile"] = {"steps": dec_steps, "wall_ms_per_step": 1000 * wall / dec_steps}
+    out["profile"] = {
+        "decoder": dec.capture,
+        "steps": dec_steps,
+        "wall_ms_per_step": 1000 * wall / dec_steps,
+    }
     print(f"profiled {dec_steps} steps: {1000 * wall / dec_steps:.2f} ms a step (profiler on)")
     print(ka.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=90))
     if a.output:
