@@ -121,6 +121,21 @@ def test_static_decoder_keeps_the_routing_a_second_pass_reads(tiny_llama, design
     assert all(g.routes is None for g in unkept)  # not asked for: not recorded
 
 
+def test_generation_with_a_shrinking_decoder(tiny_llama):
+    """``decoder_shrink`` reaches the static decoder that ``generate`` keeps for the model, and
+    the generations and their routing are those without it."""
+    from schemabank.evaluation import _DECODERS
+
+    tok, model, banks = peaky(tiny_llama, "token", 0)
+    args, kw = (model, tok, PROMPTS, 4, 12, CPU, False), dict(banks=banks, decoder="static")
+    want = generate(*args, **kw)
+    got = generate(*args, **kw, decoder_shrink=True)
+    assert _DECODERS[model].shrink
+    assert [g.gen_ids for g in got] == [g.gen_ids for g in want]
+    for g, w in zip(got, want, strict=True):
+        assert all(np.array_equal(g.routes[k], w.routes[k]) for k in w.routes)
+
+
 def test_evaluation_reports_the_same_routing_from_either_decoder(tiny_llama):
     """The GSM8K routing report and the per-problem records are the same whether the routing
     came from the static decoder or from the teacher-forced pass after HF generate."""
@@ -175,6 +190,57 @@ def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama, check
     assert eos in hf[0] and stop in tok.decode(hf[1])  # both rules did cut
     assert ours[0][: len(hf[0])] == hf[0]  # pad tokens after EOS, as HF
     assert len(ours[0]) < max_new  # every row stopped: the loop ended early
+
+
+@pytest.mark.parametrize("check_every", [1, 4])
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_shrinking_decoder_keeps_every_rows_tokens_and_routing(tiny_llama, check_every, graph):
+    """``shrink``: rows that met EOS or the stop string leave the batch at a check; the rows
+    still open go on in a smaller batch (the cache, buffers, prefix carries and oracle masks
+    cut to them; a directly captured step captured again). Every row keeps the tokens and the
+    routing of the decoder that keeps all rows to the end, and the oracle masks are given back."""
+    tok, model, banks = peaky(tiny_llama, "token_prefix", 16)
+    tok.padding_side = "left"
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    P, max_new = batch["input_ids"].shape[1], 40
+    free = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
+    free = free[:, P:].tolist()
+    eos = free[0][5]  # row 0 meets EOS at its 6th token
+    stop = next(  # a word that row 1 writes before it meets EOS
+        s
+        for t in free[1][: free[1].index(eos) if eos in free[1] else max_new]
+        if (s := tok.decode([t]).strip()).isalpha() and len(s) >= 2
+    )
+    args = (model, P + max_new, max_new, eos, tok.pad_token_id)
+    extra = {"compile": True, "capture": "graph", "graph_step": ReplayedOnCPU} if graph else {}
+    plain, shrunk = StaticDecoder(*args), StaticDecoder(*args, shrink=True, **extra)
+    drops = []
+    keep_rows = shrunk._keep_rows
+    shrunk._keep_rows = lambda keep, rows: drops.append(len(keep)) or keep_rows(keep, rows)
+    mask = (
+        torch.eye(8, dtype=torch.bool)[[1, 5, 2, 7]] | torch.eye(8, dtype=torch.bool)[[3, 3, 6, 0]]
+    )
+    kw = dict(stopped=stop_test(tok, stop), check_every=check_every, record=list(banks))
+    with banks.restricted(mask):
+        want = plain.decode(batch["input_ids"], batch["attention_mask"], **kw).tolist()
+        got = shrunk.decode(batch["input_ids"], batch["attention_mask"], **kw).tolist()
+        assert all(b.route_mask is mask for b in banks)
+        again = shrunk.decode(batch["input_ids"], batch["attention_mask"], **kw).tolist()
+
+    def kept(ids):
+        return _kept_tokens(tok, ids[: ids.index(eos)] if eos in ids else ids, stop)[0]
+
+    assert drops and drops[0] < len(PROMPTS)  # rows did leave the batch
+    assert [kept(r) for r in got] == [kept(r) for r in want]
+    assert len({len(kept(r)) for r in want}) > 1  # rows stopped at different lengths
+    for (p_want, f_want), (p_got, f_got) in zip(plain.routes, shrunk.routes, strict=True):
+        assert torch.equal(p_got, p_want)
+        for r, ids in enumerate(want):
+            n = len(kept(ids)) + 1  # the kept tokens and the one after (a stop string's end)
+            assert torch.equal(f_got[r, :n], f_want[r, :n])
+    assert [kept(r) for r in again] == [kept(r) for r in want]  # its buffers are whole again
+    with pytest.raises(ValueError, match="shrink"):
+        StaticDecoder(*args, shrink=True, compile=True, backend="aot_eager")
 
 
 def test_stop_checks_see_every_token_in_overlapping_windows(tiny_llama):
@@ -334,6 +400,15 @@ def test_decoder_keys_are_validated(tiny_llama):
         config_from_dict(tiny_config(tiny_llama, eval={**graph, "decoder_capture": "cuda"}))
     with pytest.raises(ConfigError, match="eval.decoder_capture: needs eval.compile_decoder true"):
         config_from_dict(tiny_config(tiny_llama, eval={**graph, "compile_decoder": False}))
+    shrink = {"decoder": "static", "decoder_shrink": True}
+    assert config_from_dict(tiny_config(tiny_llama, eval=shrink)).eval.decoder_shrink
+    assert config_from_dict(tiny_config(tiny_llama, eval={**graph, **shrink})).eval.decoder_shrink
+    with pytest.raises(ConfigError, match="eval.decoder_shrink: needs eval.decoder static"):
+        config_from_dict(tiny_config(tiny_llama, eval={"decoder_shrink": True}))
+    with pytest.raises(ConfigError, match="eval.decoder_shrink: not with eval.decoder_capture"):
+        config_from_dict(
+            tiny_config(tiny_llama, eval={**graph, **shrink, "decoder_capture": "compile"})
+        )
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])

@@ -288,6 +288,12 @@ class EvalConfig:
     ``torch.compile(mode="reduce-overhead")`` (inductor's fused kernels: faster steps, after a
     compilation of minutes, seconds in every new process even from a warm cache; bf16 tokens that
     differ from the eager decoder's). docs/performance.md compares them."""
+    decoder_shrink: bool = False
+    """Let the ``static`` decoder drop the rows that have finished (EOS or the stop string) from
+    its batch as it goes, once a quarter of them have: the long tail of a batch decodes fewer
+    rows a step. Not with ``decoder_capture: compile`` (its step keeps one batch size). The
+    same tokens on the CPU tests; on a GPU some may differ (kernels round differently at
+    another batch size)."""
     decoder_attention: str | None = None
     """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
     into one matmul over the cache as stored, no copy of the cache per query head;
@@ -575,6 +581,13 @@ def validate(cfg: Config) -> list[str]:
         )
     elif ev.decoder_capture is not None and not ev.compile_decoder:
         p.append("eval.decoder_capture: needs eval.compile_decoder true (nothing is captured)")
+    if ev.decoder_shrink and ev.decoder != "static":
+        p.append("eval.decoder_shrink: needs eval.decoder static")
+    elif ev.decoder_shrink and ev.compile_decoder and ev.decoder_capture == "compile":
+        p.append(
+            "eval.decoder_shrink: not with eval.decoder_capture compile (its step keeps one "
+            "batch size); use graph"
+        )
     if ev.decoder_attention is not None and ev.decoder_attention not in DECODER_ATTENTIONS:
         p.append(
             f"eval.decoder_attention: must be one of {', '.join(DECODER_ATTENTIONS)} or null, "

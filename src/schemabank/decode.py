@@ -165,10 +165,15 @@ class StaticDecoder:
     :data:`CAPTURES`, how ``compile`` captures on CUDA: ``graph`` (None: the default), each
     :meth:`decode` call captures its eager step anew as a :class:`CapturedStep` (``graph_step``:
     its class, which tests replace to run the same sequence on the CPU); ``compile``,
-    ``torch.compile(mode="reduce-overhead", fullgraph=True)``. ``attention``: one of
+    ``torch.compile(mode="reduce-overhead", fullgraph=True)``. ``shrink``: at a stop check where
+    at most :data:`SHRINK_AT` of the batch's rows are still open, the finished rows leave the
+    batch and the rest go on as a smaller one (the eager or directly captured step only; every
+    row keeps its tokens on the CPU tests, but a GPU's kernels at another batch size may round
+    differently). ``attention``: one of
     :data:`ATTENTIONS`, the attention of the new tokens' passes (None: ``grouped``,
     :func:`grouped_attention`; the prefill is the model's SDPA either way). The decoder sets the
-    prefix state of the banks' prefix routers itself (:attr:`~schemabank.method.router.PrefixState.held`).
+    prefix state of the banks' prefix routers itself
+    (:attr:`~schemabank.method.router.PrefixState.held`).
 
     :meth:`decode` with ``record`` (banks) also keeps the schemas each token was routed to as it
     went through the model (:meth:`~schemabank.method.bank.SchemaBank.slots`), in
@@ -187,6 +192,7 @@ class StaticDecoder:
         attention: str | None = None,
         capture: str | None = None,
         graph_step: type[CapturedStep] | None = None,
+        shrink: bool = False,
     ):
         attention, capture = attention or DEFAULT_ATTENTION, capture or DEFAULT_CAPTURE
         if attention not in ATTENTIONS:
@@ -202,6 +208,7 @@ class StaticDecoder:
         self.pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
         self.cache_arg = _cache_arg(self.model)
         banks = [m for m in self.model.modules() if isinstance(m, SchemaBank)]
+        self.banks = banks
         self.prefix_banks = [b for b in banks if b.prefix_state is not None]
         self.prefix_states = list(
             {id(b.prefix_state): b.prefix_state for b in self.prefix_banks}.values()
@@ -226,6 +233,9 @@ class StaticDecoder:
                 )
                 self.graphs = True
                 self.checked, self.skips_before = False, cudagraph_skips()
+        if shrink and self.step != self._step:
+            raise ValueError("shrink: a torch.compile'd step keeps one batch size")
+        self.shrink = shrink
 
     def _buffers(self, batch_size: int, device: torch.device) -> None:
         """Allocate the cache and the step's buffers for ``batch_size`` rows (kept while the
@@ -316,6 +326,7 @@ class StaticDecoder:
         capture = [(b, b.capture) for b in self.record]
         for b, _ in capture:
             b.capture = True
+        route_masks = [(b, b.route_mask) for b in self.banks]  # shrinking cuts them
         if self.graph_step is not None:  # this call's buffers: captured anew
             self.step = self.graph_step(self._step)
         try:
@@ -327,6 +338,8 @@ class StaticDecoder:
                 state.set(None, False)
             for b, before in capture:
                 b.capture, b.last_logits = before, None
+            for b, mask in route_masks:
+                b.route_mask = mask
             self.record = ()
             if self.graph_step is not None:
                 self.step = self._step  # the graph and its memory go
@@ -346,29 +359,62 @@ class StaticDecoder:
         out[:, 0] = self._pick(logits)
         self._hold(None)  # every new token is real
         done = [False] * B
+        rows = None  # with shrink, once some rows are dropped: the rows of out still decoded
         n = self.max_new_tokens
         for j in range(1, self.max_new_tokens):
+            keep = None
             if j % check_every == 0:
-                recent = out[:, max(0, j - check_every - STOP_OVERLAP) : j]
-                if self._all_done(recent, stopped, done):
+                mine = out if rows is None else out[rows]
+                if self._all_done(
+                    mine[:, max(0, j - check_every - STOP_OVERLAP) : j], stopped, done
+                ):
                     n = j
                     break
-            out[:, j] = self._replay(fed, j)
+                if self.shrink and done.count(False) <= SHRINK_AT * len(done):
+                    keep = [r for r, d in enumerate(done) if not d]
+            nxt = self._replay(fed, j, rows)
+            if rows is None:
+                out[:, j] = nxt
+            else:
+                out[rows, j] = nxt
+            if keep is not None:  # after step j: it recorded the routing of their last tokens
+                rows = self._keep_rows(keep, rows)
+                done = [False] * len(keep)
         if self.record:  # the pass that feeds the last token back: its routing
-            self._replay(fed, n)
+            self._replay(fed, n, rows)
             self.routes = [
                 (p.cpu(), f[:, 1 : n + 1].cpu()) for p, f in zip(prompt, fed, strict=True)
             ]
         return out[:, :n]
 
-    def _replay(self, fed: list[torch.Tensor], j: int) -> torch.Tensor:
+    def _keep_rows(self, keep: list[int], rows: torch.Tensor | None) -> torch.Tensor:
+        """Decode only the current rows ``keep`` from now on (``shrink``): the cache, the step's
+        buffers, the prefix carries and the oracle masks cut to them, and the step captured
+        anew for the smaller batch. Returns the rows of the call's batch they are."""
+        idx = torch.tensor(keep, device=self.mask.device)
+        self.cache.reorder_cache(idx)
+        self.mask, self.tokens, self.positions, self.running = (
+            t[idx] for t in (self.mask, self.tokens, self.positions, self.running)
+        )
+        for bank in self.banks:
+            bank.keep_rows(idx)
+        self.batch_size = None  # the next call allocates its own buffers
+        if self.graph_step is not None:
+            self.step = self.graph_step(self._step)
+        return idx if rows is None else rows[idx]
+
+    def _replay(self, fed: list[torch.Tensor], j: int, rows=None) -> torch.Tensor:
         """Step ``j`` (:attr:`step`, a CUDA-graph replay when captured): its new tokens (B,),
-        the routing of the tokens it fed written to column ``j`` of ``fed``."""
+        the routing of the tokens it fed written to column ``j`` of ``fed`` (in ``rows``, the
+        rows still decoded, when some were dropped)."""
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
         nxt, ids = self.step()
         for buf, step_ids in zip(fed, ids, strict=True):
-            buf[:, j] = step_ids
+            if rows is None:
+                buf[:, j] = step_ids
+            else:
+                buf[rows, j] = step_ids
         if self.graphs and not self.checked and j == 3:  # compiled, recorded, replayed
             warn_cudagraph_skips(self.skips_before, "the static decoder's step")
             self.checked = True
@@ -393,6 +439,8 @@ class StaticDecoder:
 
 # Tokens of the previous check decoded again at the next: more than a stop string spans.
 STOP_OVERLAP = 8
+# ``shrink``: rows are dropped at a check once at most this share of the batch is still open.
+SHRINK_AT = 0.75
 
 
 def stop_test(tokenizer, stop: str):

@@ -118,6 +118,7 @@ def generate(
     compile_decoder: bool = False,
     decoder_attention: str | None = None,
     decoder_capture: str | None = None,
+    decoder_shrink: bool = False,
     keep_routes: bool = True,
 ) -> list[Generation]:
     """Greedy generations for ``prompts`` (in their order). With ``route_masks`` (N, S) bool,
@@ -125,7 +126,8 @@ def generate(
     (oracle routing; :meth:`BankSet.restricted`). ``decoder``: ``hf`` (HF ``generate``) or
     ``static`` (:class:`~schemabank.decode.StaticDecoder`, the same tokens; its single-token step
     captured as a CUDA graph with ``compile_decoder``, as ``decoder_capture`` says,
-    :data:`~schemabank.decode.CAPTURES`, None: ``graph``; its new tokens' attention
+    :data:`~schemabank.decode.CAPTURES`, None: ``graph``; dropping finished rows as it goes
+    with ``decoder_shrink``; its new tokens' attention
     ``decoder_attention``, :data:`~schemabank.decode.ATTENTIONS`, None: ``grouped``; with banks
     and ``keep_routes`` it keeps each token's schemas in :attr:`Generation.routes`)."""
     tokenizer.padding_side = "left"
@@ -152,6 +154,7 @@ def generate(
             compile_decoder,
             decoder_attention,
             decoder_capture,
+            decoder_shrink,
         )
     # the banks whose routing the static decoder keeps; a captured one always keeps it (0.13 s of
     # the test set's 5 s on the H200), so that its step keeps one graph: a call without routes
@@ -228,10 +231,12 @@ def static_decoder(
     compile: bool,
     attention: str | None = None,
     capture: str | None = None,
+    shrink: bool = False,
 ) -> StaticDecoder:
     """The model's :class:`~schemabank.decode.StaticDecoder` for caches of ``needed`` tokens:
     the one kept from an earlier call when its cache is long enough and its settings match, else
-    a new one (kept in its place). ``attention``, ``capture``: :class:`StaticDecoder`'s."""
+    a new one (kept in its place). ``attention``, ``capture``, ``shrink``:
+    :class:`StaticDecoder`'s."""
     attention, capture = attention or DEFAULT_ATTENTION, capture or DEFAULT_CAPTURE
     dec = _DECODERS.get(model)
     if (
@@ -241,6 +246,7 @@ def static_decoder(
         or dec.compiled != compile
         or dec.attention_name != attention
         or dec.capture != capture
+        or dec.shrink != shrink
         or (dec.eos, dec.pad_id) != (tokenizer.eos_token_id, tokenizer.pad_token_id)
     ):
         length = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
@@ -253,6 +259,7 @@ def static_decoder(
             compile=compile,
             attention=attention,
             capture=capture,
+            shrink=shrink,
         )
         _DECODERS[model] = dec
     return dec
@@ -539,6 +546,7 @@ def evaluate_gsm8k(
     compile_decoder: bool = False,
     decoder_attention: str | None = None,
     decoder_capture: str | None = None,
+    decoder_shrink: bool = False,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached; ``records``: every problem's
@@ -547,7 +555,7 @@ def evaluate_gsm8k(
     problems. ``oracle``: route each problem's tokens among its tags' schemas only (the tags of
     its reference solution; :func:`oracle_masks`). ``report_routing`` False leaves out the
     routing report (the banks still act). ``decoder``, ``compile_decoder``,
-    ``decoder_attention``, ``decoder_capture``: as
+    ``decoder_attention``, ``decoder_capture``, ``decoder_shrink``: as
     :func:`generate`."""
     # One batch of the whole test set is the fastest on a GPU: each step then serves every problem
     # (docs/log.md#speed has the measurement).
@@ -575,6 +583,7 @@ def evaluate_gsm8k(
         compile_decoder=compile_decoder,
         decoder_attention=decoder_attention,
         decoder_capture=decoder_capture,
+        decoder_shrink=decoder_shrink,
         keep_routes=report_routing,
     )
     gens = distributed.gather_shards(my_gens, len(problems))
@@ -784,6 +793,7 @@ def run_evaluation(
         compile_decoder=ecfg.compile_decoder,
         decoder_attention=ecfg.decoder_attention,
         decoder_capture=ecfg.decoder_capture,
+        decoder_shrink=ecfg.decoder_shrink,
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
@@ -806,6 +816,7 @@ def run_evaluation(
             compile_decoder=ecfg.compile_decoder,
             decoder_attention=ecfg.decoder_attention,
             decoder_capture=ecfg.decoder_capture,
+            decoder_shrink=ecfg.decoder_shrink,
         )["gsm8k"]
         timings["gsm8k_dev_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()

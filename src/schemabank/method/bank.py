@@ -144,6 +144,14 @@ class SchemaBank(nn.Module):
                 t.zero_()
         self._carry = buf
 
+    def keep_rows(self, idx: torch.Tensor) -> None:
+        """Keep only the sequences ``idx`` (n,) of the batch being decoded: their prefix carry
+        and their rows of :attr:`route_mask` (a decoder that drops finished sequences)."""
+        if self._carry is not None:
+            self._carry = (self._carry[0][idx], self._carry[1][idx])
+        if self.route_mask is not None:
+            self.route_mask = self.route_mask[idx]
+
     def masked(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (B, T, S) with the schemas outside :attr:`route_mask` at -inf (unchanged
         without a mask): what the top-k is taken over."""

@@ -498,6 +498,7 @@ def bench_evaluation(
             compile_decoder=cfg.eval.compile_decoder,
             decoder_attention=cfg.eval.decoder_attention,
             decoder_capture=cfg.eval.decoder_capture,
+            decoder_shrink=cfg.eval.decoder_shrink,
         )
         _sync(device)
         return ev["gsm8k"], time.perf_counter() - t0
@@ -598,6 +599,7 @@ def run_bench(
             "decoder_capture": (cfg.eval.decoder_capture or DEFAULT_CAPTURE)
             if cfg.eval.compile_decoder
             else None,
+            "decoder_shrink": cfg.eval.decoder_shrink,
             "decoder_attention": (cfg.eval.decoder_attention or DEFAULT_ATTENTION)
             if cfg.eval.decoder == "static"
             else None,
@@ -712,6 +714,7 @@ def format_bench(r: dict) -> list[str]:
                 else ""
             )
             + (f", attention {s['decoder_attention']}" if s.get("decoder_attention") else "")
+            + (", shrinking" if s.get("decoder_shrink") else "")
         )
         if "again" in g:
             a = g["again"]
