@@ -193,15 +193,27 @@ def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama, check
 
 
 @pytest.mark.parametrize("check_every", [1, 4])
-@pytest.mark.parametrize("graph", [False, True])
-def test_a_shrinking_decoder_keeps_every_rows_tokens_and_routing(tiny_llama, check_every, graph):
+@pytest.mark.parametrize(
+    "step",
+    [
+        "eager",
+        "stand-in",  # the directly captured step's sequence on the CPU (ReplayedOnCPU)
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph"),
+        ),
+    ],
+)
+def test_a_shrinking_decoder_keeps_every_rows_tokens_and_routing(tiny_llama, check_every, step):
     """``shrink``: rows that met EOS or the stop string leave the batch at a check; the rows
     still open go on in a smaller batch (the cache, buffers, prefix carries and oracle masks
     cut to them; a directly captured step captured again). Every row keeps the tokens and the
     routing of the decoder that keeps all rows to the end, and the oracle masks are given back."""
+    device = torch.device("cuda" if step == "cuda" else "cpu")
     tok, model, banks = peaky(tiny_llama, "token_prefix", 16)
+    model.to(device)
     tok.padding_side = "left"
-    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    batch = tok(PROMPTS, return_tensors="pt", padding=True).to(device)
     P, max_new = batch["input_ids"].shape[1], 40
     free = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
     free = free[:, P:].tolist()
@@ -212,14 +224,17 @@ def test_a_shrinking_decoder_keeps_every_rows_tokens_and_routing(tiny_llama, che
         if (s := tok.decode([t]).strip()).isalpha() and len(s) >= 2
     )
     args = (model, P + max_new, max_new, eos, tok.pad_token_id)
-    extra = {"compile": True, "capture": "graph", "graph_step": ReplayedOnCPU} if graph else {}
+    extra = {
+        "eager": {},
+        "stand-in": {"compile": True, "capture": "graph", "graph_step": ReplayedOnCPU},
+        "cuda": {"compile": True, "capture": "graph"},
+    }[step]
     plain, shrunk = StaticDecoder(*args), StaticDecoder(*args, shrink=True, **extra)
     drops = []
     keep_rows = shrunk._keep_rows
     shrunk._keep_rows = lambda keep, rows: drops.append(len(keep)) or keep_rows(keep, rows)
-    mask = (
-        torch.eye(8, dtype=torch.bool)[[1, 5, 2, 7]] | torch.eye(8, dtype=torch.bool)[[3, 3, 6, 0]]
-    )
+    eye = torch.eye(8, dtype=torch.bool, device=device)
+    mask = eye[[1, 5, 2, 7]] | eye[[3, 3, 6, 0]]
     kw = dict(stopped=stop_test(tok, stop), check_every=check_every, record=list(banks))
     with banks.restricted(mask):
         want = plain.decode(batch["input_ids"], batch["attention_mask"], **kw).tolist()
