@@ -85,6 +85,12 @@ def test_bench_profiles_each_models_steps(tiny_llama, data_dir, tmp_path, capsys
         host = dict(p["top_host_ms"])
         assert 0 < len(host) <= 8 and all(v > 0 for v in host.values())
     assert "baseline profiled over 2 steps" in capsys.readouterr().out
+    assert main([*args, "--profile-steps", "0"]) == 0  # the profiled steps count nowhere
+    plain = json.loads(out.read_text())["training"]
+    for name in ("baseline", "schemabank_stage3", "peft_eager"):
+        x, y = r["training"][name], plain[name]
+        assert "profile" not in y and x["batches_sha256"] == y["batches_sha256"]
+        assert x["batch_shapes"] == y["batch_shapes"]
     assert main([*args, "--profile-steps", "-1"]) == 1
     assert "--profile-steps: must be >= 0" in capsys.readouterr().err
 

@@ -151,6 +151,26 @@ def test_evaluation_reports_the_same_routing_from_either_decoder(tiny_llama):
     assert static["routing"]["layers"]  # banks were reported
 
 
+def eos_and_stop(model, tok, batch, max_new: int, at: int) -> tuple[int, str]:
+    """Stop rules chosen from the model's own free generations of ``batch``: an EOS id that row
+    0 meets at its token ``at``, and a stop word that row 1 writes before it meets that EOS."""
+    P = batch["input_ids"].shape[1]
+    free = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
+    free = free[:, P:].tolist()
+    eos = free[0][at]
+    stop = next(
+        s
+        for t in free[1][: free[1].index(eos) if eos in free[1] else max_new]
+        if (s := tok.decode([t]).strip()).isalpha() and len(s) >= 2
+    )
+    return eos, stop
+
+
+def kept_ids(tok, ids: list[int], eos: int, stop: str) -> list[int]:
+    """The tokens a caller keeps of a row: up to EOS, then cut at the stop string."""
+    return _kept_tokens(tok, ids[: ids.index(eos)] if eos in ids else ids, stop)[0]
+
+
 @pytest.mark.parametrize("check_every", [1, 4])
 def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama, check_every):
     """EOS and a stop string chosen from the model's own free generations: the kept tokens are
@@ -162,14 +182,7 @@ def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama, check
     tok.padding_side = "left"
     batch = tok(PROMPTS[:2], return_tensors="pt", padding=True)
     P, max_new = batch["input_ids"].shape[1], 40
-    free = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
-    free = free[:, P:].tolist()
-    eos = free[0][6]  # row 0 meets EOS at its 7th token
-    stop = next(  # a word that row 1 writes before it meets EOS
-        s
-        for t in free[1][: free[1].index(eos) if eos in free[1] else max_new]
-        if (s := tok.decode([t]).strip()).isalpha() and len(s) >= 2
-    )
+    eos, stop = eos_and_stop(model, tok, batch, max_new, 6)
     cfg = GenerationConfig(
         max_new_tokens=max_new,
         do_sample=False,
@@ -184,7 +197,7 @@ def test_static_decoder_stops_as_hf_at_eos_and_the_stop_string(tiny_llama, check
     ).tolist()
 
     def kept(ids):
-        return _kept_tokens(tok, ids[: ids.index(eos)] if eos in ids else ids, stop)[0]
+        return kept_ids(tok, ids, eos, stop)
 
     assert [kept(r) for r in ours] == [kept(r) for r in hf]
     assert eos in hf[0] and stop in tok.decode(hf[1])  # both rules did cut
@@ -215,14 +228,7 @@ def test_a_shrinking_decoder_keeps_every_rows_tokens_and_routing(tiny_llama, che
     tok.padding_side = "left"
     batch = tok(PROMPTS, return_tensors="pt", padding=True).to(device)
     P, max_new = batch["input_ids"].shape[1], 40
-    free = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
-    free = free[:, P:].tolist()
-    eos = free[0][5]  # row 0 meets EOS at its 6th token
-    stop = next(  # a word that row 1 writes before it meets EOS
-        s
-        for t in free[1][: free[1].index(eos) if eos in free[1] else max_new]
-        if (s := tok.decode([t]).strip()).isalpha() and len(s) >= 2
-    )
+    eos, stop = eos_and_stop(model, tok, batch, max_new, 5)
     args = (model, P + max_new, max_new, eos, tok.pad_token_id)
     extra = {
         "eager": {},
@@ -243,7 +249,7 @@ def test_a_shrinking_decoder_keeps_every_rows_tokens_and_routing(tiny_llama, che
         again = shrunk.decode(batch["input_ids"], batch["attention_mask"], **kw).tolist()
 
     def kept(ids):
-        return _kept_tokens(tok, ids[: ids.index(eos)] if eos in ids else ids, stop)[0]
+        return kept_ids(tok, ids, eos, stop)
 
     assert drops and drops[0] < len(PROMPTS)  # rows did leave the batch
     assert [kept(r) for r in got] == [kept(r) for r in want]

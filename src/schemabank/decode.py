@@ -28,12 +28,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .method.attach import decoder_module
 from .method.bank import SchemaBank
+from .models import unwrapped
 from .runtime import cudagraph_skips, warn_cudagraph_skips
-
-
-def _core(model):
-    """The Hugging Face model under a PEFT wrapper (LoRA layers stay in it), or ``model``."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _cache_arg(model) -> str:
@@ -199,7 +195,7 @@ class StaticDecoder:
             raise ValueError(f"attention: {attention!r} is not one of {ATTENTIONS}")
         if capture not in CAPTURES:
             raise ValueError(f"capture: {capture!r} is not one of {CAPTURES}")
-        self.model = _core(model)
+        self.model = unwrapped(model)
         self.attention_name = attention
         self.attention = None if attention == "model" else GROUPED
         self.cache_len, self.max_new_tokens = cache_len, max_new_tokens

@@ -196,10 +196,15 @@ def load_base_model(info: BaseModelInfo, device: torch.device, dtype: torch.dtyp
     return tok, model
 
 
+def unwrapped(model):
+    """The Hugging Face model under a PEFT wrapper (LoRA layers stay in it), or ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def plain_head_base(model):
     """The Hugging Face model under ``model``'s PEFT wrapper, or None when its head does more
     than a projection (logit soft-capping or scaling), where only the model's own loss is right."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     cfg = base.config
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logits_scaling", 1.0) != 1.0:
         return None
