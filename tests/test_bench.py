@@ -124,11 +124,12 @@ def test_bench_interleaves_eager_models_and_runs_compiled_ones_one_after_another
         cfg, data_dir=same_length_data(tmp_path), steps=4, warmup=1, parts=("train",), peers="none"
     )
     base, sb = order[0], order[-1]
-    assert base != sb and len(order) == 2 * (1 + 4)
+    warm = 3  # one warmup step, and its shape twice more (bench.WARM_VISITS)
+    assert base != sb and len(order) == 2 * (warm + 4)
     if contiguous:
-        assert order == [base] * 5 + [sb] * 5
+        assert order == [base] * (warm + 4) + [sb] * (warm + 4)
     else:  # warmups, then two rounds of two-step blocks
-        assert order == [base, sb, base, base, sb, sb, base, base, sb, sb]
+        assert order == [base] * warm + [sb] * warm + [base, base, sb, sb] * 2
     for m in ("baseline", "schemabank_stage3"):
         assert r["training"][m]["timing"] == ("contiguous" if contiguous else "interleaved")
         assert r["training"][m]["steps"] == 4
@@ -192,13 +193,13 @@ def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch):
     assert len({t[m]["batches_sha256"] for m in models}) == 1
     for m in models:
         x = t[m]
-        assert x["steps"] == 2 and x["warmup_steps"] == 2
+        assert x["steps"] == 2 and x["warmup_steps"] == 3  # the shape's third visit added
         assert x["step_ms"] > 0 and x["tokens_per_s"] > 0 and x["warmup_s"] > 0
         assert x["tokens_per_step"] == t["baseline"]["tokens_per_step"]
         assert x["batch_shapes"] == 1 and x["new_shapes_timed"] == 0
     c = t["peft_compiled"]
     assert c["compile_backend"] == "aot_eager" and c["compile_mode"] == "default"
-    assert c["compile_s"] == c["warmup_s"] - 2 * c["step_ms"] / 1000
+    assert c["compile_s"] == c["warmup_s"] - 3 * c["step_ms"] / 1000
     assert t["peft_eager"]["lora_rank"] == c["lora_rank"] == 2
     ms = {m: t[m]["step_ms"] for m in models}
     assert t["baseline_over_peft_eager_step_time"] == ms["baseline"] / ms["peft_eager"]
@@ -207,7 +208,7 @@ def test_bench_peers_replay_the_same_batches(tiny_llama, tmp_path, monkeypatch):
     for m in ("baseline", "schemabank_stage3"):
         x = t[m]
         assert x["compile_scope"] == "layers"
-        assert x["compile_s"] == x["warmup_s"] - 2 * x["step_ms"] / 1000
+        assert x["compile_s"] == x["warmup_s"] - x["warmup_steps"] * x["step_ms"] / 1000
     text = "\n".join(format_bench(r))
     assert "stage-3 / peft_compiled step time" in text and "backend aot_eager" in text
     assert "training.compile (scope layers) added" in text
@@ -302,24 +303,28 @@ def test_bench_times_a_compiled_decoder_twice(tiny_llama, data_dir):
 
 
 def test_cover_shapes_warms_up_every_timed_shape():
-    """The warmup gains the first timed batch of each shape it lacks, once, in order; the timed
-    batches stay as they are; no warmup steps means no additions."""
+    """The warmup meets every shape ``visits`` times (a CUDA graph runs once, is recorded, then
+    replayed): each shape short of that gains its first batch (the warmup's, else the first
+    timed one) as often as it lacks, in the order the shapes first appear; the timed batches
+    stay as they are; no warmup steps means no additions."""
 
     def batch(*lengths):
         micro = [([0], {"input_ids": torch.zeros(2, n, dtype=torch.long)}) for n in lengths]
         return Batch(examples=[], targets=torch.zeros(0), n_ans=[], micro=micro, shares=[])
 
-    a, b, c, b2, ab = batch(64), batch(128), batch(192), batch(128), batch(64, 128)
-    warm, timed = cover_shapes([a], [b, a, c, b2, ab])
-    assert warm == [a, b, c, ab] and timed == [b, a, c, b2, ab]
-    assert [batch_shape(x) for x in warm] == [
+    a, a2, b, c, b2, ab = batch(64), batch(64), batch(128), batch(192), batch(128), batch(64, 128)
+    warm, timed = cover_shapes([a, a2], [b, a, c, b2, ab])
+    assert timed == [b, a, c, b2, ab]
+    assert warm == [a, a2, a, b, b, b, c, c, c, ab, ab, ab]
+    assert [batch_shape(x) for x in warm[2::3]] == [
         ((2, 64),),
         ((2, 128),),
         ((2, 192),),
         ((2, 64), (2, 128)),
     ]
+    assert cover_shapes([a], [b], visits=1) == ([a, b], [b])  # the rule before: once
     assert cover_shapes([], [b, c]) == ([], [b, c])
-    assert cover_shapes([a, b, c], [b2]) == ([a, b, c], [b2])
+    assert cover_shapes([a, b, c] * 3, [b2]) == ([a, b, c] * 3, [b2])
 
 
 def test_step_times_script(tmp_path, capsys):
