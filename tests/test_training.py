@@ -207,6 +207,45 @@ def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("router", ["token", "token_prefix"])
+@pytest.mark.parametrize("stage", [*STAGES, BASELINE], ids=lambda s: s.key)
+def test_a_padded_batch_needs_no_attention_mask(stage, router, tiny_llama, data_dir, monkeypatch):
+    """A padded training batch runs without its attention mask (:func:`model_mask`: causal
+    attention alone, SDPA's flash kernel on a GPU): its examples are right-padded, so every
+    loss of every stage and its gradients are those the mask gives, prefix routers included."""
+    import schemabank.training as training
+
+    mode = "baseline" if stage is BASELINE else "schemabank"
+    real = training.model_mask
+    results = []
+    for masked in (True, False):
+        trainer = make_trainer(tiny_llama, data_dir, mode=mode, schemabank={"router_input": router})
+        wake_up(trainer)
+        trainer.enter_stage(stage)
+        batch, targets, _ = trainer.batches.make_batch(stage, 0.5)
+        lengths = batch["attention_mask"].sum(1)
+        assert lengths.min() < lengths.max() == batch["attention_mask"].shape[1]  # padding
+        given = []  # what model_mask gave each forward pass
+
+        def mask(b, masked=masked, given=given):
+            given.append(real(b))
+            return b["attention_mask"] if masked else given[-1]
+
+        monkeypatch.setattr(training, "model_mask", mask)
+        parts = trainer.losses(stage, batch, targets)
+        assert given and all(m is None for m in given)  # what training gives: no mask
+        trainer.total_loss(stage, parts).backward()
+        grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in parts.items()}, grads))
+    (want, want_grads), (got, got_grads) = results
+    assert want.keys() == got.keys() and set(stage.losses) <= want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert want_grads.keys() == got_grads.keys() and want_grads
+    for n in want_grads:
+        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_answer_positions_point_at_the_tokens_before_each_answer_token():
     from schemabank.batching import answer_positions
 

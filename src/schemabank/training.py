@@ -217,7 +217,7 @@ class Trainer:
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
                 self.model(
                     input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
+                    attention_mask=model_mask(batch),
                     position_ids=batch.get("position_ids"),
                     logits_to_keep=1,
                     use_cache=False,
@@ -487,9 +487,23 @@ def _steps_run(summary: dict | None, steps: int) -> int:
     return steps if ran is None else ran
 
 
+def model_mask(batch: dict) -> torch.Tensor | None:
+    """The attention mask a training batch's forward pass is given: a packed batch's (R, 1, L, L)
+    mask, which keeps its examples apart; None for a padded batch (B, T). Its examples are
+    right-padded (:func:`~schemabank.data.collate`), so under causal attention alone no real
+    token attends to padding: every real token's output, and so every loss (each ignores
+    padding), is what the mask gives. Without a mask the attention runs causal (SDPA's flash
+    kernel) instead of through the masked memory-efficient kernel, 30% of the H200's time at
+    the study's batches (``results/bench/speed_2026-12-02d/``). The batch keeps its mask for
+    the losses."""
+    mask = batch["attention_mask"]
+    return mask if mask.dim() == 4 else None
+
+
 def _model_loss(model, batch: dict) -> torch.Tensor:
     """The model's own causal-LM loss of ``batch`` (for a head that does more than a projection)."""
-    return model(**{k: v for k, v in batch.items() if k != "token_mask"}).loss
+    inputs = {k: v for k, v in batch.items() if k != "token_mask"}
+    return model(**inputs | {"attention_mask": model_mask(batch)}).loss
 
 
 def _decoder_states(base, batch: dict) -> torch.Tensor:
@@ -497,7 +511,7 @@ def _decoder_states(base, batch: dict) -> torch.Tensor:
     each compiled layer's graph its own), a packed batch's position_ids (each example's from 0)."""
     return base.get_decoder()(
         input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
+        attention_mask=model_mask(batch),
         position_ids=batch.get("position_ids"),
         use_cache=False,
     ).last_hidden_state
