@@ -18,7 +18,8 @@
 # Environment: COMPILE (training.compile of the runs, default true), SCOPE
 # (training.compile_scope, default layers), COMPILE_DECODER (eval.compile_decoder, default true),
 # CAPTURE (eval.decoder_capture: graph, the default, or compile), ONLY (bench-layers: train or
-# eval), SHRINK=true (eval.decoder_shrink: finished rows leave the decoder's batch), ATTN
+# eval), SHRINK=true (eval.decoder_shrink: finished rows leave the decoder's batch), MERGE=true
+# (eval.merge_lora: the LoRA weights merged into the base weights while GSM8K is generated), ATTN
 # (eval.decoder_attention,
 # default grouped, the static decoder's own; model: its SDPA), EVAL_BATCH (eval.batch_size, default the config's),
 # MICRO (training.micro_batch_size of the benches and runs: each batch's examples sorted by length
@@ -42,6 +43,7 @@ LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
 DEC="--set eval.decoder=static --set eval.compile_decoder=${COMPILE_DECODER:-true} --set eval.decoder_attention=${ATTN:-grouped}"
 [ -n "${CAPTURE:-}" ] && DEC="$DEC --set eval.decoder_capture=$CAPTURE"
 [ -n "${SHRINK:-}" ] && DEC="$DEC --set eval.decoder_shrink=$SHRINK"
+[ -n "${MERGE:-}" ] && DEC="$DEC --set eval.merge_lora=$MERGE"
 [ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
 TRAIN=""
 [ -n "${MICRO:-}" ] && TRAIN="$TRAIN --set training.micro_batch_size=$MICRO"

@@ -136,6 +136,39 @@ def test_generation_with_a_shrinking_decoder(tiny_llama):
         assert all(np.array_equal(g.routes[k], w.routes[k]) for k in w.routes)
 
 
+@pytest.mark.parametrize("decoder", ["hf", "static"])
+def test_merged_lora_makes_the_same_answers_and_gives_the_weights_back(tiny_llama, decoder):
+    """``merge_lora``: GSM8K generated with the LoRA weights merged into the base weights gives
+    the unmerged evaluation's answers and routing (fp32), with both decoders; afterwards every
+    weight is bit for bit what it was and the LoRA layers are unmerged (a later perplexity
+    runs the adapter as trained)."""
+    from schemabank.data import Problem
+    from schemabank.method.adapter import merged_lora
+
+    tok, model, banks = peaky(tiny_llama, "token", 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    problems = [Problem(q, a) for q, a in TRAIN[:4]]
+    args = (model, tok, problems, [], banks, 3, 10, CPU, False)
+    want = evaluate_gsm8k(*args, decoder=decoder)
+    seen = []
+    with merged_lora(model):  # what merge_lora runs under: one matmul per adapted layer
+        layers = [m for m in model.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+        seen = [m.merged for m in layers]
+        merged_w = layers[0].get_base_layer().weight.detach().clone()
+    assert seen and all(seen)
+    assert not torch.equal(merged_w, before[f"{_base_name(model, layers[0])}.weight"])
+    got = evaluate_gsm8k(*args, decoder=decoder, merge_lora=True)
+    assert got["records"] == want["records"] and got["routing"] == want["routing"]
+    assert not any(m.merged for m in layers)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def _base_name(model, layer) -> str:
+    """The parameter-name prefix of a LoRA layer's base linear layer."""
+    return next(n for n, m in model.named_modules() if m is layer.get_base_layer())
+
+
 def test_evaluation_reports_the_same_routing_from_either_decoder(tiny_llama):
     """The GSM8K routing report and the per-problem records are the same whether the routing
     came from the static decoder or from the teacher-forced pass after HF generate."""

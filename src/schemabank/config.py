@@ -294,6 +294,13 @@ class EvalConfig:
     rows a step. Not with ``decoder_capture: compile`` (its step keeps one batch size). The
     same tokens on the CPU tests; on a GPU some may differ (kernels round differently at
     another batch size)."""
+    merge_lora: bool = False
+    """Merge the LoRA weights into the base weights while GSM8K is generated (either decoder),
+    and put the base weights back exactly afterwards (:func:`schemabank.method.adapter.merged_lora`):
+    each adapted linear layer runs one matmul instead of three, so a decoding step launches
+    fewer kernels. The same tokens on the CPU tests (fp32); in bf16 the merged weights round
+    differently, and some greedy decodes may change. Perplexity and the routing fit stay
+    unmerged."""
     decoder_attention: str | None = None
     """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
     into one matmul over the cache as stored, no copy of the cache per query head;

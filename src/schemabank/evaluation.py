@@ -53,7 +53,7 @@ from .data import (
 from .decode import DEFAULT_ATTENTION, DEFAULT_CAPTURE, StaticDecoder, stop_test
 from .errors import SchemaBankError
 from .files import atomic_write_text
-from .method.adapter import adapter_parameters, base_only
+from .method.adapter import adapter_parameters, base_only, merged_lora
 from .method.attach import BankSet
 from .method.tags import TAGS, routing_target
 from .models import head_nll_sum, load_base_model, plain_head_base, resolve_base_model
@@ -547,6 +547,7 @@ def evaluate_gsm8k(
     decoder_attention: str | None = None,
     decoder_capture: str | None = None,
     decoder_shrink: bool = False,
+    merge_lora: bool = False,
 ) -> dict:
     """Accuracy (strict and flexible, with Wilson intervals), per-problem outcomes, samples, and
     the routing report when banks are attached; ``records``: every problem's
@@ -556,7 +557,8 @@ def evaluate_gsm8k(
     its reference solution; :func:`oracle_masks`). ``report_routing`` False leaves out the
     routing report (the banks still act). ``decoder``, ``compile_decoder``,
     ``decoder_attention``, ``decoder_capture``, ``decoder_shrink``: as
-    :func:`generate`."""
+    :func:`generate`. ``merge_lora``: generate with the LoRA weights merged into the base
+    weights (:func:`~schemabank.method.adapter.merged_lora`), restored afterwards."""
     # One batch of the whole test set is the fastest on a GPU: each step then serves every problem
     # (docs/log.md#speed has the measurement).
     batch_size = batch_size or (1536 if device.type == "cuda" else 16)
@@ -568,24 +570,25 @@ def evaluate_gsm8k(
         masks = oracle_masks([problems[i] for i in mine], next(iter(banks)).num_schemas)
     ctx = context_length(model)
     max_prompt = ctx - max_new_tokens if ctx else None  # longer prompts lose their start
-    my_gens = generate(
-        model,
-        tokenizer,
-        [prompts[i] for i in mine],
-        batch_size,
-        max_new_tokens,
-        device,
-        bf16,
-        banks=banks,
-        route_masks=masks,
-        max_prompt_tokens=max_prompt,
-        decoder=decoder,
-        compile_decoder=compile_decoder,
-        decoder_attention=decoder_attention,
-        decoder_capture=decoder_capture,
-        decoder_shrink=decoder_shrink,
-        keep_routes=report_routing,
-    )
+    with merged_lora(model) if merge_lora else nullcontext():
+        my_gens = generate(
+            model,
+            tokenizer,
+            [prompts[i] for i in mine],
+            batch_size,
+            max_new_tokens,
+            device,
+            bf16,
+            banks=banks,
+            route_masks=masks,
+            max_prompt_tokens=max_prompt,
+            decoder=decoder,
+            compile_decoder=compile_decoder,
+            decoder_attention=decoder_attention,
+            decoder_capture=decoder_capture,
+            decoder_shrink=decoder_shrink,
+            keep_routes=report_routing,
+        )
     gens = distributed.gather_shards(my_gens, len(problems))
     gen_time = time.perf_counter() - t0
     truncated = sum(1 for g in gens if g.truncated)
@@ -794,6 +797,7 @@ def run_evaluation(
         decoder_attention=ecfg.decoder_attention,
         decoder_capture=ecfg.decoder_capture,
         decoder_shrink=ecfg.decoder_shrink,
+        merge_lora=ecfg.merge_lora,
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
@@ -817,6 +821,7 @@ def run_evaluation(
             decoder_attention=ecfg.decoder_attention,
             decoder_capture=ecfg.decoder_capture,
             decoder_shrink=ecfg.decoder_shrink,
+            merge_lora=ecfg.merge_lora,
         )["gsm8k"]
         timings["gsm8k_dev_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()

@@ -504,6 +504,7 @@ def bench_evaluation(
             decoder_attention=cfg.eval.decoder_attention,
             decoder_capture=cfg.eval.decoder_capture,
             decoder_shrink=cfg.eval.decoder_shrink,
+            merge_lora=cfg.eval.merge_lora,
         )
         _sync(device)
         return ev["gsm8k"], time.perf_counter() - t0
@@ -605,6 +606,7 @@ def run_bench(
             if cfg.eval.compile_decoder
             else None,
             "decoder_shrink": cfg.eval.decoder_shrink,
+            "merge_lora": cfg.eval.merge_lora,
             "decoder_attention": (cfg.eval.decoder_attention or DEFAULT_ATTENTION)
             if cfg.eval.decoder == "static"
             else None,
@@ -720,6 +722,7 @@ def format_bench(r: dict) -> list[str]:
             )
             + (f", attention {s['decoder_attention']}" if s.get("decoder_attention") else "")
             + (", shrinking" if s.get("decoder_shrink") else "")
+            + (", LoRA merged" if s.get("merge_lora") else "")
         )
         if "again" in g:
             a = g["again"]
