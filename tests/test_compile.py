@@ -227,6 +227,33 @@ def test_compiled_step_equals_the_eager_step(
     assert all(layer._compiled_call_impl is None for layer, _ in compiled._regions)
 
 
+@pytest.mark.parametrize("scope", ["step", "layers"])
+def test_a_compiled_step_on_padded_batches_builds_no_attention_mask(
+    aot_eager, tiny_llama, data_dir, scope
+):
+    """Compiled, a padded batch's forward pass runs :data:`training.CAUSAL` and its attention is
+    given no mask. transformers builds a causal mask whenever Dynamo traces its mask code (the
+    whole model under ``compile_scope: step``), which would keep SDPA off its flash kernel."""
+    from transformers import AttentionInterface
+
+    given = []
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        given.append(attention_mask)
+        return training.causal_attention(module, query, key, value, attention_mask, **kwargs)
+
+    torch._dynamo.reset()  # trace anew, through the spy
+    AttentionInterface.register(training.CAUSAL, attention)
+    try:
+        t = make_trainer(tiny_llama, data_dir, training={"compile": True, "compile_scope": scope})
+        t.enter_stage(STAGES[1])
+        t.train_step(STAGES[1], 1e-3, 0.5)
+    finally:
+        AttentionInterface.register(training.CAUSAL, training.causal_attention)
+        torch._dynamo.reset()
+    assert given and all(m is None for m in given)
+
+
 def test_compiled_step_resumes_exactly(aot_eager, tiny_llama, data_dir, tmp_path):
     straight = make_trainer(tiny_llama, data_dir, training={"compile": True})
     first = make_trainer(tiny_llama, data_dir, training={"compile": True})

@@ -210,10 +210,12 @@ def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
 @pytest.mark.parametrize("router", ["token", "token_prefix"])
 @pytest.mark.parametrize("stage", [*STAGES, BASELINE], ids=lambda s: s.key)
 def test_a_padded_batch_needs_no_attention_mask(stage, router, tiny_llama, data_dir, monkeypatch):
-    """A padded training batch runs without its attention mask (:func:`model_mask`: causal
-    attention alone, SDPA's flash kernel on a GPU): its examples are right-padded, so every
-    loss of every stage and its gradients are those the mask gives, prefix routers included."""
+    """A padded training batch runs without its attention mask, its attention switched to causal
+    SDPA for the pass (:func:`model_mask`, :func:`padded_attention`: SDPA's flash kernel on a
+    GPU, compiled or not): its examples are right-padded, so every loss of every stage and its
+    gradients are those of the model's own attention with the mask, prefix routers included."""
     import schemabank.training as training
+    from schemabank.models import unwrapped
 
     mode = "baseline" if stage is BASELINE else "schemabank"
     real = training.model_mask
@@ -225,15 +227,19 @@ def test_a_padded_batch_needs_no_attention_mask(stage, router, tiny_llama, data_
         batch, targets, _ = trainer.batches.make_batch(stage, 0.5)
         lengths = batch["attention_mask"].sum(1)
         assert lengths.min() < lengths.max() == batch["attention_mask"].shape[1]  # padding
-        given = []  # what model_mask gave each forward pass
+        config = unwrapped(trainer.model).config
+        seen = []  # each model_mask call: what training gives, and the attention then
 
-        def mask(b, masked=masked, given=given):
-            given.append(real(b))
-            return b["attention_mask"] if masked else given[-1]
+        def mask(b, masked=masked, seen=seen, config=config):
+            seen.append((real(b), config._attn_implementation))
+            return b["attention_mask"] if masked else seen[-1][0]
 
         monkeypatch.setattr(training, "model_mask", mask)
         parts = trainer.losses(stage, batch, targets)
-        assert given and all(m is None for m in given)  # what training gives: no mask
+        assert seen and all(m is None for m, _ in seen)  # what training gives: no mask
+        attention = {a for _, a in seen}
+        assert attention == {"sdpa"} if masked else training.CAUSAL in attention
+        assert config._attn_implementation == "sdpa"  # the model's own again after the pass
         trainer.total_loss(stage, parts).backward()
         grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
         results.append(({k: v.detach() for k, v in parts.items()}, grads))

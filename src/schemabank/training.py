@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface
 
 from . import distributed, steplog
 from .batching import Batches, answer_positions, split_batch
@@ -38,7 +41,7 @@ from .method.attach import decoder_layers
 from .method.bank import balance_loss, routing_ce, z_loss
 from .method.stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .method.tags import dropout_for_step
-from .models import head_nll_sum, load_base_model, plain_head_base, resolve_base_model
+from .models import head_nll_sum, load_base_model, plain_head_base, resolve_base_model, unwrapped
 from .results import build_results
 from .runtime import (
     autocast,
@@ -162,7 +165,7 @@ class Trainer:
             oracle = self.banks.restricted(targets > 0)  # each problem's tags' schemas only
         weights = {"ortho": b.lambda_ortho, "balance": b.lambda_balance, "z": b.lambda_z}
         optimised = tuple(k for k, w in weights.items() if k in stage.losses and w > 0)
-        with capture, oracle, self._compiled_layers():
+        with capture, oracle, self._compiled_layers(), padded_attention(self.model, batch):
             if self._compiled_losses is not None:
                 # one graph for every length (a CUDA graph per length), or for every number of
                 # rows of a packed batch (its rows all have the same length)
@@ -498,6 +501,46 @@ def model_mask(batch: dict) -> torch.Tensor | None:
     the losses."""
     mask = batch["attention_mask"]
     return mask if mask.dim() == 4 else None
+
+
+CAUSAL = "schemabank_causal"
+"""The attention implementation a padded training batch's forward pass runs with
+(:func:`padded_attention`): SDPA with ``is_causal`` and no mask, whatever mask it is given, and
+no mask built (registered with transformers' ``AttentionInterface`` and
+``AttentionMaskInterface``)."""
+
+
+def causal_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention with no mask: causal (its flash kernel on a GPU)."""
+    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+
+def _no_mask(*args, **kwargs) -> None:
+    return None
+
+
+AttentionInterface.register(CAUSAL, causal_attention)
+AttentionMaskInterface.register(CAUSAL, _no_mask)
+
+
+@contextmanager
+def padded_attention(model, batch: dict):
+    """The attention a training forward pass of ``batch`` runs with: for a padded batch
+    (:func:`model_mask` None), :data:`CAUSAL` in place of the model's own for the pass, so that
+    no mask is built either. transformers builds a causal mask while Dynamo traces the model
+    (``compile_scope: step``; it skips it only outside), which keeps SDPA off its flash kernel.
+    A model whose attention does not read its config's implementation keeps its own, without a
+    mask. A packed batch keeps the model's attention and its block mask."""
+    config = unwrapped(model).config
+    before = config._attn_implementation
+    if model_mask(batch) is not None or before != "sdpa":
+        yield
+        return
+    config._attn_implementation = CAUSAL  # the setter: sub-configs too; cheap, once a pass
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def _model_loss(model, batch: dict) -> torch.Tensor:
