@@ -499,12 +499,29 @@ def test_grouped_attention_decoder_makes_the_same_tokens(tiny_llama):
     b = tok(PROMPTS, return_tensors="pt", padding=True)
     L = b["input_ids"].shape[1] + 12
     args = (model, L, 12, tok.eos_token_id, tok.pad_token_id)
+    from transformers import AttentionInterface
+
+    from schemabank import decode
+
     want = StaticDecoder(*args, attention="model").decode(b["input_ids"], b["attention_mask"])
-    torch._dynamo.reset()
-    for extra in ({}, {"compile": True, "backend": "aot_eager"}):
-        dec = StaticDecoder(*args, attention="grouped", **extra)
+    calls = []  # the query lengths the grouped attention saw
+
+    def grouped(module, query, *rest, **kwargs):
+        calls.append(query.shape[2])
+        return decode.grouped_attention(module, query, *rest, **kwargs)
+
+    AttentionInterface.register(decode.GROUPED, grouped)  # eager only: a compiled step's
+    try:  # appends would recompile it at every step
+        dec = StaticDecoder(*args, attention="grouped")
         assert torch.equal(dec.decode(b["input_ids"], b["attention_mask"]), want)
-        assert model.get_base_model().config._attn_implementation == "sdpa"
+        assert 1 in calls  # the new tokens' passes went through it
+    finally:
+        AttentionInterface.register(decode.GROUPED, decode.grouped_attention)
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+    torch._dynamo.reset()
+    dec = StaticDecoder(*args, attention="grouped", compile=True, backend="aot_eager")
+    assert torch.equal(dec.decode(b["input_ids"], b["attention_mask"]), want)
+    assert model.get_base_model().config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="attention"):
         StaticDecoder(*args, attention="flash")
 

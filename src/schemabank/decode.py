@@ -28,7 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .method.attach import decoder_module
 from .method.bank import SchemaBank
-from .models import unwrapped
+from .models import attention_implementation, unwrapped
 from .runtime import cudagraph_skips, warn_cudagraph_skips
 
 
@@ -79,21 +79,6 @@ def grouped_attention(module, query, key, value, attention_mask, scaling=None, d
 
 AttentionInterface.register(GROUPED, grouped_attention)
 AttentionMaskInterface.register(GROUPED, sdpa_mask)
-
-
-@contextmanager
-def attention_implementation(model, name: str | None):
-    """``model`` (a transformers model) with attention implementation ``name`` inside the
-    block, its own again after (None: unchanged)."""
-    before = model.config._attn_implementation
-    if name is None or name == before:
-        yield
-        return
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
 
 
 ATTENTIONS = ("model", "grouped")

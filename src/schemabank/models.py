@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -199,6 +200,26 @@ def load_base_model(info: BaseModelInfo, device: torch.device, dtype: torch.dtyp
 def unwrapped(model):
     """The Hugging Face model under a PEFT wrapper (LoRA layers stay in it), or ``model``."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextmanager
+def attention_implementation(model, name: str | None):
+    """``model`` (a transformers model, or a PEFT one around it) with attention implementation
+    ``name`` (registered with transformers' ``AttentionInterface``) inside the block, its own
+    again after (None: unchanged). It sets the config's implementation, which the attention
+    layers and the mask code read at every pass (its setter reaches the sub-configs): cheap
+    enough for every training pass, unlike ``set_attn_implementation``, which walks every
+    module."""
+    config = unwrapped(model).config
+    before = config._attn_implementation
+    if name is None or name == before:
+        yield
+        return
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def plain_head_base(model):

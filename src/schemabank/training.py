@@ -41,7 +41,14 @@ from .method.attach import decoder_layers
 from .method.bank import balance_loss, routing_ce, z_loss
 from .method.stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
 from .method.tags import dropout_for_step
-from .models import head_nll_sum, load_base_model, plain_head_base, resolve_base_model, unwrapped
+from .models import (
+    attention_implementation,
+    head_nll_sum,
+    load_base_model,
+    plain_head_base,
+    resolve_base_model,
+    unwrapped,
+)
 from .results import build_results
 from .runtime import (
     autocast,
@@ -523,24 +530,15 @@ AttentionInterface.register(CAUSAL, causal_attention)
 AttentionMaskInterface.register(CAUSAL, _no_mask)
 
 
-@contextmanager
 def padded_attention(model, batch: dict):
     """The attention a training forward pass of ``batch`` runs with: for a padded batch
-    (:func:`model_mask` None), :data:`CAUSAL` in place of the model's own for the pass, so that
-    no mask is built either. transformers builds a causal mask while Dynamo traces the model
-    (``compile_scope: step``; it skips it only outside), which keeps SDPA off its flash kernel.
-    A model whose attention does not read its config's implementation keeps its own, without a
-    mask. A packed batch keeps the model's attention and its block mask."""
-    config = unwrapped(model).config
-    before = config._attn_implementation
-    if model_mask(batch) is not None or before != "sdpa":
-        yield
-        return
-    config._attn_implementation = CAUSAL  # the setter: sub-configs too; cheap, once a pass
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
+    (:func:`model_mask` None) of a model on SDPA, :data:`CAUSAL` in place of its own for the
+    pass, so that no mask is built either. transformers builds a causal mask while Dynamo traces
+    the model (``compile_scope: step``; it skips it only outside), which keeps SDPA off its
+    flash kernel. A model on another attention keeps it, without a mask; a packed batch keeps
+    the model's attention and its block mask."""
+    padded = model_mask(batch) is None and unwrapped(model).config._attn_implementation == "sdpa"
+    return attention_implementation(model, CAUSAL if padded else None)
 
 
 def _model_loss(model, batch: dict) -> torch.Tensor:
