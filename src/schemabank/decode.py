@@ -340,24 +340,19 @@ class StaticDecoder:
         out[:, 0] = self._pick(logits)
         self._hold(None)  # every new token is real
         done = [False] * B
-        rows = None  # with shrink, once some rows are dropped: the rows of out still decoded
+        rows = slice(None)  # the rows of out still decoded (with shrink, a tensor once some go)
         n = self.max_new_tokens
         for j in range(1, self.max_new_tokens):
             keep = None
             if j % check_every == 0:
-                mine = out if rows is None else out[rows]
                 if self._all_done(
-                    mine[:, max(0, j - check_every - STOP_OVERLAP) : j], stopped, done
+                    out[rows, max(0, j - check_every - STOP_OVERLAP) : j], stopped, done
                 ):
                     n = j
                     break
                 if self.shrink and done.count(False) <= SHRINK_AT * len(done):
                     keep = [r for r, d in enumerate(done) if not d]
-            nxt = self._replay(fed, j, rows)
-            if rows is None:
-                out[:, j] = nxt
-            else:
-                out[rows, j] = nxt
+            out[rows, j] = self._replay(fed, j, rows)
             if keep is not None:  # after step j: it recorded the routing of their last tokens
                 rows = self._keep_rows(keep, rows)
                 done = [False] * len(keep)
@@ -368,7 +363,7 @@ class StaticDecoder:
             ]
         return out[:, :n]
 
-    def _keep_rows(self, keep: list[int], rows: torch.Tensor | None) -> torch.Tensor:
+    def _keep_rows(self, keep: list[int], rows: torch.Tensor | slice) -> torch.Tensor:
         """Decode only the current rows ``keep`` from now on (``shrink``): the cache, the step's
         buffers, the prefix carries and the oracle masks cut to them, and the step captured
         anew for the smaller batch. Returns the rows of the call's batch they are."""
@@ -382,9 +377,9 @@ class StaticDecoder:
         self.batch_size = None  # the next call allocates its own buffers
         if self.graph_step is not None:
             self.step = self.graph_step(self._step)
-        return idx if rows is None else rows[idx]
+        return idx if isinstance(rows, slice) else rows[idx]
 
-    def _replay(self, fed: list[torch.Tensor], j: int, rows=None) -> torch.Tensor:
+    def _replay(self, fed: list[torch.Tensor], j: int, rows=slice(None)) -> torch.Tensor:
         """Step ``j`` (:attr:`step`, a CUDA-graph replay when captured): its new tokens (B,),
         the routing of the tokens it fed written to column ``j`` of ``fed`` (in ``rows``, the
         rows still decoded, when some were dropped)."""
@@ -392,10 +387,7 @@ class StaticDecoder:
             torch.compiler.cudagraph_mark_step_begin()
         nxt, ids = self.step()
         for buf, step_ids in zip(fed, ids, strict=True):
-            if rows is None:
-                buf[:, j] = step_ids
-            else:
-                buf[rows, j] = step_ids
+            buf[rows, j] = step_ids
         if self.graphs and not self.checked and j == 3:  # compiled, recorded, replayed
             warn_cudagraph_skips(self.skips_before, "the static decoder's step")
             self.checked = True

@@ -757,6 +757,20 @@ def evaluate_perplexity(
     return out
 
 
+def generation_options(ecfg: EvalConfig) -> dict:
+    """The keyword arguments of :func:`evaluate_gsm8k` that say how GSM8K is generated, from
+    the config's ``eval`` section: the decoder, its capture, shrinking and attention, and the
+    LoRA merge."""
+    return {
+        "decoder": ecfg.decoder,
+        "compile_decoder": ecfg.compile_decoder,
+        "decoder_attention": ecfg.decoder_attention,
+        "decoder_capture": ecfg.decoder_capture,
+        "decoder_shrink": ecfg.decoder_shrink,
+        "merge_lora": ecfg.merge_lora,
+    }
+
+
 def run_evaluation(
     model,
     tokenizer,
@@ -792,12 +806,7 @@ def run_evaluation(
         bf16,
         ecfg.num_samples,
         oracle=oracle,
-        decoder=ecfg.decoder,
-        compile_decoder=ecfg.compile_decoder,
-        decoder_attention=ecfg.decoder_attention,
-        decoder_capture=ecfg.decoder_capture,
-        decoder_shrink=ecfg.decoder_shrink,
-        merge_lora=ecfg.merge_lora,
+        **generation_options(ecfg),
     )
     out["schema_reuse"] = out["routing"]["summary"]["schema_reuse"] if out["routing"] else 0.0
     t1 = time.perf_counter()
@@ -816,12 +825,7 @@ def run_evaluation(
             num_samples=0,
             oracle=oracle,
             report_routing=False,
-            decoder=ecfg.decoder,
-            compile_decoder=ecfg.compile_decoder,
-            decoder_attention=ecfg.decoder_attention,
-            decoder_capture=ecfg.decoder_capture,
-            decoder_shrink=ecfg.decoder_shrink,
-            merge_lora=ecfg.merge_lora,
+            **generation_options(ecfg),
         )["gsm8k"]
         timings["gsm8k_dev_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()

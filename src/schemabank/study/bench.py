@@ -22,7 +22,7 @@ from ..batching import split_batch
 from ..config import Config
 from ..data import load_gsm8k, load_wikitext
 from ..decode import DEFAULT_ATTENTION, DEFAULT_CAPTURE
-from ..evaluation import evaluate_gsm8k, evaluate_perplexity
+from ..evaluation import evaluate_gsm8k, evaluate_perplexity, generation_options
 from ..method.adapter import base_only, build_adapter, make_lora_config
 from ..method.stages import BASELINE, STAGES, Stage
 from ..models import load_base_model, resolve_base_model
@@ -344,9 +344,9 @@ def bench_training(
     added to the warmup (None without warmup steps). Each new batch shape may compile again:
     ``batch_shapes`` counts the padded shapes a model computed and ``new_shapes_timed`` those
     first met in the timed steps, whose compilation would fall inside ``step_ms``: the warmup
-    therefore also replays the first timed batch of every shape its own batches lack
-    (:func:`cover_shapes`; ``warmup_steps`` counts them), so it is 0 unless a model pads
-    differently.
+    therefore meets every shape :data:`WARM_VISITS` times, replaying a shape's first batch as
+    often as it lacks (:func:`cover_shapes`; ``warmup_steps`` counts them), so it is 0 unless
+    a model pads differently.
 
     ``profile`` > 0: then each model steps that many of the timed batches (at most all of them)
     again under the profiler (:func:`profile_steps`, ``profile`` in its figures; not in
@@ -499,12 +499,7 @@ def bench_evaluation(
             device,
             bf16,
             0,
-            decoder=cfg.eval.decoder,
-            compile_decoder=cfg.eval.compile_decoder,
-            decoder_attention=cfg.eval.decoder_attention,
-            decoder_capture=cfg.eval.decoder_capture,
-            decoder_shrink=cfg.eval.decoder_shrink,
-            merge_lora=cfg.eval.merge_lora,
+            **generation_options(cfg.eval),
         )
         _sync(device)
         return ev["gsm8k"], time.perf_counter() - t0
