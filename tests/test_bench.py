@@ -39,6 +39,7 @@ def test_bench_measures_training_and_evaluation(tiny_llama, data_dir):
         x = t[mode]
         assert x["steps"] == 4 and x["batch_size"] == 4 and x["micro_batch_size"] == 2
         assert x["tokens_per_s"] > 0 and 0 <= x["padding_share"] < 1
+        assert len(x["block_ms"]) == 2 and abs(sum(x["block_ms"]) / 2 - x["step_ms"]) < 1e-6
         assert (
             abs(x["tokens_per_s"] * x["step_ms"] / 1000 - x["tokens_per_step"])
             < 1e-6 * x["tokens_per_step"] + 1e-3

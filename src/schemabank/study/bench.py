@@ -98,7 +98,7 @@ class _Measured:
 
     def __init__(self):
         self.seen: list[tuple[list, tuple[int, ...]]] = []
-        self.acc = {"time": 0.0, "steps": 0, "tokens": 0, "padded": 0, "peak": 0.0}
+        self.acc = {"time": 0.0, "steps": 0, "tokens": 0, "padded": 0, "peak": 0.0, "blocks": []}
 
     def begin(self) -> None: ...
 
@@ -333,7 +333,8 @@ def bench_training(
     none gains from running second, with the device synchronised around each block. When a model
     is compiled on a GPU, each model instead runs its warmup and all its timed blocks before the
     next model starts (``timing``: ``contiguous``, else ``interleaved``).
-    ``step_ms`` is the steady state: the timed steps' mean. Our step includes its host-side
+    ``step_ms`` is the steady state: the timed steps' mean (``block_ms``: each block's mean step,
+    in the order they ran, which shows a model still warming up). Our step includes its host-side
     collation and copy to the device (``Batches.to_device``, as in training); the peers are
     given the batches already on the device, as a static-batch benchmark would. ``peak_memory_gib`` is the peak
     allocated during the model's blocks, every measured model's weights being resident.
@@ -401,7 +402,9 @@ def bench_training(
         for batch in block:
             m.step(batch)
         _sync(device)
-        acc["time"] += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        acc["time"] += elapsed
+        acc["blocks"].append(1000 * elapsed / len(block))
         acc["steps"] += len(block)
         acc["tokens"] += sum(b.tokens for b in block)
         acc["padded"] += sum(x["input_ids"].numel() for b in block for _, x in b.micro)
@@ -430,6 +433,7 @@ def bench_training(
             "micro_batch_size": t.micro_batch_size or t.batch_size,
             "steps": acc["steps"],
             "step_ms": 1000 * acc["time"] / acc["steps"],
+            "block_ms": acc["blocks"],
             "tokens_per_s": acc["tokens"] / acc["time"],
             "tokens_per_step": acc["tokens"] / acc["steps"],
             "padding_share": 1 - acc["tokens"] / acc["padded"],
