@@ -723,6 +723,25 @@ def test_bad_config(capsys, tmp_path, tiny_llama, data_dir, edit, overrides, nee
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "window, needles",
+    [
+        ("5", ["--profile-steps '5'", "FIRST:N"]),
+        ("0:2", ["--profile-steps '0:2'", ">= 1"]),
+        ("a:b", ["FIRST:N"]),
+        ("6:3", ["--profile-steps 6:3", "7 steps", "training.total_steps"]),
+    ],
+)
+def test_bad_profile_window(capsys, tmp_path, sb_config, data_dir, window, needles):
+    out = tmp_path / "results"
+    code, err = call_main(
+        capsys, "train", "--config", sb_config, "--profile-steps", window,
+        "--output-dir", out, "--data-dir", data_dir,
+    )  # fmt: skip
+    assert_user_error(code, err, *needles)
+    assert not out.exists()
+
+
 def _no_test_split(root: Path) -> list[str]:
     (root / "gsm8k" / "test.jsonl").unlink()
     return ["GSM8K file not found", str(root / "gsm8k" / "test.jsonl")]

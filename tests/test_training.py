@@ -535,3 +535,39 @@ def test_a_perplexity_window_beyond_the_context_is_refused_before_training(
     with pytest.raises(SchemaBankError, match=r"16384 tokens is longer than the model's context"):
         training.run(cfg, tmp_path, data_dir)
     assert not (tmp_path / cfg.run_name).exists()  # nothing trained, nothing written
+
+
+def test_profile_steps_profile_a_window_of_the_run_and_change_no_step(
+    tiny_llama, data_dir, tmp_path, capsys
+):
+    """``schemabank train --profile-steps FIRST:N`` runs N of the run's own steps under the
+    profiler and writes their summary to profile.json; a window that reaches past its stage
+    ends with it; the training is the same as without the profiler."""
+    from schemabank import training
+    from schemabank.telemetry import read_jsonl
+
+    cfg = config_from_dict(
+        tiny_config(tiny_llama, eval={"limit": 1, "max_new_tokens": 2, "ppl_windows": []})
+    )
+    plain = training.run(cfg, tmp_path / "plain", data_dir)
+    profiled = training.run(cfg, tmp_path / "profiled", data_dir, profile_steps=(4, 3))
+    assert not (plain / "profile.json").exists()
+    p = json.loads((profiled / "profile.json").read_text())
+    # steps 4 (stage 2's last) only: the window's other steps belong to stage 3
+    assert p["first_step"] == 4 and p["steps"] == 1 and p["stage"] == "schema_train"
+    assert p["wall_ms"] > 0 and p["device_ms"] == 0  # no GPU here
+    assert p["kernel_launches"] == 0 and p["graph_launches"] == 0
+    assert p["top_host_ms"] and all(ms > 0 for _, ms in p["top_host_ms"])
+    assert "steps 4-4 (schema_train) profiled over 1 steps" in capsys.readouterr().err
+
+    def losses(run_dir):
+        return [x["loss"] for x in read_jsonl(run_dir / "training_log.jsonl")]
+
+    assert losses(profiled) == losses(plain)
+
+    # a window the run never reaches writes nothing (and says so)
+    again = training.run(
+        cfg, tmp_path / "late", data_dir, profile_steps=(len(losses(plain)) + 1, 1)
+    )
+    assert not (again / "profile.json").exists()
+    assert "was not run here; nothing profiled" in capsys.readouterr().err

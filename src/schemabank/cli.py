@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete an existing run of the same name and start again",
     )
+    t.add_argument(
+        "--profile-steps",
+        metavar="FIRST:N",
+        help="run the global steps FIRST to FIRST+N-1 under torch.profiler, with the loop's work "
+        "around them, and write their time per step (wall, GPU busy, launches, top operations) "
+        "to the run's profile.json, e.g. 700:5",
+    )
     _add_common(t)
 
     e = sub.add_parser("eval", help="evaluate a saved run (no training) or a bare base model")
@@ -300,6 +307,19 @@ def cmd_train(args) -> int:
             raise ConfigError("--resume: --set must not change experiment.name or experiment.seed")
     else:
         cfg = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
+    window = None
+    if args.profile_steps is not None:
+        from .profiling import parse_window
+
+        try:
+            window = parse_window(args.profile_steps)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if sum(window) - 1 > cfg.training.total_steps:
+            raise ConfigError(
+                f"--profile-steps {args.profile_steps}: the run has "
+                f"{cfg.training.total_steps} steps (training.total_steps)"
+            )
     _quiet_libraries()
     from .results import load_results, summary_lines
     from .training import TrainingInterrupted, run
@@ -311,6 +331,7 @@ def cmd_train(args) -> int:
             data_dir=args.data_dir,
             resume=bool(args.resume),
             overwrite=args.overwrite,
+            profile_steps=window,
         )
     except TrainingInterrupted as exc:
         if is_main():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import shutil
 import signal
+import sys
 import time
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -49,6 +50,7 @@ from .models import (
     resolve_base_model,
     unwrapped,
 )
+from .profiling import StepWindow, summary_line
 from .results import build_results
 from .runtime import (
     autocast,
@@ -153,6 +155,7 @@ class Trainer:
             self._regions = compile_layers(model, device)
         self.graphs = t.compile and compile_mode(device) == "reduce-overhead"
         self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
+        self.profile: StepWindow | None = None  # steps run under torch.profiler (rank 0)
 
     def losses(
         self,
@@ -400,6 +403,8 @@ class Trainer:
         t_stage = t_prev = time.perf_counter()
         pending = None
         for i in range(start, steps):
+            if self.profile is not None:  # schemabank train --profile-steps
+                self.profile.before(self.step + 1, stage.label)
             p_drop = dropout_for_step(i, steps, schedule) if stage.tagged else 1.0
             cur_lr = lr * lr_factor(self.step, t.total_steps, t.warmup_steps, t.lr_scheduler)
             record = self.train_step(stage, cur_lr, p_drop)
@@ -418,8 +423,12 @@ class Trainer:
                 if self.stop_requested():
                     distributed.barrier()  # the others wait until rank 0 has saved
                     self._interrupted(stage)
+            if self.profile is not None:
+                self.profile.after(self.step)
             if ended:
                 break
+        if self.profile is not None:
+            self.profile.close()  # a window reaching past the stage ends with it
         if pending is not None:
             self._emit(pending, logger, bar, t_prev, t_stage)
         self._note_stage(stage, t_stage)
@@ -651,6 +660,7 @@ RUN_FILES = (
     "eval_results.json",
     "eval_samples.jsonl",
     "checkpoint",
+    "profile.json",
     STATE_DIR,
 )
 
@@ -674,6 +684,21 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
             "experiment.name or seed"
         )
     return existing
+
+
+def _write_profile(run_dir: Path, window: StepWindow) -> None:
+    """The profiled steps' summary (``schemabank train --profile-steps``) to profile.json, and
+    one line of it to stderr."""
+    if window.result is None:
+        print(
+            f"schemabank: --profile-steps: step {window.first} was not run here; nothing profiled",
+            file=sys.stderr,
+        )
+        return
+    write_json(run_dir / "profile.json", window.result)
+    r = window.result
+    steps = f"steps {r['first_step']}-{r['first_step'] + r['steps'] - 1} ({r['stage']})"
+    print(f"schemabank: {summary_line(steps, r)}; {run_dir / 'profile.json'}", file=sys.stderr)
 
 
 def _truncate_log(path: Path, lines: int) -> None:
@@ -713,6 +738,7 @@ def run(
     data_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    profile_steps: tuple[int, int] | None = None,
 ) -> Path:
     """Train and evaluate one configuration; return the run directory.
 
@@ -720,16 +746,24 @@ def run(
     training state (``cfg`` is then normally that run's config.yaml). Launched as several
     processes (``WORLD_SIZE`` > 1), they train and evaluate together and rank 0 writes the run;
     a run may be resumed on another number of processes. A ``cfg`` built in Python is checked
-    as a YAML config is (:func:`~schemabank.config.check_config`).
+    as a YAML config is (:func:`~schemabank.config.check_config`). ``profile_steps``
+    ``(first, n)``: the global steps ``first`` to ``first + n - 1`` run under the profiler
+    (:class:`~schemabank.profiling.StepWindow`, rank 0), their summary in profile.json.
     """
     cfg = check_config(cfg)
     distributed.check_batch_size(cfg.training.batch_size)
     with distributed.session(cfg.training.device) as device:
-        return _run(cfg, device, output_dir, data_dir, resume, overwrite)
+        return _run(cfg, device, output_dir, data_dir, resume, overwrite, profile_steps)
 
 
 def _run(
-    cfg: Config, device: torch.device, output_dir, data_dir, resume: bool, overwrite: bool
+    cfg: Config,
+    device: torch.device,
+    output_dir,
+    data_dir,
+    resume: bool,
+    overwrite: bool,
+    profile_steps: tuple[int, int] | None,
 ) -> Path:
     t_start = time.perf_counter()
     main = distributed.is_main()
@@ -765,6 +799,8 @@ def _run(
     trainer.run_dir = run_dir
     if main and cfg.training.report_to:
         trainer.trackers = make_trackers(cfg.training.report_to, run_dir, cfg.to_dict())
+    if main and profile_steps:
+        trainer.profile = StepWindow(*profile_steps, device)
     try:
         train_time = 0.0
         if resume:
@@ -830,6 +866,8 @@ def _run(
                 done += length
         train_time += time.perf_counter() - t_train
         t_trained = time.perf_counter()
+        if trainer.profile is not None:
+            _write_profile(run_dir, trainer.profile)
         set_trainable(model, ())
         if main:
             try:

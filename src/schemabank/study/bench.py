@@ -26,6 +26,7 @@ from ..evaluation import evaluate_gsm8k, evaluate_perplexity, generation_options
 from ..method.adapter import base_only, build_adapter, make_lora_config
 from ..method.stages import BASELINE, STAGES, Stage
 from ..models import load_base_model, resolve_base_model
+from ..profiling import profiler, summarise, summary_line, sync
 from ..runtime import (
     autocast,
     cudagraph_skips,
@@ -36,11 +37,6 @@ from ..runtime import (
     weight_dtype,
 )
 from ..training import Trainer
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -256,57 +252,19 @@ def times_contiguously(device: torch.device, compiled: bool) -> bool:
     return device.type == "cuda" and compiled
 
 
-# The profiler's host-side calls that launch work on the GPU: one kernel, or one CUDA graph; and
-# what CUPTI reports among the device's activities that is not work (the host waiting on a full
-# launch queue).
-OVERHEAD = ("Command Buffer Full",)
-KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
-GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
-
-
 def profile_steps(m: _Measured, batches: list[Batch], device: torch.device, top: int = 8) -> dict:
     """Where a model's step time goes: ``batches`` stepped under ``torch.profiler`` (after the
-    timed steps, so compiled and recorded), per step: the wall time (the profiler's overhead
-    included), the GPU's busy time (its kernels' and copies' time summed, ``device_ms``; 0
-    without CUDA), the kernels and CUDA graphs launched from the host, and the ``top`` kernels by
-    device time and host operations by host time (ms a step)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    timed steps, so compiled and recorded), summarised per step (:func:`~schemabank.profiling.
+    summarise`: wall time, the GPU's busy time, the host's launches, the top operations)."""
     m.begin()
-    _sync(device)
-    with profile(activities=activities) as prof:
+    sync(device)
+    with profiler(device) as prof:
         t0 = time.perf_counter()
         for batch in batches:
             m.step(batch)
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - t0
-    n = len(batches)
-    events = prof.key_averages()
-    # the device's own entries (kernels, copies); an operator's entry repeats its kernels' time
-    gpu = [e for e in events if e.device_type == DeviceType.CUDA and e.key not in OVERHEAD]
-    host = [e for e in events if e.device_type == DeviceType.CPU]
-
-    def dev_us(e) -> float:
-        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-
-    def calls(names) -> float:
-        return sum(e.count for e in host if e.key in names) / n
-
-    def ranked(entries, key) -> list[list]:
-        best = sorted(entries, key=key, reverse=True)[:top]
-        return [[e.key, key(e) / 1000 / n] for e in best if key(e) > 0]
-
-    return {
-        "steps": n,
-        "wall_ms": 1000 * wall / n,
-        "device_ms": sum(dev_us(e) for e in gpu) / 1000 / n,
-        "kernel_launches": calls(KERNEL_LAUNCHES),
-        "graph_launches": calls(GRAPH_LAUNCHES),
-        "top_device_ms": ranked(gpu, dev_us),
-        "top_host_ms": ranked(host, lambda e: e.self_cpu_time_total),
-    }
+    return summarise(prof, len(batches), wall, top)
 
 
 def bench_training(
@@ -384,11 +342,11 @@ def bench_training(
 
     def warm_up(name: str, m) -> None:
         m.begin()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for batch in warm:
             m.step(batch)
-        _sync(device)
+        sync(device)
         warmup_s[name] = time.perf_counter() - t0
         seen_in_warmup[name] = {shape for _, shape in m.seen}
 
@@ -396,12 +354,12 @@ def bench_training(
         block = timed[r * per_block : (r + 1) * per_block]
         acc = m.acc
         m.begin()
-        _sync(device)
+        sync(device)
         _peak_reset(device)
         t0 = time.perf_counter()
         for batch in block:
             m.step(batch)
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - t0
         acc["time"] += elapsed
         acc["blocks"].append(1000 * elapsed / len(block))
@@ -486,7 +444,7 @@ def bench_evaluation(
         model, banks, _ = build_adapter(base, cfg)
     model.eval()
     test = load_gsm8k("test", data_dir)[:limit]
-    _sync(device)
+    sync(device)
     _peak_reset(device)
     skips = cudagraph_skips()
 
@@ -505,7 +463,7 @@ def bench_evaluation(
             0,
             **generation_options(cfg.eval),
         )
-        _sync(device)
+        sync(device)
         return ev["gsm8k"], time.perf_counter() - t0
 
     g, t_gsm = gsm8k()
@@ -546,7 +504,7 @@ def bench_evaluation(
         bf16,
         lambda: base_only(model, banks),
     )
-    _sync(device)
+    sync(device)
     out["perplexity"] = {
         "time_s": time.perf_counter() - t0,
         "tokens": ppl["tokens"],
@@ -701,12 +659,7 @@ def format_bench(r: dict) -> list[str]:
         for k in ("baseline", "schemabank_stage3", "peft_eager", "peft_compiled"):
             p = t.get(k, {}).get("profile")
             if p:
-                busy = f" ({100 * p['device_ms'] / p['wall_ms']:.0f}%)" if p["device_ms"] else ""
-                lines.append(
-                    f"  {k} profiled over {p['steps']} steps: {p['wall_ms']:.1f} ms a step, GPU "
-                    f"busy {p['device_ms']:.1f} ms{busy}, {p['kernel_launches']:.0f} kernel and "
-                    f"{p['graph_launches']:.0f} CUDA-graph launches from the host"
-                )
+                lines.append("  " + summary_line(k, p))
     e = r.get("evaluation")
     if e:
         g, s = e["gsm8k"], r.get("settings", {})

@@ -1,0 +1,133 @@
+"""Where a training step's time goes: steps run under ``torch.profiler``, summarised per step.
+
+Used by ``schemabank bench --profile-steps N`` (N more steps of each model, after its timed
+ones) and by ``schemabank train --profile-steps FIRST:N`` (N steps of the run itself, from global
+step FIRST, with everything the run's loop does around them: the log line, the checks), whose
+summary goes to the run's ``profile.json``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+# The profiler's device entries that are not the GPU's work.
+OVERHEAD = ("Command Buffer Full",)
+# The profiler's host-side calls that launch work on the GPU: one kernel, or one CUDA graph.
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profiler(device: torch.device):
+    """A ``torch.profiler.profile`` of the host and, on CUDA, the GPU (not yet started)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(activities=activities)
+
+
+def summarise(prof, steps: int, wall: float, top: int = 8) -> dict:
+    """A finished profile of ``steps`` steps that took ``wall`` seconds, per step: the wall time
+    (the profiler's overhead included), the GPU's busy time (its kernels' and copies' time
+    summed, ``device_ms``; 0 without CUDA), the kernels and CUDA graphs launched from the host,
+    and the ``top`` kernels by device time and host operations by host time (ms a step)."""
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    # the device's own entries (kernels, copies); an operator's entry repeats its kernels' time
+    gpu = [e for e in events if e.device_type == DeviceType.CUDA and e.key not in OVERHEAD]
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    n = max(steps, 1)
+
+    def dev_us(e) -> float:
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+    def calls(names) -> float:
+        return sum(e.count for e in host if e.key in names) / n
+
+    def ranked(entries, key) -> list[list]:
+        best = sorted(entries, key=key, reverse=True)[:top]
+        return [[e.key, key(e) / 1000 / n] for e in best if key(e) > 0]
+
+    return {
+        "steps": steps,
+        "wall_ms": 1000 * wall / n,
+        "device_ms": sum(dev_us(e) for e in gpu) / 1000 / n,
+        "kernel_launches": calls(KERNEL_LAUNCHES),
+        "graph_launches": calls(GRAPH_LAUNCHES),
+        "top_device_ms": ranked(gpu, dev_us),
+        "top_host_ms": ranked(host, lambda e: e.self_cpu_time_total),
+    }
+
+
+def summary_line(name: str, p: dict) -> str:
+    """One line of a :func:`summarise` result, for the terminal."""
+    busy = f" ({100 * p['device_ms'] / p['wall_ms']:.0f}%)" if p["device_ms"] else ""
+    return (
+        f"{name} profiled over {p['steps']} steps: {p['wall_ms']:.1f} ms a step, GPU busy "
+        f"{p['device_ms']:.1f} ms{busy}, {p['kernel_launches']:.0f} kernel and "
+        f"{p['graph_launches']:.0f} CUDA-graph launches from the host"
+    )
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``FIRST:N`` (``schemabank train --profile-steps``) as ``(FIRST, N)``, both >= 1."""
+    first, sep, n = text.partition(":")
+    try:
+        window = int(first), int(n)
+    except ValueError:
+        window = None
+    if not sep or window is None or min(window) < 1:
+        raise ValueError(
+            f"--profile-steps {text!r}: expected FIRST:N, two integers >= 1, e.g. 700:5"
+        )
+    return window
+
+
+class StepWindow:
+    """Profiles a run's global steps ``first`` to ``first + n - 1``: :meth:`before` is called
+    with the number of the step about to run, :meth:`after` with the step just run (once the
+    loop's work around it is done), :meth:`close` when a stage ends (a window that reaches past
+    its stage stops there: ``steps`` says how many were profiled). The device is synchronised
+    before the first step and after the last, so ``wall_ms`` also holds the last step's wait."""
+
+    def __init__(self, first: int, n: int, device: torch.device, top: int = 12):
+        self.first, self.last, self.device, self.top = first, first + n - 1, device, top
+        self._prof = None
+        self._t0 = 0.0
+        self._steps = 0
+        self._stage = None
+        self.result: dict | None = None
+
+    def before(self, step: int, stage: str) -> None:
+        if step == self.first and self._prof is None and self.result is None:
+            sync(self.device)
+            self._prof = profiler(self.device)
+            self._prof.__enter__()
+            self._stage = stage
+            self._t0 = time.perf_counter()
+
+    def after(self, step: int) -> None:
+        if self._prof is not None:
+            self._steps += 1
+            if step >= self.last:
+                self.close()
+
+    def close(self) -> None:
+        if self._prof is None:
+            return
+        sync(self.device)
+        wall = time.perf_counter() - self._t0
+        self._prof.__exit__(None, None, None)
+        self.result = {
+            "first_step": self.first,
+            "stage": self._stage,
+            **summarise(self._prof, self._steps, wall, self.top),
+        }
+        self._prof = None
