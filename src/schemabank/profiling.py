@@ -12,7 +12,8 @@ import time
 
 import torch
 
-# The profiler's device entries that are not the GPU's work.
+# What CUPTI reports among the device's activities that is not work (the host waiting on a full
+# launch queue).
 OVERHEAD = ("Command Buffer Full",)
 # The profiler's host-side calls that launch work on the GPU: one kernel, or one CUDA graph.
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
