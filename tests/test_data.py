@@ -421,3 +421,32 @@ def test_encode_all_equals_encode_example():
     assert encode_all(tok, problems, 40, tags) == [
         encode_example(tok, p, t, 40) for p, t in zip(problems, tags, strict=True)
     ]
+
+
+@pytest.mark.parametrize("before", ["false", None])
+def test_encode_all_tokenises_on_the_tokenizers_threads_then_restores_the_switch(
+    monkeypatch, before
+):
+    """The CLI sets TOKENIZERS_PARALLELISM=false (no threads before a fork); the batched calls
+    turn the threads on for themselves alone."""
+    import os
+
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    tok = make_tokenizer()
+    seen = []
+
+    class Spy:
+        def __call__(self, *args, **kwargs):
+            seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+            return tok(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+    problems = [Problem(q, a) for q, a in TRAIN]
+    assert encode_all(Spy(), problems, 40) == encode_all(tok, problems, 40)
+    assert seen == ["true", "true"]
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -187,6 +188,25 @@ def encode_example(
     return _join(prompt, answer + [tokenizer.eos_token_id], max_length)
 
 
+@contextmanager
+def tokenizer_threads():
+    """The tokenizers library's threads on for the calls inside. The CLI turns them off
+    (``TOKENIZERS_PARALLELISM=false``), since a process forked after they have run warns and may
+    deadlock; a batched call over thousands of texts gains from them (a run's stage 1 tokenises
+    every training problem twice), and the variable is back to its value before anything forks.
+    The library reads it at each call."""
+    key = "TOKENIZERS_PARALLELISM"
+    before = os.environ.get(key)
+    os.environ[key] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+
+
 def encode_all(
     tokenizer,
     problems: list[Problem],
@@ -194,12 +214,13 @@ def encode_all(
     tags: list[list[str] | None] | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """:func:`encode_example` for many problems (with ``tags[k]`` for problem k; none without
-    ``tags``), in two batched tokenizer calls."""
+    ``tags``), in two batched tokenizer calls, on the tokenizer's threads
+    (:func:`tokenizer_threads`)."""
     tags = tags or [None] * len(problems)
-    prompts = tokenizer(
-        [question_prompt(p.question, t) for p, t in zip(problems, tags, strict=True)]
-    ).input_ids
-    answers = tokenizer([" " + p.answer for p in problems], add_special_tokens=False).input_ids
+    texts = [question_prompt(p.question, t) for p, t in zip(problems, tags, strict=True)]
+    with tokenizer_threads():
+        prompts = tokenizer(texts).input_ids
+        answers = tokenizer([" " + p.answer for p in problems], add_special_tokens=False).input_ids
     eos = [tokenizer.eos_token_id]
     return [_join(p, a + eos, max_length) for p, a in zip(prompts, answers, strict=True)]
 
