@@ -29,7 +29,8 @@
 # (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none),
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
-# schemabank train --profile-steps, e.g. 700:5: those steps of the run profiled, in its profile.json).
+# schemabank train --profile-steps, one per window, e.g. "53:1 811:5": those steps of the run
+# profiled, in its profile.json).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles. Leave out TORCH_LOGS=cudagraphs with the layers
 # scope: its debug logging makes torch 2.11 fail an assertion when a graph is re-recorded
@@ -51,7 +52,8 @@ TRAIN=""
 [ -n "${PAD:-}" ] && TRAIN="$TRAIN --set training.pad_to_multiple_of=$PAD"
 [ -n "${PACK:-}" ] && TRAIN="$TRAIN --set training.packing=$PACK"
 SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}"  # the benches' file names say their settings
-FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN${PROFILE_RUN:+ --profile-steps $PROFILE_RUN}"
+FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
+for w in ${PROFILE_RUN:-}; do FAST="$FAST --profile-steps $w"; done
 BENCH="--steps 20 --warmup 15${PROFILE:+ --profile-steps $PROFILE}"
 timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.txt
   local name=$1 t0 rc

@@ -730,13 +730,14 @@ def test_bad_config(capsys, tmp_path, tiny_llama, data_dir, edit, overrides, nee
         ("0:2", ["--profile-steps '0:2'", ">= 1"]),
         ("a:b", ["FIRST:N"]),
         ("6:3", ["--profile-steps 6:3", "7 steps", "training.total_steps"]),
+        ("1:2 2:1", ["--profile-steps 1:2 and 2:1 overlap"]),
     ],
 )
 def test_bad_profile_window(capsys, tmp_path, sb_config, data_dir, window, needles):
     out = tmp_path / "results"
+    flags = [a for w in window.split() for a in ("--profile-steps", w)]
     code, err = call_main(
-        capsys, "train", "--config", sb_config, "--profile-steps", window,
-        "--output-dir", out, "--data-dir", data_dir,
+        capsys, "train", "--config", sb_config, *flags, "--output-dir", out, "--data-dir", data_dir,
     )  # fmt: skip
     assert_user_error(code, err, *needles)
     assert not out.exists()

@@ -537,12 +537,12 @@ def test_a_perplexity_window_beyond_the_context_is_refused_before_training(
     assert not (tmp_path / cfg.run_name).exists()  # nothing trained, nothing written
 
 
-def test_profile_steps_profile_a_window_of_the_run_and_change_no_step(
+def test_profile_steps_profile_windows_of_the_run_and_change_no_step(
     tiny_llama, data_dir, tmp_path, capsys
 ):
-    """``schemabank train --profile-steps FIRST:N`` runs N of the run's own steps under the
-    profiler and writes their summary to profile.json; a window that reaches past its stage
-    ends with it; the training is the same as without the profiler."""
+    """``schemabank train --profile-steps FIRST:N`` (repeatable) runs N of the run's own steps
+    under the profiler and writes their summary to profile.json; a window that reaches past its
+    stage ends with it; the training is the same as without the profiler."""
     from schemabank import training
     from schemabank.telemetry import read_jsonl
 
@@ -550,15 +550,19 @@ def test_profile_steps_profile_a_window_of_the_run_and_change_no_step(
         tiny_config(tiny_llama, eval={"limit": 1, "max_new_tokens": 2, "ppl_windows": []})
     )
     plain = training.run(cfg, tmp_path / "plain", data_dir)
-    profiled = training.run(cfg, tmp_path / "profiled", data_dir, profile_steps=(4, 3))
+    profiled = training.run(cfg, tmp_path / "profiled", data_dir, profile_steps=[(1, 2), (4, 3)])
     assert not (plain / "profile.json").exists()
-    p = json.loads((profiled / "profile.json").read_text())
-    # steps 4 (stage 2's last) only: the window's other steps belong to stage 3
-    assert p["first_step"] == 4 and p["steps"] == 1 and p["stage"] == "schema_train"
-    assert p["wall_ms"] > 0 and p["device_ms"] == 0  # no GPU here
-    assert p["kernel_launches"] == 0 and p["graph_launches"] == 0
-    assert p["top_host_ms"] and all(ms > 0 for _, ms in p["top_host_ms"])
-    assert "steps 4-4 (schema_train) profiled over 1 steps" in capsys.readouterr().err
+    first, second = json.loads((profiled / "profile.json").read_text())["windows"]
+    assert (first["first_step"], first["steps"], first["stage"]) == (1, 2, "router_pretrain")
+    # step 4 (stage 2's last) only: the window's other steps belong to stage 3
+    assert (second["first_step"], second["steps"], second["stage"]) == (4, 1, "schema_train")
+    for p in (first, second):
+        assert p["wall_ms"] > 0 and p["device_ms"] == 0  # no GPU here
+        assert p["kernel_launches"] == 0 and p["graph_launches"] == 0
+        assert p["top_host_ms"] and all(ms > 0 for _, ms in p["top_host_ms"])
+    err = capsys.readouterr().err
+    assert "steps 1-2 (router_pretrain) profiled over 2 steps" in err
+    assert "steps 4-4 (schema_train) profiled over 1 steps" in err
 
     def losses(run_dir):
         return [x["loss"] for x in read_jsonl(run_dir / "training_log.jsonl")]
@@ -566,8 +570,22 @@ def test_profile_steps_profile_a_window_of_the_run_and_change_no_step(
     assert losses(profiled) == losses(plain)
 
     # a window the run never reaches writes nothing (and says so)
-    again = training.run(
-        cfg, tmp_path / "late", data_dir, profile_steps=(len(losses(plain)) + 1, 1)
+    late = training.run(
+        cfg, tmp_path / "late", data_dir, profile_steps=[(len(losses(plain)) + 1, 1)]
     )
-    assert not (again / "profile.json").exists()
-    assert "was not run here; nothing profiled" in capsys.readouterr().err
+    assert not (late / "profile.json").exists()
+    assert "was not run here; not profiled" in capsys.readouterr().err
+
+
+def test_profile_windows_are_checked():
+    from schemabank.profiling import parse_windows
+
+    assert parse_windows(["5:2", "1:3"], 10) == [(1, 3), (5, 2)]
+    assert parse_windows(["10:1"], 10) == [(10, 1)]
+    with pytest.raises(ValueError, match="1:3 and 3:1 overlap"):
+        parse_windows(["3:1", "1:3"], 10)
+    with pytest.raises(ValueError, match="the run has 10 steps"):
+        parse_windows(["9:3"], 10)
+    for bad in ("5", "0:2", "2:0", "a:b", "1:2:3"):
+        with pytest.raises(ValueError, match="expected FIRST:N"):
+            parse_windows([bad], 10)

@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--profile-steps",
         metavar="FIRST:N",
+        action="append",
+        default=[],
         help="run the global steps FIRST to FIRST+N-1 under torch.profiler, with the loop's work "
         "around them, and write their time per step (wall, GPU busy, launches, top operations) "
-        "to the run's profile.json, e.g. 700:5",
+        "to the run's profile.json, e.g. 700:5 (repeatable, for windows that do not overlap)",
     )
     _add_common(t)
 
@@ -307,19 +309,14 @@ def cmd_train(args) -> int:
             raise ConfigError("--resume: --set must not change experiment.name or experiment.seed")
     else:
         cfg = load_config(args.config, args.overrides)  # fails fast, before the heavy imports
-    window = None
-    if args.profile_steps is not None:
-        from .profiling import parse_window
+    windows = []
+    if args.profile_steps:
+        from .profiling import parse_windows
 
         try:
-            window = parse_window(args.profile_steps)
+            windows = parse_windows(args.profile_steps, cfg.training.total_steps)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if sum(window) - 1 > cfg.training.total_steps:
-            raise ConfigError(
-                f"--profile-steps {args.profile_steps}: the run has "
-                f"{cfg.training.total_steps} steps (training.total_steps)"
-            )
     _quiet_libraries()
     from .results import load_results, summary_lines
     from .training import TrainingInterrupted, run
@@ -331,7 +328,7 @@ def cmd_train(args) -> int:
             data_dir=args.data_dir,
             resume=bool(args.resume),
             overwrite=args.overwrite,
-            profile_steps=window,
+            profile_steps=windows,
         )
     except TrainingInterrupted as exc:
         if is_main():

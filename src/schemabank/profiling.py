@@ -91,6 +91,21 @@ def parse_window(text: str) -> tuple[int, int]:
     return window
 
 
+def parse_windows(texts: list[str], total_steps: int) -> list[tuple[int, int]]:
+    """Several ``FIRST:N`` windows, in step order; each must end within the run's
+    ``total_steps``, and none may overlap another."""
+    windows = sorted((parse_window(text), text) for text in texts)
+    for (first, n), text in windows:
+        if first + n - 1 > total_steps:
+            raise ValueError(
+                f"--profile-steps {text}: the run has {total_steps} steps (training.total_steps)"
+            )
+    for ((first, n), text), ((next_first, _), next_text) in zip(windows, windows[1:], strict=False):
+        if next_first < first + n:
+            raise ValueError(f"--profile-steps {text} and {next_text} overlap")
+    return [window for window, _ in windows]
+
+
 class StepWindow:
     """Profiles a run's global steps ``first`` to ``first + n - 1``: :meth:`before` is called
     with the number of the step about to run, :meth:`after` with the step just run (once the

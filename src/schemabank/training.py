@@ -155,7 +155,7 @@ class Trainer:
             self._regions = compile_layers(model, device)
         self.graphs = t.compile and compile_mode(device) == "reduce-overhead"
         self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
-        self.profile: StepWindow | None = None  # steps run under torch.profiler (rank 0)
+        self.profiles: list[StepWindow] = []  # windows of steps run under torch.profiler (rank 0)
 
     def losses(
         self,
@@ -403,8 +403,8 @@ class Trainer:
         t_stage = t_prev = time.perf_counter()
         pending = None
         for i in range(start, steps):
-            if self.profile is not None:  # schemabank train --profile-steps
-                self.profile.before(self.step + 1, stage.label)
+            for window in self.profiles:  # schemabank train --profile-steps
+                window.before(self.step + 1, stage.label)
             p_drop = dropout_for_step(i, steps, schedule) if stage.tagged else 1.0
             cur_lr = lr * lr_factor(self.step, t.total_steps, t.warmup_steps, t.lr_scheduler)
             record = self.train_step(stage, cur_lr, p_drop)
@@ -423,12 +423,12 @@ class Trainer:
                 if self.stop_requested():
                     distributed.barrier()  # the others wait until rank 0 has saved
                     self._interrupted(stage)
-            if self.profile is not None:
-                self.profile.after(self.step)
+            for window in self.profiles:
+                window.after(self.step)
             if ended:
                 break
-        if self.profile is not None:
-            self.profile.close()  # a window reaching past the stage ends with it
+        for window in self.profiles:
+            window.close()  # a window reaching past the stage ends with it
         if pending is not None:
             self._emit(pending, logger, bar, t_prev, t_stage)
         self._note_stage(stage, t_stage)
@@ -686,19 +686,23 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
     return existing
 
 
-def _write_profile(run_dir: Path, window: StepWindow) -> None:
-    """The profiled steps' summary (``schemabank train --profile-steps``) to profile.json, and
-    one line of it to stderr."""
-    if window.result is None:
-        print(
-            f"schemabank: --profile-steps: step {window.first} was not run here; nothing profiled",
-            file=sys.stderr,
-        )
+def _write_profile(run_dir: Path, windows: list[StepWindow]) -> None:
+    """The profiled windows' summaries (``schemabank train --profile-steps``) to profile.json
+    (``{"windows": [...]}``), and a line for each to stderr."""
+    done = [w.result for w in windows if w.result is not None]
+    for w in windows:
+        if w.result is None:
+            print(
+                f"schemabank: --profile-steps: step {w.first} was not run here; not profiled",
+                file=sys.stderr,
+            )
+    if not done:
         return
-    write_json(run_dir / "profile.json", window.result)
-    r = window.result
-    steps = f"steps {r['first_step']}-{r['first_step'] + r['steps'] - 1} ({r['stage']})"
-    print(f"schemabank: {summary_line(steps, r)}; {run_dir / 'profile.json'}", file=sys.stderr)
+    write_json(run_dir / "profile.json", {"windows": done})
+    for r in done:
+        steps = f"steps {r['first_step']}-{r['first_step'] + r['steps'] - 1} ({r['stage']})"
+        print(f"schemabank: {summary_line(steps, r)}", file=sys.stderr)
+    print(f"schemabank: wrote {run_dir / 'profile.json'}", file=sys.stderr)
 
 
 def _truncate_log(path: Path, lines: int) -> None:
@@ -738,7 +742,7 @@ def run(
     data_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    profile_steps: tuple[int, int] | None = None,
+    profile_steps: list[tuple[int, int]] = (),
 ) -> Path:
     """Train and evaluate one configuration; return the run directory.
 
@@ -746,9 +750,9 @@ def run(
     training state (``cfg`` is then normally that run's config.yaml). Launched as several
     processes (``WORLD_SIZE`` > 1), they train and evaluate together and rank 0 writes the run;
     a run may be resumed on another number of processes. A ``cfg`` built in Python is checked
-    as a YAML config is (:func:`~schemabank.config.check_config`). ``profile_steps``
-    ``(first, n)``: the global steps ``first`` to ``first + n - 1`` run under the profiler
-    (:class:`~schemabank.profiling.StepWindow`, rank 0), their summary in profile.json.
+    as a YAML config is (:func:`~schemabank.config.check_config`). ``profile_steps``: windows
+    ``(first, n)``, the global steps ``first`` to ``first + n - 1`` run under the profiler
+    (:class:`~schemabank.profiling.StepWindow`, rank 0), their summaries in profile.json.
     """
     cfg = check_config(cfg)
     distributed.check_batch_size(cfg.training.batch_size)
@@ -763,7 +767,7 @@ def _run(
     data_dir,
     resume: bool,
     overwrite: bool,
-    profile_steps: tuple[int, int] | None,
+    profile_steps: list[tuple[int, int]],
 ) -> Path:
     t_start = time.perf_counter()
     main = distributed.is_main()
@@ -799,8 +803,8 @@ def _run(
     trainer.run_dir = run_dir
     if main and cfg.training.report_to:
         trainer.trackers = make_trackers(cfg.training.report_to, run_dir, cfg.to_dict())
-    if main and profile_steps:
-        trainer.profile = StepWindow(*profile_steps, device)
+    if main:
+        trainer.profiles = [StepWindow(first, n, device) for first, n in profile_steps]
     try:
         train_time = 0.0
         if resume:
@@ -866,8 +870,8 @@ def _run(
                 done += length
         train_time += time.perf_counter() - t_train
         t_trained = time.perf_counter()
-        if trainer.profile is not None:
-            _write_profile(run_dir, trainer.profile)
+        if trainer.profiles:
+            _write_profile(run_dir, trainer.profiles)
         set_trainable(model, ())
         if main:
             try:
