@@ -9,6 +9,7 @@ summary goes to the run's ``profile.json``.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import torch
 
@@ -100,7 +101,7 @@ def parse_windows(texts: list[str], total_steps: int) -> list[tuple[int, int]]:
             raise ValueError(
                 f"--profile-steps {text}: the run has {total_steps} steps (training.total_steps)"
             )
-    for ((first, n), text), ((next_first, _), next_text) in zip(windows, windows[1:], strict=False):
+    for ((first, n), text), ((next_first, _), next_text) in pairwise(windows):
         if next_first < first + n:
             raise ValueError(f"--profile-steps {text} and {next_text} overlap")
     return [window for window, _ in windows]
