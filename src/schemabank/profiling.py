@@ -34,6 +34,15 @@ def profiler(device: torch.device):
     return profile(activities=activities)
 
 
+def prepare_for_cuda_graphs(device: torch.device) -> None:
+    """Start and stop the profiler once before any CUDA graph exists: a graph made before the
+    profiler's first use and replayed under it may fail (pytorch/pytorch#75504; the same as
+    ``torch.profiler._utils._init_for_cuda_graphs``). Nothing off CUDA."""
+    if device.type == "cuda":
+        with profiler(device):
+            pass
+
+
 def summarise(prof, steps: int, wall: float, top: int = 8) -> dict:
     """A finished profile of ``steps`` steps that took ``wall`` seconds, per step: the wall time
     (the profiler's overhead included), the GPU's busy time (its kernels' and copies' time

@@ -50,7 +50,7 @@ from .models import (
     resolve_base_model,
     unwrapped,
 )
-from .profiling import StepWindow, summary_line
+from .profiling import StepWindow, prepare_for_cuda_graphs, summary_line
 from .results import build_results
 from .runtime import (
     autocast,
@@ -803,8 +803,9 @@ def _run(
     trainer.run_dir = run_dir
     if main and cfg.training.report_to:
         trainer.trackers = make_trackers(cfg.training.report_to, run_dir, cfg.to_dict())
-    if main:
+    if main and profile_steps:
         trainer.profiles = [StepWindow(first, n, device) for first, n in profile_steps]
+        prepare_for_cuda_graphs(device)  # before the compiled step records any
     try:
         train_time = 0.0
         if resume:
