@@ -577,6 +577,30 @@ def test_profile_steps_profile_windows_of_the_run_and_change_no_step(
     assert "was not run here; not profiled" in capsys.readouterr().err
 
 
+def test_an_unwritable_profile_is_a_warning_and_the_run_finishes(
+    tiny_llama, data_dir, tmp_path, capsys, monkeypatch
+):
+    from schemabank import training
+
+    real_write = training.write_json
+
+    def full_disk(path, data):
+        if path.name == "profile.json":
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(training, "write_json", full_disk)
+    cfg = config_from_dict(
+        tiny_config(tiny_llama, eval={"limit": 1, "max_new_tokens": 2, "ppl_windows": []})
+    )
+    run_dir = training.run(cfg, tmp_path, data_dir, profile_steps=[(1, 1)])
+    assert (run_dir / "results.json").exists() and (run_dir / "checkpoint").is_dir()
+    assert not (run_dir / "profile.json").exists()
+    err = capsys.readouterr().err
+    assert "warning: cannot write" in err and "No space left on device" in err
+    assert "steps 1-1 (router_pretrain) profiled over 1 steps" in err
+
+
 def test_profile_windows_are_checked():
     from schemabank.profiling import parse_windows
 

@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
@@ -688,21 +689,27 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
 
 def _write_profile(run_dir: Path, windows: list[StepWindow]) -> None:
     """The profiled windows' summaries (``schemabank train --profile-steps``) to profile.json
-    (``{"windows": [...]}``), and a line for each to stderr."""
-    done = [w.result for w in windows if w.result is not None]
+    (``{"windows": [...]}``), and a line for each to stderr. A file that cannot be written is a
+    warning: the run goes on (its checkpoint is saved, its evaluation to come)."""
     for w in windows:
         if w.result is None:
             print(
                 f"schemabank: --profile-steps: step {w.first} was not run here; not profiled",
                 file=sys.stderr,
             )
-    if not done:
-        return
-    write_json(run_dir / "profile.json", {"windows": done})
+    done = [w.result for w in windows if w.result is not None]
     for r in done:
         steps = f"steps {r['first_step']}-{r['first_step'] + r['steps'] - 1} ({r['stage']})"
         print(f"schemabank: {summary_line(steps, r)}", file=sys.stderr)
-    print(f"schemabank: wrote {run_dir / 'profile.json'}", file=sys.stderr)
+    if not done:
+        return
+    path = run_dir / "profile.json"
+    try:
+        write_json(path, {"windows": done})
+    except OSError as exc:
+        print(f"schemabank: warning: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return
+    print(f"schemabank: wrote {path}", file=sys.stderr)
 
 
 def _truncate_log(path: Path, lines: int) -> None:
@@ -742,7 +749,7 @@ def run(
     data_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    profile_steps: list[tuple[int, int]] = (),
+    profile_steps: Sequence[tuple[int, int]] = (),
 ) -> Path:
     """Train and evaluate one configuration; return the run directory.
 
@@ -767,7 +774,7 @@ def _run(
     data_dir,
     resume: bool,
     overwrite: bool,
-    profile_steps: list[tuple[int, int]],
+    profile_steps: Sequence[tuple[int, int]],
 ) -> Path:
     t_start = time.perf_counter()
     main = distributed.is_main()
@@ -871,8 +878,6 @@ def _run(
                 done += length
         train_time += time.perf_counter() - t_train
         t_trained = time.perf_counter()
-        if trainer.profiles:
-            _write_profile(run_dir, trainer.profiles)
         set_trainable(model, ())
         if main:
             try:
@@ -891,6 +896,8 @@ def _run(
                     f"cannot write the checkpoint {run_dir / 'checkpoint'}: "
                     f"{exc.strerror or exc}; {kept}"
                 ) from None
+        if trainer.profiles:  # after the checkpoint: a diagnostic never costs the weights
+            _write_profile(run_dir, trainer.profiles)
 
         evaluation = evaluate_run(
             cfg, model, tok, banks, test_set, shots, wikitext, dev_set, device, bf16
