@@ -150,7 +150,6 @@ def test_merged_lora_makes_the_same_answers_and_gives_the_weights_back(tiny_llam
     problems = [Problem(q, a) for q, a in TRAIN[:4]]
     args = (model, tok, problems, [], banks, 3, 10, CPU, False)
     want = evaluate_gsm8k(*args, decoder=decoder)
-    seen = []
     with merged_lora(model):  # what merge_lora runs under: one matmul per adapted layer
         layers = [m for m in model.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
         seen = [m.merged for m in layers]
