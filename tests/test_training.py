@@ -252,6 +252,61 @@ def test_a_padded_batch_needs_no_attention_mask(stage, router, tiny_llama, data_
         torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("stage", [*STAGES, BASELINE], ids=lambda s: s.key)
+def test_a_padded_batch_is_not_searched_for_packed_sequences(
+    stage, tiny_llama, data_dir, monkeypatch
+):
+    """Given no mask, transformers' mask code looks at the position ids for packed sequences
+    unless the attention has no mask function: outside Dynamo that asks the GPU for a value
+    (``.all()``) and made every step wait for the GPU's queued work. :data:`CAUSAL` has none."""
+    import transformers.masking_utils as masking_utils
+
+    searched = []
+    real = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(
+        masking_utils,
+        "find_packed_sequence_indices",
+        lambda position_ids: searched.append(position_ids.shape) or real(position_ids),
+    )
+    trainer = make_trainer(
+        tiny_llama, data_dir, mode="baseline" if stage is BASELINE else "schemabank"
+    )
+    trainer.enter_stage(stage)
+    trainer.train_step(stage, 1e-3, 0.5)
+    assert searched == []
+    batch, _, _ = trainer.batches.make_batch(stage, 0.5)
+    trainer.model(input_ids=batch["input_ids"], use_cache=False)  # outside training's pass
+    assert searched  # the spy sees transformers' search where the model's own attention runs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+@pytest.mark.parametrize("stage", [*STAGES, BASELINE], ids=lambda s: s.key)
+def test_a_training_step_never_waits_for_the_gpu(stage, tiny_llama, data_dir):
+    """:class:`Trainer`'s promise on a GPU: a step only queues work, so the host prepares the next
+    batch while the GPU runs. torch's sync debug mode raises at any operation that would wait
+    for the GPU (a value read back, a synchronous copy)."""
+    cuda = torch.device("cuda")
+    cfg = config_from_dict(
+        tiny_config(tiny_llama, mode="baseline" if stage is BASELINE else "schemabank")
+    )
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    base.requires_grad_(False)
+    torch.manual_seed(0)
+    model, banks, _ = build_adapter(base, cfg)
+    model.to(cuda)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    trainer = Trainer(cfg, model, banks, tok, load_gsm8k("train", data_dir), cuda, True)
+    trainer.enter_stage(stage)
+    trainer.train_step(stage, 1e-3, 0.5)  # the first step makes the optimiser's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        record = trainer.train_step(stage, 1e-3, 0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert record["step"] == 2 and record["loss"].device.type == "cuda"
+
+
 def test_answer_positions_point_at_the_tokens_before_each_answer_token():
     from schemabank.batching import answer_positions
 

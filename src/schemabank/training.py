@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface
 
 from . import distributed, steplog
 from .batching import Batches, answer_positions, split_batch
@@ -522,9 +521,11 @@ def model_mask(batch: dict) -> torch.Tensor | None:
 
 CAUSAL = "schemabank_causal"
 """The attention implementation a padded training batch's forward pass runs with
-(:func:`padded_attention`): SDPA with ``is_causal`` and no mask, whatever mask it is given, and
-no mask built (registered with transformers' ``AttentionInterface`` and
-``AttentionMaskInterface``)."""
+(:func:`padded_attention`): SDPA with ``is_causal`` and no mask, whatever mask it is given
+(registered with transformers' ``AttentionInterface``). It is not registered with
+``AttentionMaskInterface``, so transformers' mask code returns at once: no mask built, and no
+look at the position ids for packed sequences, which outside Dynamo asks the GPU for a value
+(``.all()`` on a device tensor) and so made every eager pass wait for the GPU's queued work."""
 
 
 def causal_attention(module, query, key, value, attention_mask, **kwargs):
@@ -532,12 +533,7 @@ def causal_attention(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, None, **kwargs)
 
 
-def _no_mask(*args, **kwargs) -> None:
-    return None
-
-
 AttentionInterface.register(CAUSAL, causal_attention)
-AttentionMaskInterface.register(CAUSAL, _no_mask)
 
 
 def padded_attention(model, batch: dict):
