@@ -29,7 +29,7 @@
 # (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none),
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
-# schemabank train --profile-steps, one per window, e.g. "53:1 811:5": those steps of the run
+# schemabank train --profile-steps, one per window, e.g. "53:2 811:5": those steps of the run
 # profiled, in its profile.json).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles. Leave out TORCH_LOGS=cudagraphs with the layers
