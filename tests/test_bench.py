@@ -136,6 +136,44 @@ def test_bench_interleaves_eager_models_and_runs_compiled_ones_one_after_another
         assert r["training"][m]["steps"] == 4
 
 
+def test_bench_waits_for_the_step_befores_values_as_a_run_does(tiny_llama, tmp_path, monkeypatch):
+    """Our models are timed as a run's loop steps them: once a step is queued, the host reads
+    the step before's logged values (so it runs at most a step ahead of the device), and only
+    within a block (the block before ended synchronised)."""
+    from schemabank import steplog
+    from schemabank.study import bench
+
+    finished = []
+    finish = steplog.finish_host_copy
+    monkeypatch.setattr(
+        steplog,
+        "finish_host_copy",
+        lambda record: finished.append(record["step"]) or finish(record),
+    )
+    begin, step = bench._Ours.begin, bench._Ours.step
+    steps = []  # per model step: (first of its block, values read during it)
+
+    def first_begin(self):
+        self.first = True
+        begin(self)
+
+    def watched_step(self, batch):
+        before = len(finished)
+        step(self, batch)
+        steps.append((self.first, finished[before:], self.trainer.step))
+        self.first = False
+
+    monkeypatch.setattr(bench._Ours, "begin", first_begin)
+    monkeypatch.setattr(bench._Ours, "step", watched_step)
+    cfg = config_from_dict(tiny_config(tiny_llama, training={"batch_size": 2}))
+    run_bench(
+        cfg, data_dir=same_length_data(tmp_path), steps=4, warmup=1, parts=("train",), peers="none"
+    )
+    assert len(steps) == 2 * (3 + 4)  # two models, each 3 warmup steps and 4 timed
+    for first, read, done in steps:
+        assert read == ([] if first else [done - 1])
+
+
 def test_bench_peer_gets_the_packed_rows_positions(tiny_llama, tmp_path, monkeypatch):
     """With training.packing the peer's forward gets the packed rows with each example's
     positions and the block mask, as our trainers do (without them its loss would be wrong)."""

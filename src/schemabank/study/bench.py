@@ -18,6 +18,7 @@ from collections import Counter
 import peft
 import torch
 
+from .. import steplog
 from ..batching import split_batch
 from ..config import Config
 from ..data import load_gsm8k, load_wikitext
@@ -105,12 +106,16 @@ class _Measured:
 class _Ours(_Measured):
     """One of our Trainers, fed the replayed batches: ``train_step`` runs unchanged, taking its
     batch from here instead of drawing one and moving it to the device itself (its
-    ``to_device`` included in the step, as in training)."""
+    ``to_device`` included in the step, as in training). As a run's loop does
+    (:meth:`Trainer.train_stage`), once a step is queued the host waits for the step before's
+    logged values (:func:`steplog.finish_host_copy`), so the host runs at most a step ahead of
+    the device, as in a run, not a whole block."""
 
     def __init__(self, trainer: Trainer, stage: Stage):
         super().__init__()
         self.trainer, self.stage = trainer, stage
         self._next = None
+        self._pending: dict | None = None  # the last step's record, its values not yet read
         batches = trainer.batches
         to_device = batches.to_device
 
@@ -125,10 +130,14 @@ class _Ours(_Measured):
 
     def begin(self) -> None:
         self.trainer.enter_stage(self.stage)
+        self._pending = None  # the block before ended synchronised
 
     def step(self, batch: Batch) -> None:
         self._next = (batch.examples, batch.targets, batch.n_ans)
-        self.trainer.train_step(self.stage, self.trainer.cfg.training.learning_rate, 1.0)
+        record = self.trainer.train_step(self.stage, self.trainer.cfg.training.learning_rate, 1.0)
+        if self._pending is not None:
+            steplog.finish_host_copy(self._pending)
+        self._pending = record
 
 
 class _Peer(_Measured):
@@ -293,7 +302,8 @@ def bench_training(
     next model starts (``timing``: ``contiguous``, else ``interleaved``).
     ``step_ms`` is the steady state: the timed steps' mean (``block_ms``: each block's mean step,
     in the order they ran, which shows a model still warming up). Our step includes its host-side
-    collation and copy to the device (``Batches.to_device``, as in training); the peers are
+    collation and copy to the device (``Batches.to_device``, as in training), and waits as a run
+    does for the step before's logged values once it is queued (:class:`_Ours`); the peers are
     given the batches already on the device, as a static-batch benchmark would. ``peak_memory_gib`` is the peak
     allocated during the model's blocks, every measured model's weights being resident.
 
