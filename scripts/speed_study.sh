@@ -25,7 +25,9 @@
 # MICRO (training.micro_batch_size of the benches and runs: each batch's examples sorted by length
 # and cut into micro-batches of MICRO, each padded to its own longest; the same gradient, fewer
 # padded tokens; slower with compiled layers on the H200, see docs/performance.md), PAD
-# (training.pad_to_multiple_of), PACK=true (training.packing: several examples a row), PEERS
+# (training.pad_to_multiple_of), PACK=true (training.packing: several examples a row), MODE
+# (training.compile_mode of the benches and runs: e.g. default, the layers
+# compiled without CUDA graphs, so no graphs recorded for each new length), PEERS
 # (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none),
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
@@ -51,7 +53,8 @@ TRAIN=""
 [ -n "${MICRO:-}" ] && TRAIN="$TRAIN --set training.micro_batch_size=$MICRO"
 [ -n "${PAD:-}" ] && TRAIN="$TRAIN --set training.pad_to_multiple_of=$PAD"
 [ -n "${PACK:-}" ] && TRAIN="$TRAIN --set training.packing=$PACK"
-SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}"  # the benches' file names say their settings
+[ -n "${MODE:-}" ] && TRAIN="$TRAIN --set training.compile_mode=$MODE"
+SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}"  # the benches' file names say their settings
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
 for w in ${PROFILE_RUN:-}; do FAST="$FAST --profile-steps $w"; done
 BENCH="--steps 20 --warmup 15${PROFILE:+ --profile-steps $PROFILE}"

@@ -315,3 +315,37 @@ def test_layer_graphs_keep_float_attributes_constant(tiny_llama, data_dir, monke
     wake_up(t)
     _records(t, STAGES[2], 3)
     assert graphs and not [code for code in graphs if ".item()" in code]
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "mode"),
+    [
+        (None, "cuda", "reduce-overhead"),
+        (None, "cpu", None),
+        ("default", "cuda", None),
+        ("max-autotune-no-cudagraphs", "cuda", "max-autotune-no-cudagraphs"),
+        ("reduce-overhead", "cpu", "reduce-overhead"),
+    ],
+)
+def test_compile_mode_is_the_configs_or_cuda_graphs_on_cuda(requested, device, mode):
+    assert training.compile_mode(torch.device(device), requested) == mode
+
+
+@pytest.mark.parametrize("requested", [None, "default", "max-autotune-no-cudagraphs"])
+def test_the_configured_compile_mode_reaches_every_compiled_layer(
+    tiny_llama, data_dir, monkeypatch, requested
+):
+    """``training.compile_mode`` is the mode of every layer's ``torch.compile``; on the CPU the
+    step never marks CUDA-graph steps."""
+    modes = []
+    monkeypatch.setattr(
+        training.torch, "compile", lambda fn, backend, mode: modes.append(mode) or fn
+    )
+    trainer = make_trainer(
+        tiny_llama,
+        data_dir,
+        training={"compile": True, "compile_scope": "layers", "compile_mode": requested},
+    )
+    want = None if requested in (None, "default") else requested
+    assert len(modes) == len(trainer._regions) > 0 and set(modes) == {want}
+    assert trainer.graphs is False

@@ -177,6 +177,7 @@ def with_change(key: str, value) -> dict:
         ("training.learning_rate", 0.0, "training.learning_rate: must be > 0"),
         ("lora.lora_dropout", 1.0, "lora.lora_dropout"),
         ("training.lr_scheduler", "step", "training.lr_scheduler"),
+        ("training.compile_mode", "fast", "training.compile_mode: must be null or one of default,"),
         ("eval.limit", 0, "eval.limit"),
         ("experiment.ablation_of", "a b", "experiment.ablation_of: must name another run"),
         ("experiment.ablation_of", "schemabank_gsm8k", "experiment.ablation_of: must name another"),

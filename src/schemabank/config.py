@@ -48,6 +48,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULERS = ("constant", "linear", "cosine")
 COMPILE_SCOPES = ("step", "layers")  # training.compile_scope
+# training.compile_mode: torch.compile's modes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.method.router
@@ -208,7 +210,8 @@ class TrainingConfig:
     """Training sequences are truncated to this many tokens."""
     compile: bool = False
     """Run the step's forward and backward through ``torch.compile``: on CUDA with
-    ``mode="reduce-overhead"`` (CUDA graphs, few kernel launches), elsewhere inductor's default.
+    ``mode="reduce-overhead"`` (CUDA graphs, few kernel launches), elsewhere inductor's default
+    (``compile_mode`` chooses).
     The loss and gradients are the eager step's; compiling costs time once per stage and batch
     shape (cached on disk for the next run). ``false``: the eager step. Measured speed:
     ``docs/performance.md``."""
@@ -217,6 +220,13 @@ class TrainingConfig:
     stage; the LM loss over every position, fixed shapes); ``layers``, each decoder layer on its own (regional compilation: the layers are
     alike, so one compiles and the rest reuse it, a far shorter compilation; the embedding, the
     head and the loss stay eager)."""
+    compile_mode: str | None = None
+    """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
+    default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
+    graphs, recorded once per stage and batch length: with ``compile_scope: layers`` that is every
+    layer's forward and backward graph, 4 to 6 s a new length on the H200
+    (docs/performance.md). ``default`` and ``max-autotune-no-cudagraphs`` record nothing and
+    launch each compiled kernel from the host."""
     pad_to_multiple_of: int | None = None
     """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
     shapes (what a compiled step needs; the loss is unchanged). ``null``: 64 with ``compile``,
@@ -502,6 +512,11 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"training.max_grad_norm: must be > 0, got {t.max_grad_norm}")
     if t.checkpoint_every < 0:
         p.append(f"training.checkpoint_every: must be >= 0, got {t.checkpoint_every}")
+    if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
+        p.append(
+            f"training.compile_mode: must be null or one of {', '.join(COMPILE_MODES)}, "
+            f"got {t.compile_mode!r}"
+        )
     if t.compile_scope not in COMPILE_SCOPES:
         p.append(
             f"training.compile_scope: must be one of {', '.join(COMPILE_SCOPES)}, got {t.compile_scope!r}"

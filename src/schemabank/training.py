@@ -150,10 +150,14 @@ class Trainer:
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
         if t.compile and t.compile_scope == "step":
-            self._compiled_losses = compile_step(self.forward_losses, device)
+            self._compiled_losses = compile_step(self.forward_losses, device, t.compile_mode)
         elif t.compile:
-            self._regions = compile_layers(model, device)
-        self.graphs = t.compile and compile_mode(device) == "reduce-overhead"
+            self._regions = compile_layers(model, device, t.compile_mode)
+        self.graphs = (  # the step replays CUDA graphs: mark each step's start
+            t.compile
+            and device.type == "cuda"
+            and compile_mode(device, t.compile_mode) in CUDA_GRAPH_MODES
+        )
         self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
         self.profiles: list[StepWindow] = []  # windows of steps run under torch.profiler (rank 0)
 
@@ -606,23 +610,36 @@ COMPILE_PAD_MULTIPLE = 64
 COMPILE_BACKEND = "inductor"
 
 
-def compile_mode(device: torch.device) -> str | None:
-    """``reduce-overhead`` (CUDA graphs) for inductor on CUDA, else torch.compile's default."""
-    return "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+# torch.compile's modes that replay the compiled code as CUDA graphs.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def compile_step(fn, device: torch.device):
-    """``fn`` (:meth:`Trainer.forward_losses`) under ``torch.compile``: on CUDA with
-    ``mode="reduce-overhead"`` (its forward and backward replayed as CUDA graphs). The batch
-    length is symbolic (:meth:`Trainer.losses` marks it), so each stage compiles once, and CUDA
-    graphs are recorded once per length; the recompilation limit is raised to hold the stages."""
+def compile_mode(device: torch.device, requested: str | None = None) -> str | None:
+    """torch.compile's mode for ``training.compile`` (``requested``: ``training.compile_mode``;
+    None for torch's default): the requested one, else ``reduce-overhead`` (CUDA graphs) on
+    CUDA and the default elsewhere; always the default for a backend other than inductor."""
+    if COMPILE_BACKEND != "inductor":
+        return None
+    if requested is not None:
+        return None if requested == "default" else requested
+    return "reduce-overhead" if device.type == "cuda" else None
+
+
+def compile_step(fn, device: torch.device, mode: str | None = None):
+    """``fn`` (:meth:`Trainer.forward_losses`) under ``torch.compile`` in :func:`compile_mode`
+    (on CUDA by default ``reduce-overhead``: its forward and backward replayed as CUDA graphs).
+    The batch length is symbolic (:meth:`Trainer.losses` marks it), so each stage compiles once,
+    and CUDA graphs are recorded once per length; the recompilation limit is raised to hold the
+    stages."""
     _raise_recompile_limit()
-    return torch.compile(fn, backend=COMPILE_BACKEND, mode=compile_mode(device))
+    return torch.compile(fn, backend=COMPILE_BACKEND, mode=compile_mode(device, mode))
 
 
-def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, object]]:
-    """Each decoder layer's call compiled (regional compilation; on CUDA with
-    ``mode="reduce-overhead"``), to be switched on by :meth:`Trainer._compiled_layers`. The
+def compile_layers(
+    model, device: torch.device, mode: str | None = None
+) -> list[tuple[torch.nn.Module, object]]:
+    """Each decoder layer's call compiled (regional compilation) in :func:`compile_mode` (on CUDA
+    by default ``reduce-overhead``), to be switched on by :meth:`Trainer._compiled_layers`. The
     layers share one compiled code: the first compiles, the alike ones reuse it (the bank's
     layer, with its hook, compiles once more). The first batch length compiles a static graph,
     a second one a graph with a symbolic length (``dynamic=None``). Not ``dynamic=True``: it also
@@ -630,7 +647,7 @@ def compile_layers(model, device: torch.device) -> list[tuple[torch.nn.Module, o
     which split each layer's graph around CPU ops and make CUDA-graph recording crash (torch
     2.11)."""
     _raise_recompile_limit()
-    mode = compile_mode(device)
+    mode = compile_mode(device, mode)
     return [
         (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode))
         for layer in decoder_layers(model)
