@@ -26,8 +26,8 @@
 # and cut into micro-batches of MICRO, each padded to its own longest; the same gradient, fewer
 # padded tokens; slower with compiled layers on the H200, see docs/performance.md), PAD
 # (training.pad_to_multiple_of), PACK=true (training.packing: several examples a row), MODE
-# (training.compile_mode of the benches and runs: e.g. default, the layers
-# compiled without CUDA graphs, so no graphs recorded for each new length), PEERS
+# (training.compile_mode of the benches and runs: e.g. default, compiled without CUDA graphs, so
+# nothing recorded for each new length), PEERS
 # (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none),
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
