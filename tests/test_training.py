@@ -29,16 +29,18 @@ class _Bar:
         pass
 
 
-def make_trainer(base_path, data_dir, mode="schemabank", **sections):
+def make_trainer(base_path, data_dir, mode="schemabank", device="cpu", **sections):
+    """A Trainer of the tiny model on ``device`` (bf16 autocast on CUDA, as a run's ``auto``)."""
     cfg = config_from_dict(tiny_config(base_path, mode=mode, **sections))
     tok = AutoTokenizer.from_pretrained(base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path)
     base.requires_grad_(False)
     torch.manual_seed(0)
     model, banks, _ = build_adapter(base, cfg)
-    return Trainer(
-        cfg, model, banks, tok, load_gsm8k("train", data_dir), torch.device("cpu"), False
-    )
+    device = torch.device(device)
+    model.to(device)
+    train_set = load_gsm8k("train", data_dir)
+    return Trainer(cfg, model, banks, tok, train_set, device, device.type == "cuda")
 
 
 def wake_up(trainer):
@@ -285,17 +287,8 @@ def test_a_training_step_never_waits_for_the_gpu(stage, tiny_llama, data_dir):
     """:class:`Trainer`'s promise on a GPU: a step only queues work, so the host prepares the next
     batch while the GPU runs. torch's sync debug mode raises at any operation that would wait
     for the GPU (a value read back, a synchronous copy)."""
-    cuda = torch.device("cuda")
-    cfg = config_from_dict(
-        tiny_config(tiny_llama, mode="baseline" if stage is BASELINE else "schemabank")
-    )
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    base.requires_grad_(False)
-    torch.manual_seed(0)
-    model, banks, _ = build_adapter(base, cfg)
-    model.to(cuda)
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    trainer = Trainer(cfg, model, banks, tok, load_gsm8k("train", data_dir), cuda, True)
+    mode = "baseline" if stage is BASELINE else "schemabank"
+    trainer = make_trainer(tiny_llama, data_dir, mode=mode, device="cuda")
     trainer.enter_stage(stage)
     trainer.train_step(stage, 1e-3, 0.5)  # the first step makes the optimiser's state
     torch.cuda.synchronize()
