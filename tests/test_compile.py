@@ -349,3 +349,93 @@ def test_the_configured_compile_mode_reaches_every_compiled_layer(
     want = None if requested in (None, "default") else requested
     assert len(modes) == len(trainer._regions) > 0 and set(modes) == {want}
     assert trainer.graphs is False
+
+
+@pytest.mark.parametrize(
+    ("mode", "stage", "region"),
+    [("baseline", BASELINE, 2), ("schemabank", STAGES[0], 3), ("schemabank", STAGES[2], 2)],
+    ids=["baseline", "stage1-region-past-the-end", "stage3"],
+)
+def test_layer_regions_give_the_eager_step(aot_eager, tiny_llama, data_dir, mode, stage, region):
+    """``compile_region_layers`` > 1 compiles the tiny model's two layers (the second with the
+    bank) as one region, called by the first layer while the second passes its input on: the
+    eager step's losses, gradients and updates, and evaluation stays eager."""
+    eager = make_trainer(tiny_llama, data_dir, mode=mode, training={"pad_to_multiple_of": 64})
+    compiled = make_trainer(
+        tiny_llama,
+        data_dir,
+        mode=mode,
+        training={"compile": True, "compile_scope": "layers", "compile_region_layers": region},
+    )
+    (first, call), (second, passed) = compiled._regions
+    held = call.__self__
+    assert isinstance(held, training.LayerRegion) and held.layers == [first, second]
+    assert call == held.first and passed == held.passed_on
+    for t in (eager, compiled):
+        wake_up(t)
+    _assert_same_training(eager, compiled, stage, steps=3)
+    assert all(layer._compiled_call_impl is None for layer, _ in compiled._regions)
+
+
+def test_a_layer_region_runs_its_layers_in_the_decoders_loop():
+    """A region's first layer runs every layer of it with the loop's arguments, hooks included,
+    and the later layers hand on what they are given, as a tensor or, for layers that return
+    tuples (older models), as a tuple; the loop's result is the layers' own."""
+
+    class Layer(torch.nn.Module):
+        def __init__(self, k, tuples):
+            super().__init__()
+            self.k, self.tuples = k, tuples
+
+        def forward(self, h, scale=1.0):
+            h = h * scale + self.k
+            return (h, None) if self.tuples else h
+
+    def loop(layers, h):  # a decoder's loop, old (tuples) and new
+        for layer in layers:
+            out = layer(h, scale=2.0)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    for tuples in (False, True):
+        layers = torch.nn.ModuleList(Layer(k, tuples) for k in (1.0, 2.0, 3.0))
+        layers[1].register_forward_hook(
+            lambda m, a, out: (out[0] + 10, None) if isinstance(out, tuple) else out + 10
+        )
+        want = loop(layers, torch.ones(2))
+        region = training.LayerRegion(list(layers), None)
+        region.compiled = region.forward  # the same call, uncompiled
+        calls = [region.first, region.passed_on, region.passed_on]
+        for layer, call in zip(layers, calls, strict=True):
+            layer._compiled_call_impl = call
+        torch.testing.assert_close(loop(layers, torch.ones(2)), want)
+        assert region.tuples is tuples
+        for layer in layers:
+            layer._compiled_call_impl = None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+@pytest.mark.parametrize("region", [1, 2])
+def test_compiled_layers_on_cuda_give_the_eager_step(tiny_llama, data_dir, region):
+    """On a GPU, through inductor and CUDA graphs (``reduce-overhead``), the layers compiled one
+    by one or as one region give the eager step's losses and gradient norms over steps that
+    run, record and replay the graphs (within bf16 autocast's rounding)."""
+    sections = {"schemabank": {"lambda_balance": 0.1, "lambda_z": 0.1}}
+    eager = make_trainer(
+        tiny_llama, data_dir, device="cuda", training={"pad_to_multiple_of": 64}, **sections
+    )
+    compiled = make_trainer(
+        tiny_llama,
+        data_dir,
+        device="cuda",
+        training={"compile": True, "compile_scope": "layers", "compile_region_layers": region},
+        **sections,
+    )
+    assert compiled.graphs
+    for t in (eager, compiled):
+        wake_up(t)
+    want, got = _records(eager, STAGES[2], 5), _records(compiled, STAGES[2], 5)
+    for x, y in zip(want, got, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert y[k] == pytest.approx(x[k], rel=2e-2), k

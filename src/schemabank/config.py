@@ -220,6 +220,11 @@ class TrainingConfig:
     stage; the LM loss over every position, fixed shapes); ``layers``, each decoder layer on its own (regional compilation: the layers are
     alike, so one compiles and the rest reuse it, a far shorter compilation; the embedding, the
     head and the loss stay eager)."""
+    compile_region_layers: int = 1
+    """With ``compile_scope: layers``: how many consecutive decoder layers make one compiled
+    region (the last region may be shorter). 1: each layer on its own. More layers a region mean
+    fewer compiled graphs to replay and record, so less host work a step and a shorter stall at
+    each new batch length under CUDA graphs, for a longer compilation (docs/performance.md)."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
@@ -521,6 +526,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(
             f"training.compile_scope: must be one of {', '.join(COMPILE_SCOPES)}, got {t.compile_scope!r}"
         )
+    if t.compile_region_layers < 1:
+        p.append(f"training.compile_region_layers: must be >= 1, got {t.compile_region_layers}")
     if t.pad_to_multiple_of is not None and t.pad_to_multiple_of < 1:
         p.append(f"training.pad_to_multiple_of: must be >= 1 or null, got {t.pad_to_multiple_of}")
     if (

@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import time
+import types
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -152,7 +153,7 @@ class Trainer:
         if t.compile and t.compile_scope == "step":
             self._compiled_losses = compile_step(self.forward_losses, device, t.compile_mode)
         elif t.compile:
-            self._regions = compile_layers(model, device, t.compile_mode)
+            self._regions = compile_layers(model, device, t.compile_mode, t.compile_region_layers)
         self.graphs = (  # the step replays CUDA graphs: mark each step's start
             t.compile
             and device.type == "cuda"
@@ -636,22 +637,71 @@ def compile_step(fn, device: torch.device, mode: str | None = None):
 
 
 def compile_layers(
-    model, device: torch.device, mode: str | None = None
+    model, device: torch.device, mode: str | None = None, region_layers: int = 1
 ) -> list[tuple[torch.nn.Module, object]]:
-    """Each decoder layer's call compiled (regional compilation) in :func:`compile_mode` (on CUDA
-    by default ``reduce-overhead``), to be switched on by :meth:`Trainer._compiled_layers`. The
-    layers share one compiled code: the first compiles, the alike ones reuse it (the bank's
-    layer, with its hook, compiles once more). The first batch length compiles a static graph,
-    a second one a graph with a symbolic length (``dynamic=None``). Not ``dynamic=True``: it also
-    turns the layers' float attributes (norm epsilons, LoRA scalings) into CPU scalar tensors,
-    which split each layer's graph around CPU ops and make CUDA-graph recording crash (torch
-    2.11)."""
+    """The decoder layers' calls compiled (regional compilation) in :func:`compile_mode` (on CUDA
+    by default ``reduce-overhead``), to be switched on by :meth:`Trainer._compiled_layers`: a
+    (layer, call) pair for every layer.
+
+    ``region_layers`` 1: each layer compiled on its own. The layers share one compiled code: the
+    first compiles, the alike ones reuse it (the bank's layer, with its hook, compiles once more).
+    More: each run of that many consecutive layers is one region, compiled as one graph
+    (:class:`LayerRegion`) and called by its first layer; the region's other layers pass the hidden
+    states through (:func:`_passed_on`), so the decoder's own loop is unchanged.
+
+    The first batch length compiles a static graph, a second one a graph with a symbolic length
+    (``dynamic=None``). Not ``dynamic=True``: it also turns the layers' float attributes (norm
+    epsilons, LoRA scalings) into CPU scalar tensors, which split each layer's graph around CPU
+    ops and make CUDA-graph recording crash (torch 2.11)."""
     _raise_recompile_limit()
     mode = compile_mode(device, mode)
-    return [
-        (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode))
-        for layer in decoder_layers(model)
-    ]
+    layers = list(decoder_layers(model))
+    if region_layers <= 1:
+        return [
+            (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode))
+            for layer in layers
+        ]
+    out: list[tuple[torch.nn.Module, object]] = []
+    for i in range(0, len(layers), region_layers):
+        region = LayerRegion(layers[i : i + region_layers], mode)
+        out.append((region.layers[0], region.first))
+        out.extend((layer, region.passed_on) for layer in region.layers[1:])
+    return out
+
+
+class LayerRegion:
+    """Consecutive decoder layers compiled as one graph (:func:`compile_layers`). The first
+    layer's call (:meth:`first`) runs them all: each layer's forward, with its hooks (a bank's),
+    on the one before's hidden states, every layer given the same arguments (the mask, the
+    position embeddings) as the decoder's loop gives them. The other layers' calls
+    (:meth:`passed_on`) return the hidden states they are given, already their output, so the
+    decoder's own loop is unchanged. Not a module: it holds the model's layers without
+    registering them again."""
+
+    def __init__(self, layers: list[torch.nn.Module], mode: str | None):
+        self.layers = list(layers)
+        self.tuples = False  # the layers return tuples (hidden_states, ...), as older models do
+        # Its own copy of forward's code: Dynamo keeps compiled graphs per code object, and does
+        # not guard on module hooks, so a region of hook-less layers (a LoRA baseline's, in the
+        # same process) would otherwise lend its graph to a region with a bank's hook.
+        code = LayerRegion.forward.__code__.replace()
+        forward = types.MethodType(types.FunctionType(code, globals(), "forward"), self)
+        self.compiled = torch.compile(forward, backend=COMPILE_BACKEND, mode=mode)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = hidden_states
+        for layer in self.layers:
+            out = layer._call_impl(hidden_states, *args, **kwargs)  # not its compiled call
+            hidden_states = out[0] if isinstance(out, tuple) else out
+        return out
+
+    def first(self, hidden_states, *args, **kwargs):
+        out = self.compiled(hidden_states, *args, **kwargs)
+        self.tuples = isinstance(out, tuple)
+        return out
+
+    def passed_on(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.tuples else hidden_states
 
 
 def _raise_recompile_limit() -> None:
