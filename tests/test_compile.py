@@ -414,6 +414,26 @@ def test_a_layer_region_runs_its_layers_in_the_decoders_loop():
             layer._compiled_call_impl = None
 
 
+def test_layer_regions_share_compiled_code_only_when_alike():
+    """Dynamo does not guard on module hooks: regions whose layers have the same modules and
+    hooks share one code object (one compiled graph), a region with a hook (a bank's) has its
+    own, and so has a region of other layers or of another length."""
+
+    def region(*layers):
+        return training.LayerRegion(list(layers), None)
+
+    def lin():
+        return torch.nn.Linear(2, 2)
+
+    hooked = lin()
+    hooked.register_forward_hook(lambda m, a, out: out)
+    a, b = region(lin(), lin()), region(lin(), lin())
+    assert a.code is b.code and a.code is not training.LayerRegion.forward.__code__
+    assert region(lin(), hooked).code is not a.code
+    assert region(lin(), torch.nn.Identity()).code is not a.code
+    assert region(lin()).code is not a.code
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
 @pytest.mark.parametrize("region", [1, 2])
 def test_compiled_layers_on_cuda_give_the_eager_step(tiny_llama, data_dir, region):

@@ -647,7 +647,7 @@ def compile_layers(
     first compiles, the alike ones reuse it (the bank's layer, with its hook, compiles once more).
     More: each run of that many consecutive layers is one region, compiled as one graph
     (:class:`LayerRegion`) and called by its first layer; the region's other layers pass the hidden
-    states through (:func:`_passed_on`), so the decoder's own loop is unchanged.
+    states through, so the decoder's own loop is unchanged. Alike regions share a compiled code.
 
     The first batch length compiles a static graph, a second one a graph with a symbolic length
     (``dynamic=None``). Not ``dynamic=True``: it also turns the layers' float attributes (norm
@@ -669,6 +669,20 @@ def compile_layers(
     return out
 
 
+def _hook_signature(layers: list[torch.nn.Module]) -> tuple:
+    """What tells layers apart for a shared compiled graph beyond Dynamo's guards: every
+    submodule's type and how many hooks it has of each kind."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return tuple(
+        (type(m), *(len(getattr(m, k, ())) for k in kinds))
+        for layer in layers
+        for m in layer.modules()
+    )
+
+
+_REGION_CODES: dict[tuple, types.CodeType] = {}  # LayerRegion.forward's code per hook signature
+
+
 class LayerRegion:
     """Consecutive decoder layers compiled as one graph (:func:`compile_layers`). The first
     layer's call (:meth:`first`) runs them all: each layer's forward, with its hooks (a bank's),
@@ -681,11 +695,13 @@ class LayerRegion:
     def __init__(self, layers: list[torch.nn.Module], mode: str | None):
         self.layers = list(layers)
         self.tuples = False  # the layers return tuples (hidden_states, ...), as older models do
-        # Its own copy of forward's code: Dynamo keeps compiled graphs per code object, and does
-        # not guard on module hooks, so a region of hook-less layers (a LoRA baseline's, in the
-        # same process) would otherwise lend its graph to a region with a bank's hook.
-        code = LayerRegion.forward.__code__.replace()
-        forward = types.MethodType(types.FunctionType(code, globals(), "forward"), self)
+        # Dynamo keeps compiled graphs per code object and does not guard on module hooks, so a
+        # region of hook-less layers (a LoRA baseline's, in the same process) would lend its
+        # graph to one with a bank's hook: regions alike in their modules and hooks share a copy
+        # of forward's code, the others each have their own.
+        key = _hook_signature(self.layers)
+        self.code = _REGION_CODES.setdefault(key, LayerRegion.forward.__code__.replace())
+        forward = types.MethodType(types.FunctionType(self.code, globals(), "forward"), self)
         self.compiled = torch.compile(forward, backend=COMPILE_BACKEND, mode=mode)
 
     def forward(self, hidden_states, *args, **kwargs):
