@@ -435,27 +435,27 @@ def test_layer_regions_share_compiled_code_only_when_alike():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
-@pytest.mark.parametrize("region", [1, 2])
-def test_compiled_layers_on_cuda_give_the_eager_step(tiny_llama, data_dir, region):
+def test_compiled_layers_on_cuda_give_the_eager_step(tiny_llama, data_dir):
     """On a GPU, through inductor and CUDA graphs (``reduce-overhead``), the layers compiled one
-    by one or as one region give the eager step's losses and gradient norms over steps that
-    run, record and replay the graphs (within bf16 autocast's rounding)."""
+    by one and as one region give the eager step's losses and gradient norms over steps that
+    run, record and replay the graphs. In fp32: in bf16 inductor's fused kernels round
+    differently from the eager ops (on the H200 a gradient norm of the five differed by 5%,
+    the two compiled forms not at all)."""
     sections = {"schemabank": {"lambda_balance": 0.1, "lambda_z": 0.1}}
-    eager = make_trainer(
-        tiny_llama, data_dir, device="cuda", training={"pad_to_multiple_of": 64}, **sections
-    )
-    compiled = make_trainer(
-        tiny_llama,
-        data_dir,
-        device="cuda",
-        training={"compile": True, "compile_scope": "layers", "compile_region_layers": region},
-        **sections,
-    )
-    assert compiled.graphs
-    for t in (eager, compiled):
+    eager = {"pad_to_multiple_of": 64}  # the compiled step's batches
+    trainers = [make_trainer(tiny_llama, data_dir, device="cuda", training=eager, **sections)]
+    for region in (1, 2):
+        training_cfg = {"compile": True, "compile_scope": "layers", "compile_region_layers": region}
+        trainers.append(
+            make_trainer(tiny_llama, data_dir, device="cuda", training=training_cfg, **sections)
+        )
+    assert trainers[1].graphs and trainers[2].graphs
+    for t in trainers:
+        t.bf16 = False
         wake_up(t)
-    want, got = _records(eager, STAGES[2], 5), _records(compiled, STAGES[2], 5)
-    for x, y in zip(want, got, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert y[k] == pytest.approx(x[k], rel=2e-2), k
+    want, *compiled = (_records(t, STAGES[2], 5) for t in trainers)
+    for got in compiled:
+        for x, y in zip(want, got, strict=True):
+            assert x.keys() == y.keys()
+            for k in x:
+                assert y[k] == pytest.approx(x[k], rel=1e-3), k
