@@ -37,7 +37,8 @@
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles;
 # TORCH_LOGS=torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache shows each
-# compiled graph's cache hit, miss or bypass, and why (a warm run should hit). Leave out TORCH_LOGS=cudagraphs with the layers
+# compiled graph's cache hit, miss or bypass, and why (a warm run should hit). Leave out
+# TORCH_LOGS=cudagraphs with the layers
 # scope: its debug logging makes torch 2.11 fail an assertion when a graph is re-recorded
 # (results/bench/speed_2026-12-01b/README.md).
 set -u

@@ -417,7 +417,7 @@ def test_a_layer_region_runs_its_layers_in_the_decoders_loop():
 def test_layer_regions_share_compiled_code_only_when_alike():
     """Dynamo does not guard on module hooks: regions whose layers have the same modules and
     hooks share one code object (one compiled graph), a region with a hook (a bank's) has its
-    own, and so has a region of other layers or of another length."""
+    own, as has one with another hook function, and one of other layers or of another length."""
 
     def region(*layers):
         return training.LayerRegion(list(layers), None)
@@ -425,11 +425,20 @@ def test_layer_regions_share_compiled_code_only_when_alike():
     def lin():
         return torch.nn.Linear(2, 2)
 
-    hooked = lin()
-    hooked.register_forward_hook(lambda m, a, out: out)
+    def hooked(hook):
+        layer = lin()
+        layer.register_forward_hook(hook)
+        return layer
+
+    def same(m, a, out):
+        return out
+
     a, b = region(lin(), lin()), region(lin(), lin())
     assert a.code is b.code and a.code is not training.LayerRegion.forward.__code__
-    assert region(lin(), hooked).code is not a.code
+    with_hook = region(lin(), hooked(same))
+    assert with_hook.code is not a.code
+    assert region(lin(), hooked(same)).code is with_hook.code  # the same hook function
+    assert region(lin(), hooked(lambda m, a, out: out)).code is not with_hook.code
     assert region(lin(), torch.nn.Identity()).code is not a.code
     assert region(lin()).code is not a.code
 

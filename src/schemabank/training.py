@@ -671,10 +671,10 @@ def compile_layers(
 
 def _hook_signature(layers: list[torch.nn.Module]) -> tuple:
     """What tells layers apart for a shared compiled graph beyond Dynamo's guards: every
-    submodule's type and how many hooks it has of each kind."""
+    submodule's type and its hooks of each kind (the functions themselves)."""
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return tuple(
-        (type(m), *(len(getattr(m, k, ())) for k in kinds))
+        (type(m), *(tuple(getattr(m, k, {}).values()) for k in kinds))
         for layer in layers
         for m in layer.modules()
     )
