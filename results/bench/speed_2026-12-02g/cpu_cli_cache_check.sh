@@ -2,7 +2,7 @@
 # usage: run.sh SRC_ROOT CACHE OUT  -- a short CPU run of sb_b32_split50 through the CLI, compiled layers, cache logging
 ROOT=$1; CACHE=$2; OUT=$3
 cd $ROOT
-export SCHEMABANK_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$CACHE PYTHONPATH=$ROOT/src
+export SCHEMABANK_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$CACHE PYTHONPATH=${EXTRA_PATH:+$EXTRA_PATH:}$ROOT/src
 export TORCH_LOGS=torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache
 s=$(date +%s)
 /work/main/.venv/bin/python -m schemabank train --config configs/gsm8k/sb_b32_split50.yaml \
