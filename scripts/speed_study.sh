@@ -12,6 +12,9 @@
 #                  (ATTN picks the decoder's attention, EVAL_BATCH the batch)
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
+#   cache-check    the run twice (start from an empty TORCHINDUCTOR_CACHE_DIR), each under
+#                  TORCH_LOGS naming every compiled graph's cache hit, miss or bypass, then the
+#                  counts of each run: the second run should hit everywhere
 #   decoders       the run's checkpoint evaluated again with HF generate, compared with
 #                  schemabank compare (A: the static decoder, B: HF generate)
 #   lora           the best LoRA (seed 42) on the fast path
@@ -98,6 +101,14 @@ case $PART in
     timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
   run-cold) timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold" ;;
   run-warm) timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
+  cache-check)
+    export TORCH_LOGS=torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache
+    timed cache_first $SBC train --config $SB $FAST --output-dir "$OUT/cache_first"
+    timed cache_second $SBC train --config $SB $FAST --output-dir "$OUT/cache_second"
+    for r in cache_first cache_second; do
+      echo "$r:"
+      grep -ao "fx graph cache [a-z]*\|AOTAutograd cache [a-z]*\|Bypassing autograd cache" "$OUT/$r.log" | sort | uniq -c
+    done | tee "$OUT/cache_counts.txt" ;;
   decoders)
     timed decoders_hf $SBC eval --checkpoint "$OUT/cold/sb_b32_split50_seed42/checkpoint" \
       --set eval.decoder=hf --set eval.compile_decoder=false --set eval.decoder_attention=null --output "$OUT/hf_eval_results.json"
