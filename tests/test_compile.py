@@ -51,14 +51,18 @@ def _records(trainer, stage, steps):
     return out
 
 
+def _assert_same_records(want, got, rel, atol=None):
+    """The same logged values (loss, gradient norm) step by step, within ``rel`` / ``atol``."""
+    for x, y in zip(want, got, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert y[k] == pytest.approx(x[k], rel=rel, abs=atol), k
+
+
 def _assert_same_training(a, b, stage, steps=2, atol=1e-5):
     """Both trainers take ``steps`` steps of ``stage`` on the same batches: the same losses,
     gradient norms and parameters after each update."""
-    ra, rb = _records(a, stage, steps), _records(b, stage, steps)
-    for x, y in zip(ra, rb, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=atol), k
+    _assert_same_records(_records(a, stage, steps), _records(b, stage, steps), 1e-5, atol)
     for (name, p), (_, q) in zip(
         a.model.named_parameters(), b.model.named_parameters(), strict=True
     ):
@@ -464,7 +468,4 @@ def test_compiled_layers_on_cuda_give_the_eager_step(tiny_llama, data_dir):
         wake_up(t)
     want, *compiled = (_records(t, STAGES[2], 5) for t in trainers)
     for got in compiled:
-        for x, y in zip(want, got, strict=True):
-            assert x.keys() == y.keys()
-            for k in x:
-                assert y[k] == pytest.approx(x[k], rel=1e-3), k
+        _assert_same_records(want, got, 1e-3)
