@@ -13,8 +13,11 @@
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
 #   cache-check    the run twice (start from an empty TORCHINDUCTOR_CACHE_DIR), each under
-#                  TORCH_LOGS naming every compiled graph's cache hit, miss or bypass, then the
-#                  counts of each run: the second run should hit everywhere
+#                  TORCH_LOGS naming every compiled graph's cache hit, miss or bypass, then
+#                  scripts/cache_report.py: each run's counts (the second should hit everywhere)
+#                  and, for each miss of the second, what in its cache key differs from the
+#                  first's (CACHE_LOGS: the TORCH_LOGS, default at debug level, which logs the keys'
+#                  parts)
 #   decoders       the run's checkpoint evaluated again with HF generate, compared with
 #                  schemabank compare (A: the static decoder, B: HF generate)
 #   lora           the best LoRA (seed 42) on the fast path
@@ -36,7 +39,8 @@
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
 # schemabank train --profile-steps, one per window, e.g. "53:2 811:5": those steps of the run
-# profiled, in its profile.json).
+# profiled, in its profile.json), EXTRA (more arguments for the runs, e.g. "--set
+# training.total_steps=48" for a short run).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles;
 # TORCH_LOGS=torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache shows each
@@ -65,6 +69,7 @@ TRAIN=""
 SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}${REGION:+_region$REGION}"  # the benches' file names say their settings
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
 for w in ${PROFILE_RUN:-}; do FAST="$FAST --profile-steps $w"; done
+FAST="$FAST ${EXTRA:-}"
 BENCH="--steps 20 --warmup 15${PROFILE:+ --profile-steps $PROFILE}"
 timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.txt
   local name=$1 t0 rc
@@ -102,13 +107,10 @@ case $PART in
   run-cold) timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold" ;;
   run-warm) timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
   cache-check)
-    export TORCH_LOGS=torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache
+    export TORCH_LOGS=${CACHE_LOGS:-+torch._inductor.codecache,+torch._functorch._aot_autograd.autograd_cache}
     timed cache_first $SBC train --config $SB $FAST --output-dir "$OUT/cache_first"
     timed cache_second $SBC train --config $SB $FAST --output-dir "$OUT/cache_second"
-    for r in cache_first cache_second; do
-      echo "$r:"
-      grep -ao "fx graph cache [a-z]*\|AOTAutograd cache [a-z]*\|Bypassing autograd cache" "$OUT/$r.log" | sort | uniq -c
-    done | tee "$OUT/cache_counts.txt" ;;
+    ${PYTHON:-python3} scripts/cache_report.py "$OUT/cache_first.log" "$OUT/cache_second.log" | tee "$OUT/cache_report.txt" ;;
   decoders)
     timed decoders_hf $SBC eval --checkpoint "$OUT/cold/sb_b32_split50_seed42/checkpoint" \
       --set eval.decoder=hf --set eval.compile_decoder=false --set eval.decoder_attention=null --output "$OUT/hf_eval_results.json"
