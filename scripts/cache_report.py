@@ -96,6 +96,9 @@ def closest(block: dict, candidates: list[dict]) -> tuple[dict | None, list[str]
 
 
 def main(first: Path, second: Path, width: int = 300) -> None:
+    for path in (first, second):
+        if not path.is_file():
+            sys.exit(f"cache_report: {path}: no such log")
     runs = {"first": read(first), "second": read(second)}
     for name, (events, _) in runs.items():
         print(f"{name} run ({len(events)} cache events):")

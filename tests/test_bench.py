@@ -416,3 +416,61 @@ def test_padding_script_rounds_lengths_as_the_compiled_step_pads():
     assert module.padded_lengths(lengths, None, 64) == [256]
     assert padded_tokens(lengths, 1, None, 64) == [6 * 256]
     assert module.padded_lengths([70, 130, 5, 64], 2, 64) == [64, 192]  # ascending lengths
+
+
+def test_cache_report_script(tmp_path, capsys):
+    """scripts/cache_report.py on two logs in torch's format: the counts per cache, a miss whose
+    key the first run had, and a new key's differing parts, the graph's code as a diff; a
+    missing log is one line and a non-zero exit."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cache_report.py"
+    spec = importlib.util.spec_from_file_location("cache_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    h = "a" * 51  # a part's hash (its value here does not matter, only equality)
+
+    def details(at: str, key: str, parts: dict[str, tuple[str, list[str]]]) -> list[str]:
+        head = f"V1202 {at} 7 torch/_inductor/codecache.py:1646] [0/0] "
+        lines = [head + f"FX graph cache hash details for key {key}:"]
+        for name, (hash_, value) in parts.items():
+            lines.append(head + f"[{hash_}] {name}: {value[0]}")
+            lines += [head + more for more in value[1:]]
+        return lines
+
+    def event(at: str, text: str) -> str:
+        return f"I1202 {at} 7 torch/_inductor/codecache.py:2316] [0/1] {text}"
+
+    code1 = ["GraphModule()", "def forward(self, x):", "    y = x * 2.0", "    return (y,)"]
+    code2 = ["GraphModule()", "def forward(self, x):", "    y = x * 3.0", "    return (y,)"]
+    first = [
+        *details("10:00:00.1", "fkeyone", {"gm": ("b" * 51, code1), "cudagraphs": (h, ["True"])}),
+        event("10:00:00.2", "fx graph cache miss for key fkeyone"),
+        event("10:00:01.0", "fx graph cache miss for key fkeytwo"),
+        "I1202 10:00:02.0 7 torch/_functorch/_aot_autograd/autograd_cache.py:1077] [1/0] "
+        "Bypassing autograd cache due to: Unsupported call_function target _enter_autocast",
+        "a progress bar line, not the logger's",
+    ]
+    second = [
+        *details("11:00:00.1", "fkeynew", {"gm": ("c" * 51, code2), "cudagraphs": (h, ["True"])}),
+        event("11:00:00.2", "fx graph cache miss for key fkeynew"),
+        event("11:00:01.0", "fx graph cache miss for key fkeytwo"),
+        event("11:00:02.0", "fx graph cache hit for key fkeythree"),
+    ]
+    (tmp_path / "a.log").write_text("\n".join(first) + "\n")
+    (tmp_path / "b.log").write_text("\n".join(second) + "\n")
+    events, found = module.read(tmp_path / "a.log")
+    assert [(c, o) for c, o, _, _ in events] == [("fx", "miss"), ("fx", "miss"), ("aot", "bypass")]
+    assert found["fkeyone"]["parts"]["gm"][1].endswith("return (y,)")
+    capsys.readouterr()
+    module.main(tmp_path / "a.log", tmp_path / "b.log")
+    out = capsys.readouterr().out
+    assert "  fx miss: 2\n  fx bypass: 0\n  aot hit: 0\n  aot miss: 0\n  aot bypass: 1" in out
+    assert "bypass x1: Unsupported call_function target _enter_autocast" in out
+    assert "second run's misses: 2" in out
+    assert "fkeytwo: the first run had this key" in out
+    assert "fkeynew: new key; against the first run's closest graph, 1 parts differ" in out
+    assert "-    y = x * 2.0" in out and "+    y = x * 3.0" in out
+    assert "cudagraphs" not in out.split("fkeynew")[1]  # equal parts are not listed
+    with pytest.raises(SystemExit, match="no such log"):
+        module.main(tmp_path / "absent.log", tmp_path / "b.log")
