@@ -20,8 +20,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-LINE = re.compile(
-    r"^[VIDWE]\d{4} (?P<time>[\d:.]+) (?P<pid>\d+) (?P<file>\S+):(?P<line>\d+)\] "
+LINE = re.compile(  # anywhere in a line: a progress bar may come before it
+    r"[VIDWE]\d{4} (?P<time>[\d:.]+) (?P<pid>\d+) (?P<file>\S+):(?P<line>\d+)\] "
     r"(?P<frame>\[[^\]]*\]) (?P<msg>.*)$"
 )
 PART = re.compile(r"^\[(?P<hash>[a-z0-9]{32,64})\] (?P<name>[^:]+): ?(?P<value>.*)$")
@@ -42,7 +42,7 @@ def read(path: Path):
     events, details = [], {}
     block, block_at, last = None, None, None
     for raw in path.read_text(errors="replace").splitlines():
-        m = LINE.match(raw)
+        m = LINE.search(raw)
         if not m:
             continue
         msg, at = m["msg"], (m["time"], m["pid"], m["file"], m["line"])
@@ -130,6 +130,8 @@ def main(first: Path, second: Path, width: int = 300) -> None:
                     a.splitlines(), b.splitlines(), "first", "second", n=1, lineterm=""
                 )
                 print(f"    {n}:\n" + "\n".join("      " + x[:width] for x in list(lines)[:40]))
+            elif a == b:  # the hashes differ in what the log does not print
+                print(f"    {n}: the same text in both logs ({a[:80]}...)")
             else:
                 print(f"    {n}\n      first:  {a[:width]}\n      second: {b[:width]}")
 

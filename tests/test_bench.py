@@ -432,7 +432,8 @@ def test_cache_report_script(tmp_path, capsys):
 
     def details(at: str, key: str, parts: dict[str, tuple[str, list[str]]]) -> list[str]:
         head = f"V1202 {at} 7 torch/_inductor/codecache.py:1646] [0/0] "
-        lines = [head + f"FX graph cache hash details for key {key}:"]
+        bar = "run:   0%|          | 0/60 [00:00<?, ?step/s]"  # a progress bar before the log line
+        lines = [bar + head + f"FX graph cache hash details for key {key}:"]
         for name, (hash_, value) in parts.items():
             lines.append(head + f"[{hash_}] {name}: {value[0]}")
             lines += [head + more for more in value[1:]]
@@ -472,5 +473,14 @@ def test_cache_report_script(tmp_path, capsys):
     assert "fkeynew: new key; against the first run's closest graph, 1 parts differ" in out
     assert "-    y = x * 2.0" in out and "+    y = x * 3.0" in out
     assert "cudagraphs" not in out.split("fkeynew")[1]  # equal parts are not listed
+    # a part whose hash differs while the log prints the same text for it
+    same = details(
+        "12:00:00.1", "fkeysame", {"gm": ("b" * 51, code1), "cudagraphs": ("d" * 51, ["True"])}
+    )
+    (tmp_path / "c.log").write_text(
+        "\n".join([*same, event("12:00:00.2", "fx graph cache miss for key fkeysame")]) + "\n"
+    )
+    module.main(tmp_path / "a.log", tmp_path / "c.log")
+    assert "cudagraphs: the same text in both logs (True...)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no such log"):
         module.main(tmp_path / "absent.log", tmp_path / "b.log")
