@@ -39,8 +39,9 @@
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
 # schemabank train --profile-steps, one per window, e.g. "53:2 811:5": those steps of the run
-# profiled, in its profile.json), EXTRA (more arguments for the runs, e.g. "--set
-# training.total_steps=48" for a short run).
+# profiled, in its profile.json; a profiled run's compiled graphs have other cache keys, so give
+# run-cold and run-warm the same PROFILE_RUN, or none, for a warm run to be warm), EXTRA (more
+# arguments for the runs, e.g. "--set training.total_steps=48" for a short run).
 # SCHEMABANK: the command (default schemabank; e.g. "python -m schemabank").
 # TORCH_LOGS=recompiles shows why a step recompiles;
 # TORCH_LOGS=torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache shows each
