@@ -224,9 +224,9 @@ class TrainingConfig:
     """With ``compile_scope: layers``: how many consecutive decoder layers make one compiled
     region (the last region may be shorter). 1: each layer on its own. More layers a region mean
     fewer CUDA graphs to replay, so less host work a step (on the H200, 10: a run's stage-3 step
-    43.7 to 46.5 ms at the median, against 53 to 62 ms one by one), for a longer compilation,
-    which on the H200 was not loaded from the cache by a second process: 427 s a warm run
-    (docs/performance.md)."""
+    43.3 to 46.5 ms at the median, against 50 to 62 ms one by one), for a longer compilation:
+    with an empty cache it added about 5.5 minutes to a run on the H200, while a warm run loads
+    it from the cache (136.4 s a run, 133.8 s one by one; docs/performance.md)."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
