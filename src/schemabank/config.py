@@ -50,6 +50,7 @@ SCHEDULERS = ("constant", "linear", "cosine")
 COMPILE_SCOPES = ("step", "layers")  # training.compile_scope
 # training.compile_mode: torch.compile's modes
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that record CUDA graphs
 ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.method.router
@@ -234,6 +235,16 @@ class TrainingConfig:
     layer's forward and backward graph, 4 to 6 s a new length on the H200
     (docs/performance.md). ``default`` and ``max-autotune-no-cudagraphs`` record nothing and
     launch each compiled kernel from the host."""
+    capture_step: bool = False
+    """On CUDA, capture the whole training step (forward, backward and gradient clipping) as one
+    CUDA graph per stage and batch shape, directly (``torch.cuda.CUDAGraph``, as gpt-fast does),
+    and replay it; the optimiser steps after it, outside the graph. A shape's first step runs
+    uncaptured (with ``compile``: it compiles), its second captures and replays, later ones
+    replay: one graph to record a new length instead of one per compiled graph, and a step that
+    launches one graph. With ``compile`` the compiled code runs without CUDA graphs of its own
+    (``compile_mode`` ``null`` means ``default``). The LM loss runs over every position with the
+    others ignored (fixed shapes); the losses and gradients are the uncaptured step's. Needs one
+    micro-batch a step and one process. Elsewhere than CUDA the step runs uncaptured."""
     pad_to_multiple_of: int | None = None
     """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
     shapes (what a compiled step needs; the loss is unchanged). ``null``: 64 with ``compile``,
@@ -528,6 +539,13 @@ def validate(cfg: Config) -> list[str]:
         p.append(
             f"training.compile_scope: must be one of {', '.join(COMPILE_SCOPES)}, got {t.compile_scope!r}"
         )
+    if t.capture_step and t.compile_mode in CUDA_GRAPH_MODES:
+        p.append(
+            f"training.capture_step: the whole step is one CUDA graph; training.compile_mode "
+            f"{t.compile_mode!r} would record CUDA graphs of its own inside it (use default or null)"
+        )
+    if t.capture_step and t.micro_batch_size is not None and t.micro_batch_size < t.batch_size:
+        p.append("training.capture_step: needs one micro-batch a step (micro_batch_size null)")
     if t.compile_region_layers < 1:
         p.append(f"training.compile_region_layers: must be >= 1, got {t.compile_region_layers}")
     if t.pad_to_multiple_of is not None and t.pad_to_multiple_of < 1:

@@ -53,11 +53,12 @@ def weight_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on ``device`` when asked, else a no-op context."""
+def autocast(device: torch.device, bf16: bool, cache: bool = True):
+    """bf16 autocast on ``device`` when asked, else a no-op context. ``cache`` False: autocast
+    keeps no cast weights between uses (what a captured CUDA graph needs)."""
     if not bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def cudagraph_skips() -> int:

@@ -33,7 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from . import distributed, steplog
 from .batching import Batches, answer_positions, split_batch
 from .checkpoint import save_checkpoint
-from .config import Config, check_config, dump_config
+from .config import CUDA_GRAPH_MODES, Config, check_config, dump_config
 from .data import Problem, load_gsm8k, load_wikitext, split_dev
 from .errors import CheckpointError, SchemaBankError, TrainingError
 from .evaluation import check_context, evaluate_run, write_samples
@@ -100,6 +100,28 @@ def stage_plan(cfg: Config) -> list[tuple[Stage, int, float]]:
     return plan
 
 
+class StepGraph:
+    """One training step captured as a CUDA graph (``training.capture_step``): :meth:`capture`
+    records ``fn()`` (nothing runs), :meth:`replay` runs it and returns the outputs it recorded,
+    which the next replay overwrites. ``pool``: the memory pool the graphs share (a
+    ``torch.cuda.graph_pool_handle()``); they never run at the same time, and each one's
+    outputs are read before another runs."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.graph = torch.cuda.CUDAGraph()
+        self.outputs = None
+        self.inputs = None  # the tensors the graph reads: a step copies its batch into them
+
+    def capture(self, fn) -> None:
+        with torch.cuda.graph(self.graph, pool=self.pool):
+            self.outputs = fn()
+
+    def replay(self):
+        self.graph.replay()
+        return self.outputs
+
+
 class Trainer:
     """Holds what a run needs between steps: model, banks, optimiser and batches.
 
@@ -111,7 +133,12 @@ class Trainer:
 
     With several processes, each runs the same Trainer on the same global batches and computes
     every ``world``-th example of each (:meth:`train_step`).
+
+    ``training.capture_step`` replays each step as a :class:`StepGraph` (``step_graph``: its
+    class, which tests replace to run the same sequence on the CPU).
     """
+
+    step_graph = StepGraph
 
     def __init__(
         self,
@@ -148,16 +175,26 @@ class Trainer:
         self.run_dir: Path | None = None
         self.trackers: list = []  # training.report_to (rank 0)
         self.last_saved_step: int | None = None
+        # training.capture_step: the whole step captured as a CUDA graph per stage and shape
+        self.captured = t.capture_step and (
+            device.type == "cuda" or self.step_graph is not StepGraph
+        )
+        if t.capture_step and not self.captured:
+            print("training.capture_step: not on CUDA, the step runs uncaptured", file=sys.stderr)
+        if self.captured and self.world > 1:
+            raise SchemaBankError("training.capture_step: needs one process (got several)")
+        self._step_graphs: dict[tuple, StepGraph] = {}  # per stage and batch shapes
+        self._step_graph_pool = None  # the captured steps' memory, shared (they run in turn)
+        self._shapes_seen: set[tuple] = set()  # run uncaptured once (compiled, warmed up)
+        mode = t.compile_mode or ("default" if t.capture_step else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
         if t.compile and t.compile_scope == "step":
-            self._compiled_losses = compile_step(self.forward_losses, device, t.compile_mode)
+            self._compiled_losses = compile_step(self.forward_losses, device, mode)
         elif t.compile:
-            self._regions = compile_layers(model, device, t.compile_mode, t.compile_region_layers)
+            self._regions = compile_layers(model, device, mode, t.compile_region_layers)
         self.graphs = (  # the step replays CUDA graphs: mark each step's start
-            t.compile
-            and device.type == "cuda"
-            and compile_mode(device, t.compile_mode) in CUDA_GRAPH_MODES
+            t.compile and device.type == "cuda" and compile_mode(device, mode) in CUDA_GRAPH_MODES
         )
         self._graph_check: dict[str, list[int]] = {}  # per stage: [CUDA-graph skips before, steps]
         self.profiles: list[StepWindow] = []  # windows of steps run under torch.profiler (rank 0)
@@ -226,7 +263,8 @@ class Trainer:
         weights, so that a compiled graph never branches on a number)."""
         b = self.cfg.schemabank
         out: dict[str, torch.Tensor] = {}
-        with autocast(self.device, self.bf16):
+        # a captured step keeps no cast across steps: autocast's cache stays off, as CUDA graphs need
+        with autocast(self.device, self.bf16, cache=not self.captured):
             if "lm" in stage.losses:
                 if positions is None:
                     out["lm"] = masked_answer_loss(self.model, batch)
@@ -288,6 +326,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         examples, targets, n_ans = self.batches.next_examples(stage, p_drop)
+        if self.captured:
+            return self._captured_train_step(stage, lr, p_drop, examples, targets)
         n_tok = [len(ids) for ids, _ in examples]
         chunks = split_batch(n_tok, self.rank, self.world, self.cfg.training.micro_batch_size)
         tok_total, ans_total = sum(n_tok), max(sum(n_ans), 1)
@@ -325,6 +365,12 @@ class Trainer:
         gain = None
         if self.banks is not None:
             gain = torch.stack([b.gain.detach() for b in self.banks]).mean()
+        return self._record(
+            stage, lr, p_drop, totals, grad_norm.detach(), gain, stop, tok_total, padded
+        )
+
+    def _record(self, stage, lr, p_drop, totals, grad_norm, gain, stop, tokens, padded) -> dict:
+        """A step's log record, its device values on their way to pinned host memory."""
         return steplog.start_host_copy(
             {
                 "step": self.step,
@@ -337,14 +383,74 @@ class Trainer:
                 "z_loss": totals.get("z"),
                 "lr": lr,
                 "tag_dropout": p_drop,
-                "grad_norm": grad_norm.detach(),
-                "tokens": tok_total,
+                "grad_norm": grad_norm,
+                "tokens": tokens,
                 "padded_tokens": padded,
                 "gain": gain,
                 "stop": stop,
             },
             self.device,
         )
+
+    def _captured_train_step(self, stage: Stage, lr: float, p_drop: float, examples, targets):
+        """:meth:`train_step` as a captured graph (``training.capture_step``): the batch, one
+        micro-batch, goes to the device; its stage and shapes pick the graph. A new pair runs
+        uncaptured once (warm-up: compilation, lazy initialisation), the next time it is
+        captured with that step's tensors as the graph's inputs, and from then on each step
+        copies its batch into them and replays. The graph computes the losses and the clipped
+        gradients into the trainable parameters' ``.grad`` (kept from step to step, zeroed
+        inside); the optimiser then steps outside it."""
+        batch, targets, _ = self.batches.to_device(examples, targets)
+        key = (
+            stage.key,
+            tuple((k, tuple(v.shape)) for k, v in batch.items()),
+            tuple(targets.shape),
+        )
+        graph = self._step_graphs.get(key)
+        if graph is None and key not in self._shapes_seen:
+            self._shapes_seen.add(key)
+            out = self._graph_body(stage, batch, targets)()
+        elif graph is None:
+            if self._step_graph_pool is None and self.device.type == "cuda":
+                self._step_graph_pool = torch.cuda.graph_pool_handle()
+            graph = self._step_graphs[key] = self.step_graph(self._step_graph_pool)
+            graph.inputs = (batch, targets)
+            graph.capture(self._graph_body(stage, batch, targets))
+            out = graph.replay()
+        else:
+            static_batch, static_targets = graph.inputs
+            for k, v in batch.items():
+                static_batch[k].copy_(v, non_blocking=True)
+            static_targets.copy_(targets, non_blocking=True)
+            out = graph.replay()
+        self.optimizer.step()
+        self.step += 1
+        totals = {k: v for k, v in out.items() if k not in ("grad_norm", "gain")}
+        tokens = sum(len(ids) for ids, _ in examples)
+        padded = batch["input_ids"].numel()
+        return self._record(
+            stage, lr, p_drop, totals, out["grad_norm"], out.get("gain"), None, tokens, padded
+        )
+
+    def _graph_body(self, stage: Stage, batch: dict, targets: torch.Tensor):
+        """The captured step's work on ``batch`` and ``targets`` (fixed tensors), as a function
+        of no arguments: zero the gradients, losses (the LM loss over fixed shapes), backward,
+        clipping; returns the losses, the gradient norm and the banks' mean gain (detached)."""
+        grads = [p.grad for p in self._trainable]
+        max_norm = self.cfg.training.max_grad_norm
+
+        def body() -> dict[str, torch.Tensor]:
+            torch._foreach_zero_(grads)
+            parts = self.losses(stage, batch, targets, None)
+            loss = self.total_loss(stage, parts)
+            loss.backward()
+            out = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._trainable, max_norm).detach()
+            if self.banks is not None:
+                out["gain"] = torch.stack([b.gain.detach() for b in self.banks]).mean()
+            return out
+
+        return body
 
     def _stop_request(self) -> torch.Tensor:
         """(2,) on the device: 1 where this process has a SIGINT, a SIGTERM (made on the device:
@@ -378,9 +484,17 @@ class Trainer:
         return now
 
     def enter_stage(self, stage: Stage) -> None:
-        """Unfreeze exactly the stage's parameter groups; training mode."""
+        """Unfreeze exactly the stage's parameter groups; training mode. A captured step's
+        gradients stay in place from step to step: the stage's trainable parameters keep theirs
+        or get zeros here, the others none, so the optimiser leaves them alone."""
         set_trainable(self.model, stage.trainable)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.captured:  # the graphs hold on to the gradients: keep those that exist
+            for p in self.model.parameters():
+                if not p.requires_grad:
+                    p.grad = None
+                elif p.grad is None:
+                    p.grad = torch.zeros_like(p)
         self.model.train()
 
     def train_stage(
@@ -609,10 +723,6 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
 COMPILE_PAD_MULTIPLE = 64
 # torch.compile's backend for training.compile (tests use "aot_eager": the same graphs, no codegen).
 COMPILE_BACKEND = "inductor"
-
-
-# torch.compile's modes that replay the compiled code as CUDA graphs.
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compile_mode(device: torch.device, requested: str | None = None) -> str | None:

@@ -1,0 +1,198 @@
+"""The training step captured whole (``training.capture_step``): the same losses, gradients and
+updates as the uncaptured step, for both modes, every stage, across stage changes, compiled or
+not, and an exact resume.
+
+On the CPU a :class:`EagerGraph` stands in for :class:`schemabank.training.StepGraph`: it keeps
+the captured function and runs it at each replay, so the Trainer's sequence (a shape's first
+step uncaptured, the second captured and replayed, later ones copied into the graph's inputs and
+replayed) runs as on a GPU, on the graph's own input tensors. The CUDA test captures for real."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+from test_compile import _assert_same_records, _records
+from test_training import make_trainer, wake_up
+
+from schemabank import training
+from schemabank.config import config_from_dict
+from schemabank.errors import ConfigError
+from schemabank.method.stages import BASELINE, STAGES
+from schemabank.state import load_state, save_state
+
+
+class EagerGraph:
+    """StepGraph's sequence without CUDA: :meth:`capture` keeps the function (runs nothing),
+    :meth:`replay` runs it on the tensors it was captured with."""
+
+    def __init__(self, pool):
+        self.pool, self.inputs, self.fn, self.replays = pool, None, None, 0
+
+    def capture(self, fn) -> None:
+        self.fn = fn
+
+    def replay(self):
+        self.replays += 1
+        return self.fn()
+
+
+@pytest.fixture
+def eager_graphs(monkeypatch):
+    monkeypatch.setattr(training.Trainer, "step_graph", EagerGraph)
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+
+
+SECTIONS = {"schemabank": {"lambda_balance": 0.1, "lambda_z": 0.1}}
+PAD = {"pad_to_multiple_of": 64}  # few shapes: the tiny batches come in one or two lengths
+
+
+def _pair(tiny_llama, data_dir, mode="schemabank", captured=None, **sections):
+    """An uncaptured trainer and a captured one (``captured``: more training keys)."""
+    sections = {**(SECTIONS if mode == "schemabank" else {}), **sections}
+    plain = make_trainer(tiny_llama, data_dir, mode=mode, training=PAD, **sections)
+    keys = {**PAD, "capture_step": True, **(captured or {})}
+    capt = make_trainer(tiny_llama, data_dir, mode=mode, training=keys, **sections)
+    for t in (plain, capt):
+        wake_up(t)
+    return plain, capt
+
+
+def _assert_same_params(a, b, atol=1e-5):
+    for (name, p), (_, q) in zip(
+        a.model.named_parameters(), b.model.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(p, q, atol=atol, rtol=1e-5, msg=name)
+
+
+def _replays(trainer) -> int:
+    return sum(g.replays for g in trainer._step_graphs.values())
+
+
+@pytest.mark.parametrize(
+    ("mode", "stage"),
+    [("baseline", BASELINE), ("schemabank", STAGES[0]), ("schemabank", STAGES[1])],
+    ids=["baseline", "stage1", "stage2"],
+)
+def test_captured_step_equals_the_uncaptured_step(eager_graphs, tiny_llama, data_dir, mode, stage):
+    plain, capt = _pair(tiny_llama, data_dir, mode)
+    assert capt.captured and not plain.captured
+    want, got = _records(plain, stage, 6), _records(capt, stage, 6)
+    _assert_same_records(want, got, 1e-5, 1e-6)
+    _assert_same_params(plain, capt)
+    graphs = capt._step_graphs
+    assert graphs and all(key[0] == stage.key for key in graphs)
+    # every graph was captured after an uncaptured step of its shape, and some replayed a later
+    # batch copied into its inputs
+    assert _replays(capt) > len(graphs) and len(capt._shapes_seen) >= len(graphs)
+
+
+def test_captured_steps_carry_over_the_stages(eager_graphs, tiny_llama, data_dir):
+    """Stage by stage in one trainer: each stage's graphs write the gradients of its own
+    parameters only, and the optimiser leaves the frozen ones (and their moments) alone."""
+    plain, capt = _pair(tiny_llama, data_dir)
+    for stage in STAGES:
+        _assert_same_records(_records(plain, stage, 4), _records(capt, stage, 4), 1e-5, 1e-6)
+        _assert_same_params(plain, capt)
+        frozen = [p for p in capt.model.parameters() if not p.requires_grad]
+        assert all(p.grad is None for p in frozen)
+    assert {key[0] for key in capt._step_graphs} == {s.key for s in STAGES}
+    for (name, a), (_, b) in zip(
+        plain.optimizer.state_dict()["state"].items(),
+        capt.optimizer.state_dict()["state"].items(),
+        strict=True,
+    ):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=f"{name}.{k}")
+
+
+def test_captured_packed_step_equals_the_uncaptured_packed_step(eager_graphs, tiny_llama, data_dir):
+    keys = {"packing": True, "batch_size": 4, "max_length": 256}
+    plain = make_trainer(tiny_llama, data_dir, training=keys, **SECTIONS)
+    capt = make_trainer(tiny_llama, data_dir, training={**keys, "capture_step": True}, **SECTIONS)
+    for t in (plain, capt):
+        wake_up(t)
+    _assert_same_records(_records(plain, STAGES[2], 4), _records(capt, STAGES[2], 4), 1e-5, 1e-6)
+    _assert_same_params(plain, capt)
+    assert _replays(capt) > 0
+
+
+def test_captured_compiled_layers_equal_the_uncaptured_step(
+    eager_graphs, aot_eager, tiny_llama, data_dir
+):
+    keys = {"compile": True, "compile_scope": "layers"}
+    plain, capt = _pair(tiny_llama, data_dir, captured=keys)
+    assert capt._regions and not capt.graphs  # compiled without CUDA graphs of its own
+    _assert_same_records(_records(plain, STAGES[2], 5), _records(capt, STAGES[2], 5), 1e-5, 1e-6)
+    _assert_same_params(plain, capt)
+    assert _replays(capt) > 0
+
+
+def test_captured_step_resumes_exactly(eager_graphs, tiny_llama, data_dir, tmp_path):
+    keys = {**PAD, "capture_step": True}
+    straight = make_trainer(tiny_llama, data_dir, training=keys, **SECTIONS)
+    first = make_trainer(tiny_llama, data_dir, training=keys, **SECTIONS)
+    for t in (straight, first):
+        wake_up(t)
+    stage = STAGES[2]
+    want = _records(straight, stage, 5)
+    got = _records(first, stage, 3)
+    save_state(tmp_path, first, {})
+    second = make_trainer(tiny_llama, data_dir, training=keys, **SECTIONS)
+    second.enter_stage(stage)
+    load_state(tmp_path, second)
+    got += _records(second, stage, 2)
+    for x, y in zip(got, want, strict=True):
+        assert x == pytest.approx(y, rel=1e-6)
+    _assert_same_params(straight, second, atol=0)
+
+
+def test_capture_step_runs_uncaptured_off_cuda(tiny_llama, data_dir, capsys):
+    t = make_trainer(tiny_llama, data_dir, training={"capture_step": True})
+    assert not t.captured
+    assert "not on CUDA, the step runs uncaptured" in capsys.readouterr().err
+    t.enter_stage(STAGES[1])
+    t.train_step(STAGES[1], 1e-3, 0.5)
+    assert not t._step_graphs
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"compile_mode": "reduce-overhead"}, "would record CUDA graphs of its own"),
+        ({"micro_batch_size": 1}, "needs one micro-batch a step"),
+    ],
+)
+def test_capture_step_refuses_what_it_cannot_capture(tiny_llama, keys, message):
+    cfg = tiny_config(tiny_llama, training={"capture_step": True, **keys})
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled-layers"])
+def test_captured_step_on_cuda_gives_the_uncaptured_step(tiny_llama, data_dir, compiled):
+    """On a GPU, through real CUDA graphs (and inductor without CUDA graphs of its own): the
+    uncaptured step's losses, gradient norms and parameters over stages 2 and 3, steps that run,
+    capture and replay. In fp32 (bf16's fused kernels round differently)."""
+    keys = {"compile": True, "compile_scope": "layers"} if compiled else {}
+    plain = make_trainer(tiny_llama, data_dir, device="cuda", training=PAD, **SECTIONS)
+    capt = make_trainer(
+        tiny_llama,
+        data_dir,
+        device="cuda",
+        training={**PAD, "capture_step": True, **keys},
+        **SECTIONS,
+    )
+    assert capt.captured and not capt.graphs
+    for t in (plain, capt):
+        t.bf16 = False
+        wake_up(t)
+    for stage in STAGES[1:]:
+        _assert_same_records(_records(plain, stage, 5), _records(capt, stage, 5), 1e-4)
+    _assert_same_params(plain, capt, atol=1e-4)
+    assert all(isinstance(g, training.StepGraph) for g in capt._step_graphs.values())
