@@ -469,3 +469,24 @@ def test_compiled_layers_on_cuda_give_the_eager_step(tiny_llama, data_dir):
     want, *compiled = (_records(t, STAGES[2], 5) for t in trainers)
     for got in compiled:
         _assert_same_records(want, got, 1e-3)
+
+
+def test_each_stage_is_compiled_afresh(aot_eager, tiny_llama, data_dir, monkeypatch):
+    """Stage by stage in one compiled trainer: the eager trainer's losses and gradients, the
+    router's included in stage 3 after stage 2 froze it. On the H200 (torch 2.11) Dynamo did not
+    recompile the layers when the router's ``requires_grad`` changed, so stage 3 gave the router
+    no gradient; so each new stage drops the compiled code (``torch._dynamo.reset``)."""
+    resets = []
+    real_reset = torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: (resets.append(1), real_reset()))
+    eager = make_trainer(tiny_llama, data_dir, training={"pad_to_multiple_of": 64})
+    compiled = make_trainer(
+        tiny_llama, data_dir, training={"compile": True, "compile_scope": "layers"}
+    )
+    for t in (eager, compiled):
+        wake_up(t)
+    for n, stage in enumerate(STAGES):
+        _assert_same_training(eager, compiled, stage, steps=2)
+        assert len(resets) == n  # none before the first stage, one at each change
+    compiled.enter_stage(STAGES[2])  # the same stage again: the compiled code stays
+    assert len(resets) == len(STAGES) - 1

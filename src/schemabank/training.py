@@ -186,6 +186,7 @@ class Trainer:
         self._step_graphs: dict[tuple, StepGraph] = {}  # per stage and batch shapes
         self._step_graph_pool = None  # the captured steps' memory, shared (they run in turn)
         self._shapes_seen: set[tuple] = set()  # run uncaptured once (compiled, warmed up)
+        self._compiled_for: str | None = None  # the stage the compiled code was traced for
         mode = t.compile_mode or ("default" if t.capture_step else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
@@ -487,6 +488,14 @@ class Trainer:
         """Unfreeze exactly the stage's parameter groups; training mode. A captured step's
         gradients stay in place from step to step: the stage's trainable parameters keep theirs
         or get zeros here, the others none, so the optimiser leaves them alone."""
+        if (self._regions or self._compiled_losses is not None) and self._compiled_for not in (
+            None,
+            stage.key,
+        ):
+            # torch 2.11's Dynamo kept a bank's router frozen in stage 3's graphs after stage 2
+            # (no recompilation when its requires_grad changed): compile each stage afresh
+            torch._dynamo.reset()  # (a captured step's graphs of the last stage stay, unused)
+        self._compiled_for = stage.key
         set_trainable(self.model, stage.trainable)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.captured:  # the graphs hold on to the gradients: keep those that exist
