@@ -121,12 +121,13 @@ def test_captured_packed_step_equals_the_uncaptured_packed_step(eager_graphs, ti
     assert _replays(capt) > 0
 
 
-def test_captured_compiled_layers_equal_the_uncaptured_step(
-    eager_graphs, aot_eager, tiny_llama, data_dir
+@pytest.mark.parametrize("scope", ["layers", "step"])
+def test_captured_compiled_step_equals_the_uncaptured_step(
+    eager_graphs, aot_eager, tiny_llama, data_dir, scope
 ):
-    keys = {"compile": True, "compile_scope": "layers"}
+    keys = {"compile": True, "compile_scope": scope}
     plain, capt = _pair(tiny_llama, data_dir, captured=keys)
-    assert capt._regions and not capt.graphs  # compiled without CUDA graphs of its own
+    assert bool(capt._regions) == (scope == "layers") and not capt.graphs  # no graphs of its own
     _assert_same_records(_records(plain, STAGES[2], 5), _records(capt, STAGES[2], 5), 1e-5, 1e-6)
     _assert_same_params(plain, capt)
     assert _replays(capt) > 0

@@ -485,7 +485,9 @@ class Trainer:
         return now
 
     def enter_stage(self, stage: Stage) -> None:
-        """Unfreeze exactly the stage's parameter groups; training mode. A captured step's
+        """Unfreeze exactly the stage's parameter groups; training mode. With compiled code, a
+        stage other than the one it was compiled for drops every compiled graph of the process
+        (``torch._dynamo.reset``), so that the stage is traced anew. A captured step's
         gradients stay in place from step to step: the stage's trainable parameters keep theirs
         or get zeros here, the others none, so the optimiser leaves them alone."""
         if (self._regions or self._compiled_losses is not None) and self._compiled_for not in (
