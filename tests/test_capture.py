@@ -12,14 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_config
-from test_compile import _assert_same_records, _records
+from test_compile import _assert_same_records, _records, assert_resumes_exactly
 from test_training import make_trainer, wake_up
 
 from schemabank import training
 from schemabank.config import config_from_dict
 from schemabank.errors import ConfigError
 from schemabank.method.stages import BASELINE, STAGES
-from schemabank.state import load_state, save_state
 
 
 class EagerGraph:
@@ -135,21 +134,7 @@ def test_captured_compiled_step_equals_the_uncaptured_step(
 
 def test_captured_step_resumes_exactly(eager_graphs, tiny_llama, data_dir, tmp_path):
     keys = {**PAD, "capture_step": True}
-    straight = make_trainer(tiny_llama, data_dir, training=keys, **SECTIONS)
-    first = make_trainer(tiny_llama, data_dir, training=keys, **SECTIONS)
-    for t in (straight, first):
-        wake_up(t)
-    stage = STAGES[2]
-    want = _records(straight, stage, 5)
-    got = _records(first, stage, 3)
-    save_state(tmp_path, first, {})
-    second = make_trainer(tiny_llama, data_dir, training=keys, **SECTIONS)
-    second.enter_stage(stage)
-    load_state(tmp_path, second)
-    got += _records(second, stage, 2)
-    for x, y in zip(got, want, strict=True):
-        assert x == pytest.approx(y, rel=1e-6)
-    _assert_same_params(straight, second, atol=0)
+    assert_resumes_exactly(tiny_llama, data_dir, tmp_path, keys, before=3, **SECTIONS)
 
 
 def test_capture_step_runs_uncaptured_off_cuda(tiny_llama, data_dir, capsys):

@@ -258,25 +258,32 @@ def test_a_compiled_step_on_padded_batches_builds_no_attention_mask(
     assert given and all(m is None for m in given)
 
 
-def test_compiled_step_resumes_exactly(aot_eager, tiny_llama, data_dir, tmp_path):
-    straight = make_trainer(tiny_llama, data_dir, training={"compile": True})
-    first = make_trainer(tiny_llama, data_dir, training={"compile": True})
+def assert_resumes_exactly(tiny_llama, data_dir, tmp_path, keys, before=2, after=2, **sections):
+    """A trainer of ``keys`` that stops after ``before`` steps of stage 3, saves its state and
+    resumes in a new trainer for ``after`` more logs the same values and ends with the same
+    parameters as one that trained straight through."""
+    straight = make_trainer(tiny_llama, data_dir, training=keys, **sections)
+    first = make_trainer(tiny_llama, data_dir, training=keys, **sections)
     for t in (straight, first):
         wake_up(t)
     stage = STAGES[2]
-    want = _records(straight, stage, 4)
-    got = _records(first, stage, 2)
+    want = _records(straight, stage, before + after)
+    got = _records(first, stage, before)
     save_state(tmp_path, first, {})
-    second = make_trainer(tiny_llama, data_dir, training={"compile": True})
+    second = make_trainer(tiny_llama, data_dir, training=keys, **sections)
     second.enter_stage(stage)
     load_state(tmp_path, second)
-    got += _records(second, stage, 2)
+    got += _records(second, stage, after)
     for x, y in zip(got, want, strict=True):
         assert x == pytest.approx(y, rel=1e-6)
     for (name, p), (_, q) in zip(
         straight.model.named_parameters(), second.model.named_parameters(), strict=True
     ):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def test_compiled_step_resumes_exactly(aot_eager, tiny_llama, data_dir, tmp_path):
+    assert_resumes_exactly(tiny_llama, data_dir, tmp_path, {"compile": True})
 
 
 def test_training_losses_build_no_kv_cache(tiny_llama):

@@ -363,12 +363,23 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        gain = None
-        if self.banks is not None:
-            gain = torch.stack([b.gain.detach() for b in self.banks]).mean()
         return self._record(
-            stage, lr, p_drop, totals, grad_norm.detach(), gain, stop, tok_total, padded
+            stage,
+            lr,
+            p_drop,
+            totals,
+            grad_norm.detach(),
+            self._mean_gain(),
+            stop,
+            tok_total,
+            padded,
         )
+
+    def _mean_gain(self) -> torch.Tensor | None:
+        """The banks' mean gain (detached), for the log; None without banks."""
+        if self.banks is None:
+            return None
+        return torch.stack([b.gain.detach() for b in self.banks]).mean()
 
     def _record(self, stage, lr, p_drop, totals, grad_norm, gain, stop, tokens, padded) -> dict:
         """A step's log record, its device values on their way to pinned host memory."""
@@ -430,7 +441,7 @@ class Trainer:
         tokens = sum(len(ids) for ids, _ in examples)
         padded = batch["input_ids"].numel()
         return self._record(
-            stage, lr, p_drop, totals, out["grad_norm"], out.get("gain"), None, tokens, padded
+            stage, lr, p_drop, totals, out["grad_norm"], out["gain"], None, tokens, padded
         )
 
     def _graph_body(self, stage: Stage, batch: dict, targets: torch.Tensor):
@@ -447,8 +458,7 @@ class Trainer:
             loss.backward()
             out = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._trainable, max_norm).detach()
-            if self.banks is not None:
-                out["gain"] = torch.stack([b.gain.detach() for b in self.banks]).mean()
+            out["gain"] = self._mean_gain()
             return out
 
         return body
@@ -490,10 +500,8 @@ class Trainer:
         (``torch._dynamo.reset``), so that the stage is traced anew. A captured step's
         gradients stay in place from step to step: the stage's trainable parameters keep theirs
         or get zeros here, the others none, so the optimiser leaves them alone."""
-        if (self._regions or self._compiled_losses is not None) and self._compiled_for not in (
-            None,
-            stage.key,
-        ):
+        compiled = bool(self._regions) or self._compiled_losses is not None
+        if compiled and self._compiled_for not in (None, stage.key):
             # torch 2.11's Dynamo kept a bank's router frozen in stage 3's graphs after stage 2
             # (no recompilation when its requires_grad changed): compile each stage afresh
             torch._dynamo.reset()  # (a captured step's graphs of the last stage stay, unused)
