@@ -137,6 +137,20 @@ def test_captured_step_resumes_exactly(eager_graphs, tiny_llama, data_dir, tmp_p
     assert_resumes_exactly(tiny_llama, data_dir, tmp_path, keys, before=3, **SECTIONS)
 
 
+def test_captured_step_pads_to_few_lengths(eager_graphs, tiny_llama, data_dir):
+    """Without ``pad_to_multiple_of``, a captured step rounds its batches' lengths to 64 as a
+    compiled one does (a capture per length), and the losses stay the unrounded step's."""
+    plain = make_trainer(tiny_llama, data_dir, **SECTIONS)
+    capt = make_trainer(tiny_llama, data_dir, training={"capture_step": True}, **SECTIONS)
+    assert plain.batches.pad_multiple is None
+    assert capt.batches.pad_multiple == training.COMPILE_PAD_MULTIPLE
+    for t in (plain, capt):
+        wake_up(t)
+    _assert_same_records(_records(plain, STAGES[1], 4), _records(capt, STAGES[1], 4), 1e-5, 1e-6)
+    lengths = {dict(key[1])["input_ids"][1] for key in capt._shapes_seen}
+    assert lengths and all(n % 64 == 0 for n in lengths)
+
+
 def test_capture_step_runs_uncaptured_off_cuda(tiny_llama, data_dir, capsys):
     t = make_trainer(tiny_llama, data_dir, training={"capture_step": True})
     assert not t.captured

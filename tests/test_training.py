@@ -194,6 +194,14 @@ def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
             rtol=1e-5,
             atol=1e-6,
         )
+    padded = answer_positions(batch["labels"], 64)  # a captured step's: a fixed number
+    assert len(padded) % 64 == 0 and len(padded) > len(positions)
+    torch.testing.assert_close(
+        answer_loss(trainer.model, batch, chunk=7, positions=padded, padded=True),
+        expected,
+        rtol=1e-5,
+        atol=1e-6,
+    )
     grads = []
     for fn in (
         lambda: trainer.model(**batch).loss,
@@ -307,6 +315,12 @@ def test_answer_positions_point_at_the_tokens_before_each_answer_token():
     pos = answer_positions(labels)
     assert pos.tolist() == [1, 2, 5]  # rows of T = 5: (0, 1), (0, 2), (1, 0)
     assert labels.reshape(-1)[pos + 1].tolist() == [7, 8, 5]
+    padded = answer_positions(labels, 4)  # a multiple of 4, padded with an ignored label's
+    assert padded[:3].tolist() == [1, 2, 5] and len(padded) == 4
+    assert labels.reshape(-1)[padded[3] + 1] == -100
+    assert len(answer_positions(labels, 3)) == 3  # already a multiple
+    with pytest.raises(ValueError, match="no position to pad with"):
+        answer_positions(torch.tensor([[-100, 1, 2]]), 4)
 
 
 def test_prepared_examples_are_those_drawn_without_preparation(tiny_llama, data_dir, monkeypatch):

@@ -118,23 +118,23 @@ class Batches:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
-    def to_device(self, examples, targets: torch.Tensor):
+    def to_device(self, examples, targets: torch.Tensor, multiple: int | None = None):
         """Examples as one padded batch on the device, their routing targets (B, S), and the
         batch's :func:`answer_positions` (found on the host, so that the loss need not ask the
-        GPU). With ``training.packing``, the examples packed into rows (:func:`~schemabank.data.
+        GPU; ``multiple``: their number padded up to a multiple of it). With ``training.packing``, the examples packed into rows (:func:`~schemabank.data.
         pack`): the batch then also holds position_ids, its attention_mask is the (R, 1, L, L)
         block mask and ``token_mask`` (R, L) marks the real tokens, and the routing targets are
         each token's, (R, L, S) (zero on padding)."""
         if self.pack_length is None:
             host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
-            positions = answer_positions(host["labels"])
+            positions = answer_positions(host["labels"], multiple)
             return (
                 {k: self.move(v) for k, v in host.items()},
                 self.move(targets),
                 self.move(positions),
             )
         host = pack(examples, self.tok.pad_token_id, self.pack_length, self.pack_row_multiple)
-        positions = answer_positions(host["labels"])
+        positions = answer_positions(host["labels"], multiple)
         example = self.move(host.pop("example"))  # (R, L), -1 on padding
         batch = {k: self.move(v) for k, v in host.items()}
         real = example >= 0
@@ -175,9 +175,18 @@ def padded_tokens(
     ]
 
 
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+def answer_positions(labels: torch.Tensor, multiple: int | None = None) -> torch.Tensor:
     """Flat indices ``b * T + t`` into a (B, T) batch of the positions that predict an answer
-    token (``labels[b, t + 1] != -100``), in row-major order."""
+    token (``labels[b, t + 1] != -100``), in row-major order. ``multiple``: their number padded
+    up to a multiple of it (few shapes, for a captured step) with a position whose next label is
+    ignored, which adds nothing to the loss."""
     T = labels.shape[1]
     b, t = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-    return b * T + t
+    positions = b * T + t
+    extra = -len(positions) % multiple if multiple else 0
+    if extra:
+        ignored = (labels.reshape(-1)[1:] == -100).nonzero()
+        if not len(ignored):
+            raise ValueError("answer_positions: no position to pad with (every label is an answer)")
+        positions = torch.cat([positions, ignored[0].expand(extra)])
+    return positions

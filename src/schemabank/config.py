@@ -242,13 +242,15 @@ class TrainingConfig:
     uncaptured (with ``compile``: it compiles), its second captures and replays, later ones
     replay: one graph to record a new length instead of one per compiled graph, and a step that
     launches one graph. With ``compile`` the compiled code runs without CUDA graphs of its own
-    (``compile_mode`` ``null`` means ``default``). The LM loss runs over every position with the
-    others ignored (fixed shapes); the losses and gradients are the uncaptured step's. Needs one
-    micro-batch a step and one process. Elsewhere than CUDA the step runs uncaptured."""
+    (``compile_mode`` ``null`` means ``default``). The LM loss's vocabulary projection runs on
+    the answer positions, their number padded up to a multiple of 512 (a shape too), and batch
+    lengths are rounded as by ``pad_to_multiple_of``; the losses and gradients are the
+    uncaptured step's. Needs one micro-batch a step and one process. Elsewhere than CUDA the
+    step runs uncaptured."""
     pad_to_multiple_of: int | None = None
     """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
-    shapes (what a compiled step needs; the loss is unchanged). ``null``: 64 with ``compile``,
-    else no rounding."""
+    shapes (what a compiled or captured step needs; the loss is unchanged). ``null``: 64 with
+    ``compile`` or ``capture_step``, else no rounding."""
     packing: bool = False
     """Pack each micro-batch's examples into rows of ``max_length`` tokens (rounded up to the
     padding multiple), several examples a row, each attending only to itself with its positions

@@ -156,7 +156,9 @@ class Trainer:
         self.train_set, self.device, self.bf16 = train_set, device, bf16
         self.rank, self.world = distributed.rank(), distributed.world_size()
         t = cfg.training
-        pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if t.compile else None)
+        # a compiled or captured step wants few batch shapes (a graph, or a capture, per shape)
+        fixed = t.compile or t.capture_step
+        pad_multiple = t.pad_to_multiple_of or (COMPILE_PAD_MULTIPLE if fixed else None)
         # the data order, the tokenised examples and their copies to the device
         self.batches = Batches(cfg, tokenizer, train_set, device, pad_multiple)
         params = [p for ps in grouped_parameters(model).values() for _, p in ps]
@@ -259,7 +261,8 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """:meth:`losses` inside the banks' capture (and oracle) context: the part that
         ``training.compile`` compiles. ``positions`` None: the LM loss over every position
-        (:func:`masked_answer_loss`, fixed shapes), else over those positions alone.
+        (:func:`masked_answer_loss`, fixed shapes), else over those positions alone (a captured
+        step's padded to a multiple of :data:`ANSWER_POSITION_MULTIPLE`).
         ``optimised``: the regularisers that carry gradients (decided outside, from the config's
         weights, so that a compiled graph never branches on a number)."""
         b = self.cfg.schemabank
@@ -270,7 +273,9 @@ class Trainer:
                 if positions is None:
                     out["lm"] = masked_answer_loss(self.model, batch)
                 else:
-                    out["lm"] = answer_loss(self.model, batch, positions=positions)
+                    out["lm"] = answer_loss(
+                        self.model, batch, positions=positions, padded=self.captured
+                    )
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
                 self.model(
                     input_ids=batch["input_ids"],
@@ -409,31 +414,42 @@ class Trainer:
         micro-batch, goes to the device; its stage and shapes pick the graph. A new pair runs
         uncaptured once (warm-up: compilation, lazy initialisation), the next time it is
         captured with that step's tensors as the graph's inputs, and from then on each step
-        copies its batch into them and replays. The graph computes the losses and the clipped
-        gradients into the trainable parameters' ``.grad`` (kept from step to step, zeroed
-        inside); the optimiser then steps outside it."""
-        batch, targets, _ = self.batches.to_device(examples, targets)
+        copies its batch into them and replays. The LM loss's vocabulary projection runs on the
+        answer positions alone, their number padded up to a multiple of
+        :data:`ANSWER_POSITION_MULTIPLE` (part of the shapes). The graph computes the losses and
+        the clipped gradients into the trainable parameters' ``.grad`` (kept from step to step,
+        zeroed inside); the optimiser then steps outside it."""
+        lm = "lm" in stage.losses and self._compiled_losses is None  # (scope step: masked)
+        batch, targets, positions = self.batches.to_device(
+            examples, targets, ANSWER_POSITION_MULTIPLE if lm else None
+        )
+        if not lm:
+            positions = None
+        inputs = (batch, targets, positions)
         key = (
             stage.key,
             tuple((k, tuple(v.shape)) for k, v in batch.items()),
             tuple(targets.shape),
+            None if positions is None else tuple(positions.shape),
         )
         graph = self._step_graphs.get(key)
         if graph is None and key not in self._shapes_seen:
             self._shapes_seen.add(key)
-            out = self._graph_body(stage, batch, targets)()
+            out = self._graph_body(stage, *inputs)()
         elif graph is None:
             if self._step_graph_pool is None and self.device.type == "cuda":
                 self._step_graph_pool = torch.cuda.graph_pool_handle()
             graph = self._step_graphs[key] = self.step_graph(self._step_graph_pool)
-            graph.inputs = (batch, targets)
-            graph.capture(self._graph_body(stage, batch, targets))
+            graph.inputs = inputs
+            graph.capture(self._graph_body(stage, *inputs))
             out = graph.replay()
         else:
-            static_batch, static_targets = graph.inputs
+            static_batch, static_targets, static_positions = graph.inputs
             for k, v in batch.items():
                 static_batch[k].copy_(v, non_blocking=True)
             static_targets.copy_(targets, non_blocking=True)
+            if positions is not None:
+                static_positions.copy_(positions, non_blocking=True)
             out = graph.replay()
         self.optimizer.step()
         self.step += 1
@@ -444,16 +460,17 @@ class Trainer:
             stage, lr, p_drop, totals, out["grad_norm"], out["gain"], None, tokens, padded
         )
 
-    def _graph_body(self, stage: Stage, batch: dict, targets: torch.Tensor):
-        """The captured step's work on ``batch`` and ``targets`` (fixed tensors), as a function
-        of no arguments: zero the gradients, losses (the LM loss over fixed shapes), backward,
-        clipping; returns the losses, the gradient norm and the banks' mean gain (detached)."""
+    def _graph_body(self, stage: Stage, batch: dict, targets: torch.Tensor, positions):
+        """The captured step's work on ``batch``, ``targets`` and the padded answer
+        ``positions`` (fixed tensors; None without an LM loss), as a function of no arguments:
+        zero the gradients, losses, backward, clipping; returns the losses, the gradient norm
+        and the banks' mean gain (detached)."""
         grads = [p.grad for p in self._trainable]
         max_norm = self.cfg.training.max_grad_norm
 
         def body() -> dict[str, torch.Tensor]:
             torch._foreach_zero_(grads)
-            parts = self.losses(stage, batch, targets, None)
+            parts = self.losses(stage, batch, targets, positions)
             loss = self.total_loss(stage, parts)
             loss.backward()
             out = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
@@ -703,14 +720,20 @@ def _decoder_states(base, batch: dict) -> torch.Tensor:
 
 
 def answer_loss(
-    model, batch: dict, chunk: int = 8192, positions: torch.Tensor | None = None
+    model,
+    batch: dict,
+    chunk: int = 8192,
+    positions: torch.Tensor | None = None,
+    padded: bool = False,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens (labels != -100).
 
     Equal to the Hugging Face causal-LM loss, but the vocabulary projection runs only on the
     positions that predict an answer token, in chunks, so the (B, T, V) logits never exist.
     ``positions`` (:func:`answer_positions` of the labels, on the labels' device) are found from
-    the labels when not given; given, the loss needs nothing back from the GPU.
+    the labels when not given; given, the loss needs nothing back from the GPU. ``padded``: they
+    were padded (``answer_positions(labels, multiple)``), so the answer tokens are counted on the
+    device, and a step of fixed shapes (a captured one) serves every batch with as many.
     """
     base = plain_head_base(model)
     if base is None:
@@ -720,6 +743,8 @@ def answer_loss(
         positions = answer_positions(batch["labels"])
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (N, H)
     y = batch["labels"].reshape(-1).index_select(0, positions + 1)  # (N,): t predicts t + 1
+    if padded:  # the padding positions' targets are ignored: count the others on the device
+        return head_nll_sum(base, h, y, chunk) / (y != -100).sum().clamp_min(1)
     return head_nll_sum(base, h, y, chunk) / max(h.shape[0], 1)
 
 
@@ -738,7 +763,11 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
     return total / (labels != -100).sum().clamp_min(1)
 
 
-# The compiled step's default length rounding (training.pad_to_multiple_of): few batch shapes.
+# A captured step's answer positions are padded up to a multiple of this (few shapes; each
+# batch of the study has some 2,000 to 5,000 answer tokens).
+ANSWER_POSITION_MULTIPLE = 512
+# The compiled or captured step's default length rounding (training.pad_to_multiple_of): few
+# batch shapes.
 COMPILE_PAD_MULTIPLE = 64
 # torch.compile's backend for training.compile (tests use "aot_eager": the same graphs, no codegen).
 COMPILE_BACKEND = "inductor"
