@@ -202,6 +202,29 @@ def test_bench_peer_gets_the_packed_rows_positions(tiny_llama, tmp_path, monkeyp
         assert c["position_ids"].max() < length
 
 
+def test_bench_times_a_captured_step(tiny_llama, data_dir, monkeypatch):
+    """With ``training.capture_step`` (a stand-in graph on the CPU) the bench's trainers run
+    the captured step through the bench's own batches, and the timed steps replay graphs."""
+    from test_capture import EagerGraph
+
+    class Counted(EagerGraph):
+        replayed = 0
+
+        def replay(self):
+            Counted.replayed += 1
+            return super().replay()
+
+    monkeypatch.setattr(training.Trainer, "step_graph", Counted)
+    cfg = config_from_dict(
+        tiny_config(tiny_llama, training={"batch_size": 4, "capture_step": True})
+    )
+    r = run_bench(cfg, data_dir=data_dir, steps=4, warmup=2, parts=("train",), peers="none")
+    for mode in ("baseline", "schemabank_stage3"):
+        x = r["training"][mode]
+        assert x["steps"] == 4 and x["step_ms"] > 0 and x["new_shapes_timed"] == 0
+    assert Counted.replayed >= 2 * 4  # every timed step of both trainers replays a graph
+
+
 def test_times_contiguously_only_for_compiled_models_on_a_gpu():
     from schemabank.study.bench import times_contiguously
 
@@ -347,20 +370,26 @@ def test_cover_shapes_warms_up_every_timed_shape():
     timed one) as often as it lacks, in the order the shapes first appear; the timed batches
     stay as they are; no warmup steps means no additions."""
 
-    def batch(*lengths):
+    def batch(*lengths, answers=100):
         micro = [([0], {"input_ids": torch.zeros(2, n, dtype=torch.long)}) for n in lengths]
-        return Batch(examples=[], targets=torch.zeros(0), n_ans=[], micro=micro, shares=[])
+        return Batch(examples=[], targets=torch.zeros(0), n_ans=[answers], micro=micro, shares=[])
 
     a, a2, b, c, b2, ab = batch(64), batch(64), batch(128), batch(192), batch(128), batch(64, 128)
     warm, timed = cover_shapes([a, a2], [b, a, c, b2, ab])
     assert timed == [b, a, c, b2, ab]
     assert warm == [a, a2, a, b, b, b, c, c, c, ab, ab, ab]
     assert [batch_shape(x) for x in warm[2::3]] == [
-        ((2, 64),),
-        ((2, 128),),
-        ((2, 192),),
-        ((2, 64), (2, 128)),
+        (((2, 64), 1),),
+        (((2, 128), 1),),
+        (((2, 192), 1),),
+        (((2, 64), 1), ((2, 128), 1)),
     ]
+    # a captured step's graph also depends on the answer tokens (padded to a multiple of 512)
+    more = batch(64, answers=600)
+    assert batch_shape(more) == (((2, 64), 2),) and batch_shape(
+        batch(64, answers=512)
+    ) == batch_shape(a)
+    assert cover_shapes([a] * 3, [more]) == ([a] * 3 + [more] * 3, [more])
     assert cover_shapes([a], [b], visits=1) == ([a, b], [b])  # the rule before: once
     assert cover_shapes([], [b, c]) == ([], [b, c])
     assert cover_shapes([a, b, c] * 3, [b2]) == ([a, b, c] * 3, [b2])

@@ -37,7 +37,7 @@ from ..runtime import (
     use_bf16,
     weight_dtype,
 )
-from ..training import Trainer
+from ..training import ANSWER_POSITION_MULTIPLE, Trainer
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -119,8 +119,8 @@ class _Ours(_Measured):
         batches = trainer.batches
         to_device = batches.to_device
 
-        def recorded(examples, targets):
-            moved = to_device(examples, targets)
+        def recorded(examples, targets, *args):
+            moved = to_device(examples, targets, *args)
             self.seen.append((examples, tuple(moved[0]["input_ids"].shape)))
             return moved
 
@@ -223,9 +223,15 @@ def batches_digest(seen: list[tuple[list, tuple[int, ...]]]) -> str:
     return h.hexdigest()
 
 
-def batch_shape(batch: Batch) -> tuple[tuple[int, ...], ...]:
-    """The padded shapes of a batch's micro-batches: what a compiled step specialises on."""
-    return tuple(tuple(b["input_ids"].shape) for _, b in batch.micro)
+def batch_shape(batch: Batch) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Per micro-batch, its padded shape and its answer tokens in units of
+    :data:`~schemabank.training.ANSWER_POSITION_MULTIPLE` (rounded up): what a compiled step
+    specialises on, and what picks a captured step's graph (``training.capture_step``)."""
+    unit = ANSWER_POSITION_MULTIPLE
+    return tuple(
+        (tuple(b["input_ids"].shape), -(-sum(batch.n_ans[j] for j in chunk) // unit))
+        for chunk, b in batch.micro
+    )
 
 
 # Visits of each batch shape in the warmup: a compiled step runs a new shape's CUDA graphs once
