@@ -121,10 +121,11 @@ class Batches:
     def to_device(self, examples, targets: torch.Tensor, multiple: int | None = None):
         """Examples as one padded batch on the device, their routing targets (B, S), and the
         batch's :func:`answer_positions` (found on the host, so that the loss need not ask the
-        GPU; ``multiple``: their number padded up to a multiple of it). With ``training.packing``, the examples packed into rows (:func:`~schemabank.data.
-        pack`): the batch then also holds position_ids, its attention_mask is the (R, 1, L, L)
-        block mask and ``token_mask`` (R, L) marks the real tokens, and the routing targets are
-        each token's, (R, L, S) (zero on padding)."""
+        GPU; ``multiple``: their number padded up to a multiple of it). With
+        ``training.packing``, the examples packed into rows (:func:`~schemabank.data.pack`):
+        the batch then also holds position_ids, its attention_mask is the (R, 1, L, L) block
+        mask and ``token_mask`` (R, L) marks the real tokens, and the routing targets are each
+        token's, (R, L, S) (zero on padding)."""
         if self.pack_length is None:
             host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
             positions = answer_positions(host["labels"], multiple)
