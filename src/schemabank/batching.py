@@ -184,7 +184,7 @@ def answer_positions(labels: torch.Tensor, multiple: int | None = None) -> torch
     T = labels.shape[1]
     b, t = (labels[:, 1:] != -100).nonzero(as_tuple=True)
     positions = b * T + t
-    extra = -len(positions) % multiple if multiple else 0
+    extra = padded_length(len(positions), multiple) - len(positions)
     if extra:
         ignored = (labels.reshape(-1)[1:] == -100).nonzero()
         if not len(ignored):

@@ -21,7 +21,7 @@ import torch
 from .. import steplog
 from ..batching import split_batch
 from ..config import Config
-from ..data import load_gsm8k, load_wikitext
+from ..data import load_gsm8k, load_wikitext, padded_length
 from ..decode import DEFAULT_ATTENTION, DEFAULT_CAPTURE
 from ..evaluation import evaluate_gsm8k, evaluate_perplexity, generation_options
 from ..method.adapter import base_only, build_adapter, make_lora_config
@@ -224,12 +224,14 @@ def batches_digest(seen: list[tuple[list, tuple[int, ...]]]) -> str:
 
 
 def batch_shape(batch: Batch) -> tuple[tuple[tuple[int, ...], int], ...]:
-    """Per micro-batch, its padded shape and its answer tokens in units of
-    :data:`~schemabank.training.ANSWER_POSITION_MULTIPLE` (rounded up): what a compiled step
-    specialises on, and what picks a captured step's graph (``training.capture_step``)."""
-    unit = ANSWER_POSITION_MULTIPLE
+    """Per micro-batch, its padded shape and its answer tokens rounded up to a multiple of
+    :data:`~schemabank.training.ANSWER_POSITION_MULTIPLE`: what a compiled step specialises
+    on, and what picks a captured step's graph (``training.capture_step``)."""
     return tuple(
-        (tuple(b["input_ids"].shape), -(-sum(batch.n_ans[j] for j in chunk) // unit))
+        (
+            tuple(b["input_ids"].shape),
+            padded_length(sum(batch.n_ans[j] for j in chunk), ANSWER_POSITION_MULTIPLE),
+        )
         for chunk, b in batch.micro
     )
 
