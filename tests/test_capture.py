@@ -99,7 +99,8 @@ def test_captured_steps_carry_over_the_stages(eager_graphs, tiny_llama, data_dir
         _assert_same_params(plain, capt)
         frozen = [p for p in capt.model.parameters() if not p.requires_grad]
         assert all(p.grad is None for p in frozen)
-    assert {key[0] for key in capt._step_graphs} == {s.key for s in STAGES}
+        # entering a stage released the stage before's graphs: only this stage's are left
+        assert capt._step_graphs and {key[0] for key in capt._step_graphs} == {stage.key}
     for (name, a), (_, b) in zip(
         plain.optimizer.state_dict()["state"].items(),
         capt.optimizer.state_dict()["state"].items(),
@@ -107,6 +108,23 @@ def test_captured_steps_carry_over_the_stages(eager_graphs, tiny_llama, data_dir
     ):
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=f"{name}.{k}")
+
+
+def test_released_step_graphs_are_captured_again(eager_graphs, tiny_llama, data_dir):
+    """After :meth:`Trainer.release_step_graphs` no graph is left; a shape's next step runs
+    uncaptured and the one after is captured anew, giving the uncaptured step's values. Entering
+    the same stage again keeps the graphs."""
+    plain, capt = _pair(tiny_llama, data_dir)
+    stage = STAGES[1]
+    _assert_same_records(_records(plain, stage, 4), _records(capt, stage, 4), 1e-5, 1e-6)
+    old = dict(capt._step_graphs)
+    capt.enter_stage(stage)  # the same stage: nothing released
+    assert capt._step_graphs == old
+    capt.release_step_graphs()
+    assert not capt._step_graphs and not capt._shapes_seen and capt._step_graph_pool is None
+    _assert_same_records(_records(plain, stage, 4), _records(capt, stage, 4), 1e-5, 1e-6)
+    _assert_same_params(plain, capt)
+    assert capt._step_graphs and not set(capt._step_graphs.values()) & set(old.values())
 
 
 def test_captured_packed_step_equals_the_uncaptured_packed_step(eager_graphs, tiny_llama, data_dir):
@@ -192,7 +210,13 @@ def test_captured_step_on_cuda_gives_the_uncaptured_step(tiny_llama, data_dir, c
     for t in (plain, capt):
         t.bf16 = False
         wake_up(t)
+    pools = []
     for stage in STAGES[1:]:
         _assert_same_records(_records(plain, stage, 5), _records(capt, stage, 5), 1e-4)
+        pools.append(capt._step_graph_pool)
+        assert {key[0] for key in capt._step_graphs} == {stage.key}
     _assert_same_params(plain, capt, atol=1e-4)
     assert all(isinstance(g, training.StepGraph) for g in capt._step_graphs.values())
+    assert None not in pools and pools[0] != pools[1]  # stage 3 captured into a new pool
+    capt.release_step_graphs()  # the graphs and their pool go; the memory returns to the device
+    assert not capt._step_graphs and capt._step_graph_pool is None

@@ -188,7 +188,7 @@ class Trainer:
         self._step_graphs: dict[tuple, StepGraph] = {}  # per stage and batch shapes
         self._step_graph_pool = None  # the captured steps' memory, shared (they run in turn)
         self._shapes_seen: set[tuple] = set()  # run uncaptured once (compiled, warmed up)
-        self._compiled_for: str | None = None  # the stage the compiled code was traced for
+        self._compiled_for: str | None = None  # the stage last entered (compiled, captured for)
         mode = t.compile_mode or ("default" if t.capture_step else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
@@ -511,17 +511,36 @@ class Trainer:
         self.last_line = line
         return now
 
+    def release_step_graphs(self) -> None:
+        """Drop the captured steps' CUDA graphs (``training.capture_step``) and give their
+        memory pool back to the device: each shape's next step runs uncaptured again, and the
+        one after is captured into a new pool. :meth:`enter_stage` calls it when the stage
+        changes, so that a stage's graphs do not hold their memory through the stages after
+        it (``schemabank bench`` too, after each model)."""
+        if not self._step_graphs and not self._shapes_seen:
+            return
+        self._step_graphs.clear()  # the graphs, their inputs and outputs, all in the pool
+        self._shapes_seen.clear()
+        self._step_graph_pool = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # no replay still running on the memory
+            torch.cuda.empty_cache()
+
     def enter_stage(self, stage: Stage) -> None:
-        """Unfreeze exactly the stage's parameter groups; training mode. With compiled code, a
-        stage other than the one it was compiled for drops every compiled graph of the process
+        """Unfreeze exactly the stage's parameter groups; training mode. A stage other than the
+        last one releases the last stage's captured steps (:meth:`release_step_graphs`); with
+        compiled code, it also drops every compiled graph of the process
         (``torch._dynamo.reset``), so that the stage is traced anew. A captured step's
         gradients stay in place from step to step: the stage's trainable parameters keep theirs
         or get zeros here, the others none, so the optimiser leaves them alone."""
         compiled = bool(self._regions) or self._compiled_losses is not None
-        if compiled and self._compiled_for not in (None, stage.key):
-            # torch 2.11's Dynamo kept a bank's router frozen in stage 3's graphs after stage 2
-            # (no recompilation when its requires_grad changed): compile each stage afresh
-            torch._dynamo.reset()  # (a captured step's graphs of the last stage stay, unused)
+        if self._compiled_for not in (None, stage.key):
+            self.release_step_graphs()  # the last stage's: never replayed again
+            if compiled:
+                # torch 2.11's Dynamo kept a bank's router frozen in stage 3's graphs after
+                # stage 2 (no recompilation when its requires_grad changed): compile each stage
+                # afresh
+                torch._dynamo.reset()
         self._compiled_for = stage.key
         set_trainable(self.model, stage.trainable)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
