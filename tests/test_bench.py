@@ -225,6 +225,43 @@ def test_bench_times_a_captured_step(tiny_llama, data_dir, monkeypatch):
     assert Counted.replayed >= 2 * 4  # every timed step of both trainers replays a graph
 
 
+def test_bench_releases_each_trainers_captured_steps_before_the_next(
+    tiny_llama, data_dir, monkeypatch
+):
+    """With captured steps (one model after another on a GPU), each of our trainers releases
+    its graphs once its timed and profiled steps are done, before the next model steps."""
+    from test_capture import EagerGraph
+
+    from schemabank.study import bench
+
+    monkeypatch.setattr(training.Trainer, "step_graph", EagerGraph)
+    monkeypatch.setattr(bench, "times_contiguously", lambda device, compiled: compiled)
+    events = []
+    step, release = bench._Ours.step, training.Trainer.release_step_graphs
+    monkeypatch.setattr(
+        bench._Ours,
+        "step",
+        lambda self, b: events.append(("step", self.stage.key)) or step(self, b),
+    )
+
+    def released(self):
+        events.append(("release", len(self._step_graphs)))
+        release(self)
+
+    monkeypatch.setattr(training.Trainer, "release_step_graphs", released)
+    cfg = config_from_dict(
+        tiny_config(tiny_llama, training={"batch_size": 4, "capture_step": True})
+    )
+    r = run_bench(cfg, data_dir=data_dir, steps=4, warmup=2, parts=("train",), peers="none")
+    releases = [i for i, e in enumerate(events) if e[0] == "release"]
+    assert len(releases) == 2 and releases[1] == len(events) - 1
+    first = {e[1] for e in events[: releases[0]]}
+    second = {e[1] for e in events[releases[0] + 1 : releases[1]]}
+    assert len(first) == len(second) == 1 and first != second
+    assert all(events[i][1] > 0 for i in releases)  # each had graphs to release
+    assert r["training"]["baseline"]["timing"] == "contiguous"
+
+
 def test_times_contiguously_only_for_compiled_models_on_a_gpu():
     from schemabank.study.bench import times_contiguously
 

@@ -102,6 +102,9 @@ class _Measured:
     def step(self, batch: Batch) -> None:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Give back the memory that only further steps would use (after the model's last)."""
+
 
 class _Ours(_Measured):
     """One of our Trainers, fed the replayed batches: ``train_step`` runs unchanged, taking its
@@ -138,6 +141,15 @@ class _Ours(_Measured):
         if self._pending is not None:
             steplog.finish_host_copy(self._pending)
         self._pending = record
+
+    def release(self) -> None:
+        """Once the model's measurements are done: its captured steps' graphs and their memory
+        pool go (:meth:`Trainer.release_step_graphs`), so that the next model's are not
+        captured beside them (at batch 192 two trainers' pools filled the H200)."""
+        if self._pending is not None:
+            steplog.finish_host_copy(self._pending)
+            self._pending = None
+        self.trainer.release_step_graphs()
 
 
 class _Peer(_Measured):
@@ -263,16 +275,20 @@ def cover_shapes(
 
 def times_contiguously(device: torch.device, compiled: bool) -> bool:
     """Whether :func:`bench_training` runs each model's warmup and timed steps before the next
-    model starts, instead of alternating the models' blocks: when a model is compiled on a GPU.
-    Alternating them made the compiled step 4 times slower than in a whole run (H200,
-    ``results/bench/speed_2026-12-02b/``), as if each switch recorded its CUDA graphs again."""
+    model starts, instead of alternating the models' blocks: when a model is compiled or its
+    step captured on a GPU (``compiled``). Alternating them made the compiled step 4 times
+    slower than in a whole run (H200, ``results/bench/speed_2026-12-02b/``), as if each switch
+    recorded its CUDA graphs again; one after another, each model's captured steps are
+    released before the next model's are captured."""
     return device.type == "cuda" and compiled
 
 
 def profile_steps(m: _Measured, batches: list[Batch], device: torch.device, top: int = 8) -> dict:
     """Where a model's step time goes: ``batches`` stepped under ``torch.profiler`` (after the
     timed steps, so compiled and recorded), summarised per step (:func:`~schemabank.profiling.
-    summarise`: wall time, the GPU's busy time, the host's launches, the top operations)."""
+    summarise`: wall time, the GPU's busy time, the host's launches, the top operations).
+    The profiled steps are left out of ``m.seen`` (no batch count, no digest)."""
+    seen = len(m.seen)
     m.begin()
     sync(device)
     with profiler(device) as prof:
@@ -281,6 +297,7 @@ def profile_steps(m: _Measured, batches: list[Batch], device: torch.device, top:
             m.step(batch)
         sync(device)
         wall = time.perf_counter() - t0
+    del m.seen[seen:]
     return summarise(prof, len(batches), wall, top)
 
 
@@ -386,21 +403,29 @@ def bench_training(
         acc["padded"] += sum(x["input_ids"].numel() for b in block for _, x in b.micro)
         acc["peak"] = max(acc["peak"], _peak_gib(device) or 0.0)
 
-    contiguous = times_contiguously(device, cfg.training.compile or "peft_compiled" in peers)
+    t = cfg.training
+    contiguous = times_contiguously(device, t.compile or t.capture_step or "peft_compiled" in peers)
+    profiles = {}
     if contiguous:
         for name, m in models.items():
             warm_up(name, m)
             for r in range(rounds):
                 timed_block(m, r)
+            if profile:
+                profiles[name] = profile_steps(m, timed[:profile], device)
+            m.release()
     else:
         for name, m in models.items():
             warm_up(name, m)
         for r in range(rounds):
             for m in models.values():
                 timed_block(m, r)
+        if profile:
+            profiles = {
+                name: profile_steps(m, timed[:profile], device) for name, m in models.items()
+            }
 
     out = {}
-    t = cfg.training
     for name, m in models.items():
         acc = m.acc
         shapes = {shape for _, shape in m.seen}
@@ -421,8 +446,8 @@ def bench_training(
             "batches_sha256": batches_digest(m.seen),
             "timing": "contiguous" if contiguous else "interleaved",
         }
-        if profile:  # after the figures above: its steps add to no count and no digest
-            out[name]["profile"] = profile_steps(m, timed[:profile], device)
+        if profile:  # run after the timed steps: its steps add to no count and no digest
+            out[name]["profile"] = profiles[name]
     for name in peers:
         out[name]["lora_rank"] = lora_rank
     compiled = ["peft_compiled"] if "peft_compiled" in out else []
