@@ -13,6 +13,7 @@ from schemabank.method.tags import (
     dropout_for_step,
     owned_schemas,
     routing_target,
+    routing_targets,
     tag_line,
 )
 
@@ -220,6 +221,22 @@ def test_routing_target(tags, num_schemas, ids):
     assert target.dtype == torch.float32
     assert target.tolist() == pytest.approx(expected_target(num_schemas, ids))
     assert float(target.sum()) == pytest.approx(1.0)
+
+
+def test_routing_targets_are_each_problems_routing_target():
+    """The batched targets equal the one-problem function's, bit for bit, row by row."""
+    lists = [["mul"], [], ["add", "multistep"], list(TAGS), ["div", "money", "div"]]
+    for S in (32, 20, 8):
+        got = routing_targets(lists, S)
+        assert got.shape == (len(lists), S) and got.dtype == torch.float32
+        for row, tags in zip(got, lists, strict=True):
+            want = torch.zeros(S)
+            for t in tags:
+                want[list(owned_schemas(t, S))] = 1.0
+            if want.sum() == 0:
+                want.fill_(1.0)
+            assert torch.equal(row, want / want.sum())
+    assert routing_targets([], 32).shape == (0, 32)
 
 
 def test_routing_target_never_puts_mass_on_unowned_schemas():

@@ -22,7 +22,7 @@ from .data import (
 )
 from .errors import TrainingError
 from .method.stages import Stage
-from .method.tags import routing_target
+from .method.tags import routing_targets
 
 # training.packing with training.compile: the rows of a packed batch are rounded up to a multiple
 # of this, so that the compiled step meets few shapes.
@@ -99,7 +99,7 @@ class Batches:
         """(N, S): every training problem's routing target (computed once)."""
         if self._targets is None:
             S = self.cfg.schemabank.num_schemas
-            self._targets = torch.stack([routing_target(p.tags, S) for p in self.train_set])
+            self._targets = routing_targets([p.tags for p in self.train_set], S)
         return self._targets
 
     def prepare(self, stage: Stage) -> None:

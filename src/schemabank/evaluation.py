@@ -55,7 +55,7 @@ from .errors import SchemaBankError
 from .files import atomic_write_text
 from .method.adapter import adapter_parameters, base_only, merged_lora
 from .method.attach import BankSet
-from .method.tags import TAGS, routing_target
+from .method.tags import TAGS, routing_targets
 from .models import head_nll_sum, load_base_model, plain_head_base, resolve_base_model
 from .results import build_results
 from .runtime import autocast, environment, use_bf16, weight_dtype
@@ -303,7 +303,7 @@ def _restricted(banks: BankSet | None, route_masks: torch.Tensor | None, idx: li
 def oracle_masks(problems: list[Problem], num_schemas: int) -> torch.Tensor:
     """(N, S) bool: the schemas each problem's tags own (all schemas for a problem without tags),
     the support of its routing target."""
-    return torch.stack([routing_target(p.tags, num_schemas) > 0 for p in problems])
+    return routing_targets([p.tags for p in problems], num_schemas) > 0
 
 
 @torch.no_grad()
@@ -473,7 +473,7 @@ def routing_fit(
     """
     S = next(iter(banks)).num_schemas
     encoded = encode_all(tokenizer, problems, max_length)
-    targets = torch.stack([routing_target(p.tags, S) for p in problems])  # (N, S)
+    targets = routing_targets([p.tags for p in problems], S)  # (N, S)
     entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1)  # (N,)
     regions = ("all", "question", "answer", "last")
     sums = {layer: dict.fromkeys(regions, 0.0) for layer in banks.banks}

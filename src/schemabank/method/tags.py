@@ -25,6 +25,7 @@ distribution over the schemas its tags own (over all schemas when it has no tag)
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 TAGS: tuple[str, ...] = ("add", "sub", "mul", "div", "percent", "fraction", "money", "multistep")
 
@@ -72,14 +73,22 @@ def routing_target(tags: list[str], num_schemas: int):
 
     Returns a float tensor of shape (S,).
     """
+    return routing_targets([tags], num_schemas)[0]
+
+
+def routing_targets(tag_lists: Sequence[Sequence[str]], num_schemas: int):
+    """:func:`routing_target` of each of ``tag_lists`` (a problem's tags), as one float tensor of
+    shape (N, S), built in numpy at once (thousands of problems: one tensor, not thousands)."""
+    import numpy as np
     import torch  # here, so that reading a config does not pay for importing torch
 
-    target = torch.zeros(num_schemas)  # (S,)
-    for t in tags:
-        target[list(owned_schemas(t, num_schemas))] = 1.0
-    if target.sum() == 0:
-        target.fill_(1.0)
-    return target / target.sum()
+    owned = np.zeros((len(tag_lists), num_schemas), dtype=np.float32)  # (N, S)
+    for i, tags in enumerate(tag_lists):
+        for t in tags:
+            block = owned_schemas(t, num_schemas)
+            owned[i, block.start : block.stop] = 1.0
+    owned[owned.sum(1) == 0] = 1.0
+    return torch.from_numpy(owned / owned.sum(1, keepdims=True))
 
 
 def dropout_for_step(step_in_stage: int, stage_steps: int, schedule: list[float]) -> float:
