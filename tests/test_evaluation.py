@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from schemabank.data import Problem
 from schemabank.evaluation import (
     Generation,
+    TokenizedText,
     _kept_tokens,
     build_prompts,
     evaluate_gsm8k,
@@ -130,6 +131,18 @@ def test_perplexity_reports_base_beside_adapter(tiny_llama):
     with banks.disabled():
         plain = evaluate_perplexity(model, tok, text, [16], 100, CPU, False)
     assert plain["ppl_16"] == pytest.approx(out["base_ppl_16"]) and "base_ppl_16" not in plain
+
+
+def test_perplexity_of_a_text_tokenised_in_the_background(tiny_llama):
+    """A :class:`TokenizedText` (what a run makes before training) gives the text's own
+    perplexity; a tokenizer error reaches the caller when the ids are asked for."""
+    tok, model = load(tiny_llama)
+    text = " ".join(a for _, a in TRAIN)
+    pre = TokenizedText(tok, text)
+    got = evaluate_perplexity(model, tok, pre, [16, 32], 100, CPU, False)
+    assert got == evaluate_perplexity(model, tok, text, [16, 32], 100, CPU, False)
+    with pytest.raises(ValueError, match="text input must be"):
+        TokenizedText(tok, 12345).ids()
 
 
 def test_greedy_generation_does_not_depend_on_batch_size(tiny_qwen2):

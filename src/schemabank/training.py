@@ -36,7 +36,7 @@ from .checkpoint import save_checkpoint
 from .config import CUDA_GRAPH_MODES, Config, check_config, dump_config
 from .data import Problem, load_gsm8k, load_wikitext, split_dev
 from .errors import CheckpointError, SchemaBankError, TrainingError
-from .evaluation import check_context, evaluate_run, write_samples
+from .evaluation import TokenizedText, check_context, evaluate_run, write_samples
 from .files import atomic_write_text, check_writable, write_json
 from .method.adapter import adapter_parameters, build_adapter
 from .method.attach import decoder_layers
@@ -1055,6 +1055,8 @@ def _run(
     seed_everything(cfg.experiment.seed)
     check_context(base, cfg.eval)  # before training, not after it
     model, banks, _ = build_adapter(base, cfg)
+    if wikitext is not None:  # tokenised while the run trains
+        wikitext = TokenizedText(tok, wikitext)
     t_loaded = time.perf_counter()
 
     distributed.barrier()  # every process has checked the run directory before it changes
