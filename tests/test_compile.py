@@ -42,6 +42,44 @@ def test_masked_answer_loss_equals_answer_loss(tiny_llama, data_dir):
     torch.testing.assert_close(masked_answer_loss(trainer.model, batch), want)
 
 
+def test_the_compiled_loss_head_gives_the_eager_loss_and_gradients(aot_eager, tiny_llama):
+    """``training.compile``'s compiled chunk of the vocabulary projection and cross-entropy
+    (:func:`~schemabank.training.compile_chunk_nll`): the eager chunk's sum and gradient for
+    every row count (the second count recompiles it with a symbolic one), ignored targets
+    included; a head that is not a plain ``nn.Linear`` (a LoRA layer's) runs as it is."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from schemabank.models import head_nll_sum
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    compiled = training.compile_chunk_nll(torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    V, H = base.config.vocab_size, base.config.hidden_size
+    for n, chunk in [(12, 8192), (20, 8192), (31, 8), (7, 8192)]:
+        y = torch.randint(0, V, (n,), generator=gen)
+        y[::5] = -100
+        sums, grads = [], []
+        for fn in (None, compiled):
+            h = torch.randn(n, H, generator=torch.Generator().manual_seed(n), requires_grad=True)
+            total = head_nll_sum(base, h, y, chunk, fn)
+            total.backward()
+            sums.append(total.detach())
+            grads.append(h.grad)
+        torch.testing.assert_close(sums[1], sums[0])
+        torch.testing.assert_close(grads[1], grads[0])
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["lm_head"]))
+    lora_b = lora.base_model.model.lm_head.lora_B.default.weight
+    lora_b.data.copy_(torch.randn(lora_b.shape, generator=gen))  # the LoRA changes the logits
+    h, y = torch.randn(6, H, generator=gen), torch.randint(0, V, (6,), generator=gen)
+    want = torch.nn.functional.cross_entropy(lora.get_output_embeddings()(h), y, reduction="sum")
+    plain = torch.nn.functional.cross_entropy(
+        torch.nn.functional.linear(h, lora.get_output_embeddings().weight), y, reduction="sum"
+    )
+    assert not torch.allclose(want, plain)
+    torch.testing.assert_close(head_nll_sum(lora, h, y, 8192, compiled), want)
+
+
 def _records(trainer, stage, steps):
     trainer.enter_stage(stage)
     out = []
@@ -224,6 +262,7 @@ def test_compiled_step_equals_the_eager_step(
     assert compiled.batches.pad_multiple == 64 and eager._compiled_losses is None
     assert (compiled._compiled_losses is not None) == (scope == "step")
     assert bool(compiled._regions) == (scope == "layers")
+    assert (compiled._chunk_nll is not None) == (scope == "layers") and eager._chunk_nll is None
     for t in (eager, compiled):
         wake_up(t)
     _assert_same_training(eager, compiled, stage, steps=3)
@@ -346,8 +385,9 @@ def test_compile_mode_is_the_configs_or_cuda_graphs_on_cuda(requested, device, m
 def test_the_configured_compile_mode_reaches_every_compiled_layer(
     tiny_llama, data_dir, monkeypatch, requested
 ):
-    """``training.compile_mode`` is the mode of every layer's ``torch.compile``; on the CPU the
-    step never marks CUDA-graph steps."""
+    """``training.compile_mode`` is the mode of every layer's ``torch.compile`` and of the loss
+    head's (:func:`~schemabank.training.compile_chunk_nll`); on the CPU the step never marks
+    CUDA-graph steps."""
     modes = []
     monkeypatch.setattr(
         training.torch, "compile", lambda fn, backend, mode: modes.append(mode) or fn
@@ -358,7 +398,7 @@ def test_the_configured_compile_mode_reaches_every_compiled_layer(
         training={"compile": True, "compile_scope": "layers", "compile_mode": requested},
     )
     want = None if requested in (None, "default") else requested
-    assert len(modes) == len(trainer._regions) > 0 and set(modes) == {want}
+    assert len(modes) == len(trainer._regions) + 1 > 1 and set(modes) == {want}
     assert trainer.graphs is False
 
 

@@ -232,15 +232,31 @@ def plain_head_base(model):
     return base
 
 
-def head_nll_sum(base, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 8192):
+def chunk_nll_sum(hidden, weight, bias, targets):
+    """Summed float32 cross-entropy of the vocabulary projection ``hidden @ weight.T + bias``
+    (N, V) against ``targets`` (N,): one chunk of :func:`head_nll_sum`, the function that
+    ``training.compile`` compiles (its float cast, log-softmax and their backward fused)."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+
+def head_nll_sum(
+    base, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 8192, chunk_fn=None
+):
     """Summed cross-entropy (float32) of ``base``'s vocabulary projection of ``hidden`` (N, H)
     against ``targets`` (N,), ``chunk`` rows at a time, so that the (N, V) float logits never
-    exist whole (``base``: :func:`plain_head_base`'s model)."""
+    exist whole (``base``: :func:`plain_head_base`'s model). ``chunk_fn``: what computes a
+    chunk of a plain ``nn.Linear`` head (default :func:`chunk_nll_sum`; a compiled one); another
+    head (a LoRA layer's) runs as it is."""
     head = base.get_output_embeddings()
+    plain = type(head) is torch.nn.Linear
+    fn = chunk_fn or chunk_nll_sum
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[s : s + chunk]).float()  # (n, V)
-        total = total + torch.nn.functional.cross_entropy(
-            logits, targets[s : s + chunk], reduction="sum"
-        )
+        h, y = hidden[s : s + chunk], targets[s : s + chunk]
+        if plain:
+            total = total + fn(h, head.weight, head.bias, y)
+        else:
+            logits = head(h).float()  # (n, V)
+            total = total + torch.nn.functional.cross_entropy(logits, y, reduction="sum")
     return total

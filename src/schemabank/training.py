@@ -45,6 +45,7 @@ from .method.stages import BASELINE, STAGES, Stage, grouped_parameters, set_trai
 from .method.tags import dropout_for_step
 from .models import (
     attention_implementation,
+    chunk_nll_sum,
     head_nll_sum,
     load_base_model,
     plain_head_base,
@@ -196,6 +197,11 @@ class Trainer:
             self._compiled_losses = compile_step(self.forward_losses, device, mode)
         elif t.compile:
             self._regions = compile_layers(model, device, mode, t.compile_region_layers)
+        # "layers": the LM loss's vocabulary projection and cross-entropy compiled too, without
+        # CUDA graphs of its own (its row count changes from step to step)
+        self._chunk_nll = None
+        if t.compile and t.compile_scope != "step":
+            self._chunk_nll = compile_chunk_nll(device, mode)
         self.graphs = (  # the step replays CUDA graphs: mark each step's start
             t.compile and device.type == "cuda" and compile_mode(device, mode) in CUDA_GRAPH_MODES
         )
@@ -274,7 +280,11 @@ class Trainer:
                     out["lm"] = masked_answer_loss(self.model, batch)
                 else:
                     out["lm"] = answer_loss(
-                        self.model, batch, positions=positions, padded=self.captured
+                        self.model,
+                        batch,
+                        positions=positions,
+                        padded=self.captured,
+                        chunk_fn=self._chunk_nll,
                     )
             else:  # stage 1 needs only the hidden states at the banks, not the vocabulary logits
                 self.model(
@@ -744,6 +754,7 @@ def answer_loss(
     chunk: int = 8192,
     positions: torch.Tensor | None = None,
     padded: bool = False,
+    chunk_fn=None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens (labels != -100).
 
@@ -753,6 +764,7 @@ def answer_loss(
     the labels when not given; given, the loss needs nothing back from the GPU. ``padded``: they
     were padded (``answer_positions(labels, multiple)``), so the answer tokens are counted on the
     device, and a step of fixed shapes (a captured one) serves every batch with as many.
+    ``chunk_fn``: :func:`~schemabank.models.head_nll_sum`'s (a compiled one).
     """
     base = plain_head_base(model)
     if base is None:
@@ -763,8 +775,8 @@ def answer_loss(
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (N, H)
     y = batch["labels"].reshape(-1).index_select(0, positions + 1)  # (N,): t predicts t + 1
     if padded:  # the padding positions' targets are ignored: count the others on the device
-        return head_nll_sum(base, h, y, chunk) / (y != -100).sum().clamp_min(1)
-    return head_nll_sum(base, h, y, chunk) / max(h.shape[0], 1)
+        return head_nll_sum(base, h, y, chunk, chunk_fn) / (y != -100).sum().clamp_min(1)
+    return head_nll_sum(base, h, y, chunk, chunk_fn) / max(h.shape[0], 1)
 
 
 def masked_answer_loss(model, batch: dict) -> torch.Tensor:
@@ -811,6 +823,17 @@ def compile_step(fn, device: torch.device, mode: str | None = None):
     stages."""
     _raise_recompile_limit()
     return torch.compile(fn, backend=COMPILE_BACKEND, mode=compile_mode(device, mode))
+
+
+def compile_chunk_nll(device: torch.device, mode: str | None = None):
+    """:func:`~schemabank.models.chunk_nll_sum` under ``torch.compile`` in :func:`compile_mode`,
+    but never with CUDA graphs (its row count changes from step to step): inductor fuses the
+    logits' float cast, the log-softmax and their backward, which eager runs as separate passes
+    over the (N, V) logits. The row count becomes symbolic at the second one seen
+    (``dynamic=None``): one more compilation, then one graph for every count."""
+    mode = compile_mode(device, mode)
+    mode = None if mode in CUDA_GRAPH_MODES else mode
+    return torch.compile(chunk_nll_sum, backend=COMPILE_BACKEND, mode=mode)
 
 
 def compile_layers(
