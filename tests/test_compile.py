@@ -174,6 +174,11 @@ def test_packing_keeps_the_step(tiny_llama, data_dir, mode, stage, micro):
     assert batch["attention_mask"].shape == (rows, 1, 256, 256)
     assert per_token.shape == (rows, 256, targets.shape[1])
     assert batch["token_mask"].sum() == sum(len(ids) for ids, _ in examples)
+    for t in (padded, packed):  # a step without the LM loss: the same batch, no answer positions
+        full, _, found = t.batches.to_device(examples, targets, 512)
+        lean, _, none = t.batches.to_device(examples, targets, 512, positions=False)
+        assert none is None and found.numel() % 512 == 0
+        assert all(torch.equal(full[k], lean[k]) for k in full)
     for t in (padded, packed):  # rewind: the same batches
         t.batches.order = DataOrder(len(t.train_set), 4, 0)
         t.batches.tag_rng.manual_seed(1)

@@ -118,36 +118,43 @@ class Batches:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
-    def to_device(self, examples, targets: torch.Tensor, multiple: int | None = None):
+    def to_device(
+        self,
+        examples,
+        targets: torch.Tensor,
+        multiple: int | None = None,
+        positions: bool = True,
+    ):
         """Examples as one padded batch on the device, their routing targets (B, S), and the
         batch's :func:`answer_positions` (found on the host, so that the loss need not ask the
-        GPU; ``multiple``: their number padded up to a multiple of it). With
+        GPU; ``multiple``: their number padded up to a multiple of it; ``positions`` False:
+        None, not found, for a step without the LM loss). With
         ``training.packing``, the examples packed into rows (:func:`~schemabank.data.pack`):
         the batch then also holds position_ids, its attention_mask is the (R, 1, L, L) block
         mask and ``token_mask`` (R, L) marks the real tokens, and the routing targets are each
         token's, (R, L, S) (zero on padding)."""
         if self.pack_length is None:
             host = collate(examples, self.tok.pad_token_id, self.pad_multiple)
-            positions = answer_positions(host["labels"], multiple)
+            found = answer_positions(host["labels"], multiple) if positions else None
             return (
                 {k: self.move(v) for k, v in host.items()},
                 self.move(targets),
-                self.move(positions),
+                None if found is None else self.move(found),
             )
         host = pack(examples, self.tok.pad_token_id, self.pack_length, self.pack_row_multiple)
-        positions = answer_positions(host["labels"], multiple)
+        found = answer_positions(host["labels"], multiple) if positions else None
         example = self.move(host.pop("example"))  # (R, L), -1 on padding
         batch = {k: self.move(v) for k, v in host.items()}
         real = example >= 0
         batch["attention_mask"] = packed_attention_mask(example)  # made on the device
         batch["token_mask"] = real.long()
         per_token = self.move(targets)[example.clamp_min(0)] * real[..., None]  # (R, L, S)
-        return batch, per_token, self.move(positions)
+        return batch, per_token, None if found is None else self.move(found)
 
     def make_batch(self, stage: Stage, p_drop: float):
         """The next batch as one padded batch on the device, its targets and non-padding tokens."""
         examples, targets, _ = self.next_examples(stage, p_drop)
-        batch, targets, _ = self.to_device(examples, targets)
+        batch, targets, _ = self.to_device(examples, targets, positions=False)
         return batch, targets, sum(len(ids) for ids, _ in examples)
 
 

@@ -189,7 +189,7 @@ class Trainer:
         self._step_graphs: dict[tuple, StepGraph] = {}  # per stage and batch shapes
         self._step_graph_pool = None  # the captured steps' memory, shared (they run in turn)
         self._shapes_seen: set[tuple] = set()  # run uncaptured once (compiled, warmed up)
-        self._compiled_for: str | None = None  # the stage last entered (compiled, captured for)
+        self._stage_entered: str | None = None  # the stage last entered (compiled, captured for)
         mode = t.compile_mode or ("default" if t.capture_step else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
@@ -354,7 +354,7 @@ class Trainer:
             self._check_graphs(stage)  # the last step's graph outputs are done
         for chunk in chunks:
             batch, chunk_targets, positions = self.batches.to_device(
-                [examples[j] for j in chunk], targets[chunk]
+                [examples[j] for j in chunk], targets[chunk], positions="lm" in stage.losses
             )
             padded += batch["input_ids"].numel()
             w_tok = sum(n_tok[j] for j in chunk) / tok_total
@@ -431,10 +431,8 @@ class Trainer:
         zeroed inside); the optimiser then steps outside it."""
         lm = "lm" in stage.losses and self._compiled_losses is None  # (scope step: masked)
         batch, targets, positions = self.batches.to_device(
-            examples, targets, ANSWER_POSITION_MULTIPLE if lm else None
+            examples, targets, ANSWER_POSITION_MULTIPLE, positions=lm
         )
-        if not lm:
-            positions = None
         inputs = (batch, targets, positions)
         key = (
             stage.key,
@@ -544,14 +542,14 @@ class Trainer:
         gradients stay in place from step to step: the stage's trainable parameters keep theirs
         or get zeros here, the others none, so the optimiser leaves them alone."""
         compiled = bool(self._regions) or self._compiled_losses is not None
-        if self._compiled_for not in (None, stage.key):
+        if self._stage_entered not in (None, stage.key):
             self.release_step_graphs()  # the last stage's: never replayed again
             if compiled:
                 # torch 2.11's Dynamo kept a bank's router frozen in stage 3's graphs after
                 # stage 2 (no recompilation when its requires_grad changed): compile each stage
                 # afresh
                 torch._dynamo.reset()
-        self._compiled_for = stage.key
+        self._stage_entered = stage.key
         set_trainable(self.model, stage.trainable)
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.captured:  # the graphs hold on to the gradients: keep those that exist
@@ -829,11 +827,19 @@ def compile_chunk_nll(device: torch.device, mode: str | None = None):
     """:func:`~schemabank.models.chunk_nll_sum` under ``torch.compile`` in :func:`compile_mode`,
     but never with CUDA graphs (its row count changes from step to step): inductor fuses the
     logits' float cast, the log-softmax and their backward, which eager runs as separate passes
-    over the (N, V) logits. The row count becomes symbolic at the second one seen
-    (``dynamic=None``): one more compilation, then one graph for every count."""
+    over the (N, V) logits. The row count is symbolic from the first call: one compilation a
+    stage (the stage's ``torch._dynamo.reset`` drops it) serves every count."""
     mode = compile_mode(device, mode)
-    mode = None if mode in CUDA_GRAPH_MODES else mode
-    return torch.compile(chunk_nll_sum, backend=COMPILE_BACKEND, mode=mode)
+    compiled = torch.compile(
+        chunk_nll_sum, backend=COMPILE_BACKEND, mode=None if mode in CUDA_GRAPH_MODES else mode
+    )
+
+    def chunk_fn(hidden, weight, bias, targets):
+        for x in (hidden, targets):  # one graph for every row count (one or none excepted)
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        return compiled(hidden, weight, bias, targets)
+
+    return chunk_fn
 
 
 def compile_layers(

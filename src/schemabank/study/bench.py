@@ -122,8 +122,8 @@ class _Ours(_Measured):
         batches = trainer.batches
         to_device = batches.to_device
 
-        def recorded(examples, targets, *args):
-            moved = to_device(examples, targets, *args)
+        def recorded(examples, targets, *args, **kwargs):
+            moved = to_device(examples, targets, *args, **kwargs)
             self.seen.append((examples, tuple(moved[0]["input_ids"].shape)))
             return moved
 
@@ -406,13 +406,17 @@ def bench_training(
     t = cfg.training
     contiguous = times_contiguously(device, t.compile or t.capture_step or "peft_compiled" in peers)
     profiles = {}
+
+    def profiled(name: str, m: _Measured) -> None:  # after the model's timed steps
+        if profile:
+            profiles[name] = profile_steps(m, timed[:profile], device)
+
     if contiguous:
         for name, m in models.items():
             warm_up(name, m)
             for r in range(rounds):
                 timed_block(m, r)
-            if profile:
-                profiles[name] = profile_steps(m, timed[:profile], device)
+            profiled(name, m)
             m.release()
     else:
         for name, m in models.items():
@@ -420,10 +424,8 @@ def bench_training(
         for r in range(rounds):
             for m in models.values():
                 timed_block(m, r)
-        if profile:
-            profiles = {
-                name: profile_steps(m, timed[:profile], device) for name, m in models.items()
-            }
+        for name, m in models.items():
+            profiled(name, m)
 
     out = {}
     for name, m in models.items():
