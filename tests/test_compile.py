@@ -45,7 +45,7 @@ def test_masked_answer_loss_equals_answer_loss(tiny_llama, data_dir):
 def test_the_compiled_loss_head_gives_the_eager_loss_and_gradients(aot_eager, tiny_llama):
     """``training.compile``'s compiled chunk of the vocabulary projection and cross-entropy
     (:func:`~schemabank.training.compile_chunk_nll`): the eager chunk's sum and gradient for
-    every row count (the second count recompiles it with a symbolic one), ignored targets
+    every row count (one graph with a symbolic count), ignored targets
     included; a head that is not a plain ``nn.Linear`` (a LoRA layer's) runs as it is."""
     import peft
     from transformers import AutoModelForCausalLM
