@@ -219,8 +219,9 @@ class TrainingConfig:
     compile_scope: str = "step"
     """What ``compile`` compiles: ``step``, the whole forward pass and the losses (one graph per
     stage; the LM loss over every position, fixed shapes); ``layers``, each decoder layer on its own (regional compilation: the layers are
-    alike, so one compiles and the rest reuse it, a far shorter compilation; the embedding, the
-    head and the loss stay eager)."""
+    alike, so one compiles and the rest reuse it, a far shorter compilation; the embedding stays
+    eager, and the LM loss's vocabulary projection and cross-entropy are compiled as one more
+    function, without CUDA graphs of its own)."""
     compile_region_layers: int = 1
     """With ``compile_scope: layers``: how many consecutive decoder layers make one compiled
     region (the last region may be shorter). 1: each layer on its own. More layers a region mean
