@@ -217,8 +217,9 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """Forward pass; every loss the stage uses, and the regularisers for the log.
         ``positions``: :func:`answer_positions` of the batch, on the device (found from the
-        labels when not given, which waits for the GPU). With ``training.compile`` the compiled
-        :meth:`forward_losses` runs, with the LM loss over fixed shapes (:func:`masked_answer_loss`)."""
+        labels when not given, which waits for the GPU). With ``compile_scope: step`` the compiled
+        :meth:`forward_losses` runs, with the LM loss over fixed shapes (:func:`masked_answer_loss`);
+        with ``layers``, the compiled layers and loss head (:func:`compile_chunk_nll`)."""
         b = self.cfg.schemabank
         capture = self.banks.capturing() if self.banks is not None else nullcontext()
         oracle = nullcontext()
