@@ -302,6 +302,108 @@ def test_a_compiled_step_on_padded_batches_builds_no_attention_mask(
     assert given and all(m is None for m in given)
 
 
+def test_each_attention_backend_is_registered_and_checked():
+    from schemabank.config import ATTENTION_BACKENDS
+
+    assert tuple(training.SDPA_KERNELS) == ATTENTION_BACKENDS
+
+
+@pytest.mark.parametrize("backend", ["math", "flash"])
+def test_an_attention_backend_runs_only_its_kernel(tiny_llama, data_dir, monkeypatch, backend):
+    """``training.attention_backend``: a padded batch's SDPA call runs with only that kernel
+    allowed (on the CPU: math, or torch's CPU flash kernel), with the losses and gradients of
+    torch's own choice."""
+    enabled = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        b = torch.backends.cuda
+        enabled.append(
+            {
+                "flash": b.flash_sdp_enabled(),
+                "cudnn": b.cudnn_sdp_enabled(),
+                "efficient": b.mem_efficient_sdp_enabled(),
+                "math": b.math_sdp_enabled(),
+            }
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    results = []
+    for keys in ({}, {"attention_backend": backend}):
+        enabled.clear()
+        t = make_trainer(tiny_llama, data_dir, training=keys)
+        wake_up(t)
+        t.enter_stage(STAGES[2])
+        batch, targets, _ = t.batches.make_batch(STAGES[2], 0.5)
+        parts = t.losses(STAGES[2], batch, targets)
+        t.total_loss(STAGES[2], parts).backward()
+        grads = {n: p.grad for n, p in t.model.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in parts.items()}, grads, list(enabled)))
+    (want, want_grads, default), (got, got_grads, chosen) = results
+    assert default and all(all(e.values()) for e in default)  # torch's choice: all allowed
+    assert chosen and all(e == {k: k == backend for k in e} for e in chosen)
+    b = torch.backends.cuda  # every kernel allowed again after the pass
+    assert b.flash_sdp_enabled() and b.math_sdp_enabled() and b.cudnn_sdp_enabled()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert want_grads.keys() == got_grads.keys() and want_grads
+    for n in want_grads:
+        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("scope", ["step", "layers"])
+def test_a_compiled_step_on_an_attention_backend_gives_the_eager_step(
+    aot_eager, tiny_llama, data_dir, scope
+):
+    """Dynamo traces the backend's ``sdpa_kernel`` block: compiled on the math kernel, the step
+    gives the eager step's losses, gradient norms and parameters."""
+    eager = make_trainer(tiny_llama, data_dir, training={"pad_to_multiple_of": 64})
+    keys = {"compile": True, "compile_scope": scope, "attention_backend": "math"}
+    compiled = make_trainer(tiny_llama, data_dir, training=keys)
+    for t in (eager, compiled):
+        wake_up(t)
+    torch._dynamo.reset()
+    try:
+        _assert_same_training(eager, compiled, STAGES[2], steps=2)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+@pytest.mark.parametrize("backend", [None, "flash", "cudnn", "efficient"])
+@pytest.mark.parametrize("length", [80, 208, 256])
+def test_each_attention_backend_on_cuda_gives_causal_attention(backend, length):
+    """On a GPU, in bf16, at SmolLM2-135M's attention (9 query heads on 3 key-value heads of 64)
+    and lengths that are and are not multiples of 128 (cuDNN's SDPA before 9.15.1 was wrong at
+    some): the output and the gradients of q, k and v are those of fp32 math attention, within
+    bf16's error, none NaN."""
+    import types
+
+    g = torch.Generator("cuda").manual_seed(length)
+    B, H, KV, D = 8, 9, 3, 64
+    module = types.SimpleNamespace(num_key_value_groups=H // KV, is_causal=True)
+    shapes = {"q": (B, length, H, D), "k": (B, length, KV, D), "v": (B, length, KV, D)}
+    x = {n: torch.randn(s, device="cuda", generator=g) for n, s in shapes.items()}
+    grad_out = torch.randn(B, length, H, D, device="cuda", generator=g)
+
+    def run(attention, dtype):
+        leaves = {n: t.to(dtype).requires_grad_() for n, t in x.items()}
+        q, k, v = (leaves[n].transpose(1, 2) for n in "qkv")  # (B, heads, S, D), as HF gives
+        out, _ = attention(module, q, k, v, None, scaling=D**-0.5)
+        out.backward(grad_out.to(dtype))
+        return [out.float()] + [leaves[n].grad.float() for n in "qkv"]
+
+    want = run(training.causal_attention_on("math"), torch.float32)
+    attention = (
+        training.causal_attention if backend is None else training.causal_attention_on(backend)
+    )
+    got = run(attention, torch.bfloat16)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert torch.isfinite(a).all(), name
+        assert (a - b).norm() / b.norm() < 0.02, name
+
+
 def assert_resumes_exactly(tiny_llama, data_dir, tmp_path, keys, before=2, after=2, **sections):
     """A trainer of ``keys`` that stops after ``before`` steps of stage 3, saves its state and
     resumes in a new trainer for ``after`` more logs the same values and ends with the same

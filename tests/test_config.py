@@ -179,6 +179,7 @@ def with_change(key: str, value) -> dict:
         ("training.lr_scheduler", "step", "training.lr_scheduler"),
         ("training.compile_mode", "fast", "training.compile_mode: must be null or one of default,"),
         ("training.compile_region_layers", 0, "training.compile_region_layers: must be >= 1"),
+        ("training.attention_backend", "fa3", "training.attention_backend: must be null or one"),
         ("eval.limit", 0, "eval.limit"),
         ("experiment.ablation_of", "a b", "experiment.ablation_of: must name another run"),
         ("experiment.ablation_of", "schemabank_gsm8k", "experiment.ablation_of: must name another"),

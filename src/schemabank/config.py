@@ -51,6 +51,7 @@ COMPILE_SCOPES = ("step", "layers")  # training.compile_scope
 # training.compile_mode: torch.compile's modes
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that record CUDA graphs
+ATTENTION_BACKENDS = ("flash", "cudnn", "efficient", "math")  # training.attention_backend
 ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.method.router
@@ -252,6 +253,13 @@ class TrainingConfig:
     """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
     shapes (what a compiled or captured step needs; the loss is unchanged). ``null``: 64 with
     ``compile`` or ``capture_step``, else no rounding."""
+    attention_backend: str | None = None
+    """The SDPA kernel a padded training batch's causal attention runs (the only one allowed for
+    it): ``flash``, ``cudnn``, ``efficient`` or ``math``. ``null``: torch's choice (its flash
+    kernel on the H100/H200 with torch 2.11). A kernel that cannot take the inputs stops the step
+    with torch's "No available kernel" error, which says why. Only for models on SDPA; packed
+    batches and evaluation keep the model's attention. The choice is part of the compiled code:
+    a compiled step with another backend compiles afresh."""
     packing: bool = False
     """Pack each micro-batch's examples into rows of ``max_length`` tokens (rounded up to the
     padding multiple), several examples a row, each attending only to itself with its positions
@@ -551,6 +559,11 @@ def validate(cfg: Config) -> list[str]:
         p.append("training.capture_step: needs one micro-batch a step (micro_batch_size null)")
     if t.compile_region_layers < 1:
         p.append(f"training.compile_region_layers: must be >= 1, got {t.compile_region_layers}")
+    if t.attention_backend is not None and t.attention_backend not in ATTENTION_BACKENDS:
+        p.append(
+            f"training.attention_backend: must be null or one of {', '.join(ATTENTION_BACKENDS)}, "
+            f"got {t.attention_backend!r}"
+        )
     if t.pad_to_multiple_of is not None and t.pad_to_multiple_of < 1:
         p.append(f"training.pad_to_multiple_of: must be >= 1 or null, got {t.pad_to_multiple_of}")
     if (

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -227,7 +228,8 @@ class Trainer:
             oracle = self.banks.restricted(targets > 0)  # each problem's tags' schemas only
         weights = {"ortho": b.lambda_ortho, "balance": b.lambda_balance, "z": b.lambda_z}
         optimised = tuple(k for k, w in weights.items() if k in stage.losses and w > 0)
-        with capture, oracle, self._compiled_layers(), padded_attention(self.model, batch):
+        attention = padded_attention(self.model, batch, self.cfg.training.attention_backend)
+        with capture, oracle, self._compiled_layers(), attention:
             if self._compiled_losses is not None:
                 # one graph for every length (a CUDA graph per length), or for every number of
                 # rows of a packed batch (its rows all have the same length)
@@ -716,18 +718,42 @@ def causal_attention(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, None, **kwargs)
 
 
+SDPA_KERNELS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}  # training.attention_backend: torch's kernel
+
+
+def causal_attention_on(backend: str):
+    """:func:`causal_attention` with SDPA allowed only ``backend``'s kernel
+    (``training.attention_backend``). Dynamo records the choice in the compiled graph."""
+    kernel = SDPA_KERNELS[backend]
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        with sdpa_kernel(kernel):
+            return causal_attention(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
 AttentionInterface.register(CAUSAL, causal_attention)
+for _backend in SDPA_KERNELS:
+    AttentionInterface.register(f"{CAUSAL}_{_backend}", causal_attention_on(_backend))
 
 
-def padded_attention(model, batch: dict):
+def padded_attention(model, batch: dict, backend: str | None = None):
     """The attention a training forward pass of ``batch`` runs with: for a padded batch
     (:func:`model_mask` None) of a model on SDPA, :data:`CAUSAL` in place of its own for the
-    pass, so that no mask is built either. transformers builds a causal mask while Dynamo traces
-    the model (``compile_scope: step``; it skips it only outside), which keeps SDPA off its
-    flash kernel. A model on another attention keeps it, without a mask; a packed batch keeps
-    the model's attention and its block mask."""
+    pass, so that no mask is built either (``backend``: on that SDPA kernel only, see
+    :func:`causal_attention_on`). transformers builds a causal mask while Dynamo traces the model
+    (``compile_scope: step``; it skips it only outside), which keeps SDPA off its flash kernel.
+    A model on another attention keeps it, without a mask; a packed batch keeps the model's
+    attention and its block mask."""
     padded = model_mask(batch) is None and unwrapped(model).config._attn_implementation == "sdpa"
-    return attention_implementation(model, CAUSAL if padded else None)
+    name = CAUSAL if backend is None else f"{CAUSAL}_{backend}"
+    return attention_implementation(model, name if padded else None)
 
 
 def _model_loss(model, batch: dict) -> torch.Tensor:
