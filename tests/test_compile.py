@@ -352,6 +352,29 @@ def test_an_attention_backend_runs_only_its_kernel(tiny_llama, data_dir, monkeyp
         torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+def test_an_attention_backend_that_would_not_be_used_is_said(tiny_llama, data_dir, capsys):
+    """``training.attention_backend`` reaches only padded batches of a model on SDPA: with
+    packing, or a model on another attention, the trainer says so when it is built."""
+    import dataclasses
+
+    from schemabank.models import unwrapped
+
+    sections = {"schemabank": {"router_input": "token"}}
+    keys = {"attention_backend": "math", "packing": True}
+    make_trainer(tiny_llama, data_dir, training=keys, **sections)
+    assert "training.attention_backend: packed batches" in capsys.readouterr().err
+    t = make_trainer(tiny_llama, data_dir, training={"attention_backend": "math"})
+    assert "attention_backend" not in capsys.readouterr().err  # padded, SDPA: used
+    unwrapped(t.model).config._attn_implementation = "eager"
+    why = training.unused_attention_backend(t.cfg, t.model)
+    assert why == "the model's attention is 'eager', not SDPA"
+    unset = dataclasses.replace(t.cfg.training, attention_backend=None)
+    assert (
+        training.unused_attention_backend(dataclasses.replace(t.cfg, training=unset), t.model)
+        is None
+    )
+
+
 @pytest.mark.parametrize("scope", ["step", "layers"])
 def test_a_compiled_step_on_an_attention_backend_gives_the_eager_step(
     aot_eager, tiny_llama, data_dir, scope

@@ -256,10 +256,13 @@ class TrainingConfig:
     attention_backend: str | None = None
     """The SDPA kernel a padded training batch's causal attention runs (the only one allowed for
     it): ``flash``, ``cudnn``, ``efficient`` or ``math``. ``null``: torch's choice (its flash
-    kernel on the H100/H200 with torch 2.11). A kernel that cannot take the inputs stops the step
-    with torch's "No available kernel" error, which says why. Only for models on SDPA; packed
-    batches and evaluation keep the model's attention. The choice is part of the compiled code:
-    a compiled step with another backend compiles afresh."""
+    kernel on the H200 with torch 2.11). On the H200 ``cudnn`` halved attention's time at batch
+    192 and took 4.6% off the study's compiled step (docs/performance.md); not the default, as no
+    run has measured its accuracy. A kernel that cannot take the inputs stops the step with
+    torch's "No available kernel" error, which says why (torch 2.11's ``efficient`` takes no
+    grouped-query attention). Only for models on SDPA, without ``packing`` (a warning says when
+    it is not used); evaluation keeps the model's attention. The choice is part of the compiled
+    code: a compiled step with another backend compiles afresh."""
     packing: bool = False
     """Pack each micro-batch's examples into rows of ``max_length`` tokens (rounded up to the
     padding multiple), several examples a row, each attending only to itself with its positions

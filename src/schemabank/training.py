@@ -185,6 +185,9 @@ class Trainer:
         )
         if t.capture_step and not self.captured:
             print("training.capture_step: not on CUDA, the step runs uncaptured", file=sys.stderr)
+        unused = unused_attention_backend(cfg, model)
+        if unused:
+            print(f"training.attention_backend: {unused}; it is not used", file=sys.stderr)
         if self.captured and self.world > 1:
             raise SchemaBankError("training.capture_step: needs one process (got several)")
         self._step_graphs: dict[tuple, StepGraph] = {}  # per stage and batch shapes
@@ -741,6 +744,20 @@ def causal_attention_on(backend: str):
 AttentionInterface.register(CAUSAL, causal_attention)
 for _backend in SDPA_KERNELS:
     AttentionInterface.register(f"{CAUSAL}_{_backend}", causal_attention_on(_backend))
+
+
+def unused_attention_backend(cfg: Config, model) -> str | None:
+    """Why ``training.attention_backend`` would never reach the training batches' attention
+    (:func:`padded_attention`), or None when it does or is not set."""
+    t = cfg.training
+    if t.attention_backend is None:
+        return None
+    attention = unwrapped(model).config._attn_implementation
+    if attention != "sdpa":
+        return f"the model's attention is {attention!r}, not SDPA"
+    if t.packing:
+        return "packed batches keep the model's attention and its block mask"
+    return None
 
 
 def padded_attention(model, batch: dict, backend: str | None = None):
