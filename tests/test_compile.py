@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_training import make_trainer, wake_up
+from test_training import (
+    assert_same_losses_and_gradients,
+    losses_and_gradients,
+    make_trainer,
+    wake_up,
+)
 
 from schemabank import training
 from schemabank.batching import answer_positions
@@ -329,27 +334,21 @@ def test_an_attention_backend_runs_only_its_kernel(tiny_llama, data_dir, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    results = []
+    results, kernels = [], []  # (losses, gradients) and the kernels allowed, per trainer
     for keys in ({}, {"attention_backend": backend}):
         enabled.clear()
         t = make_trainer(tiny_llama, data_dir, training=keys)
         wake_up(t)
         t.enter_stage(STAGES[2])
         batch, targets, _ = t.batches.make_batch(STAGES[2], 0.5)
-        parts = t.losses(STAGES[2], batch, targets)
-        t.total_loss(STAGES[2], parts).backward()
-        grads = {n: p.grad for n, p in t.model.named_parameters() if p.grad is not None}
-        results.append(({k: v.detach() for k, v in parts.items()}, grads, list(enabled)))
-    (want, want_grads, default), (got, got_grads, chosen) = results
+        results.append(losses_and_gradients(t, STAGES[2], batch, targets))
+        kernels.append(list(enabled))
+    default, chosen = kernels
     assert default and all(all(e.values()) for e in default)  # torch's choice: all allowed
     assert chosen and all(e == {k: k == backend for k in e} for e in chosen)
     b = torch.backends.cuda  # every kernel allowed again after the pass
     assert b.flash_sdp_enabled() and b.math_sdp_enabled() and b.cudnn_sdp_enabled()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert want_grads.keys() == got_grads.keys() and want_grads
-    for n in want_grads:
-        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    assert_same_losses_and_gradients(*results)
 
 
 def test_an_attention_backend_that_would_not_be_used_is_said(tiny_llama, data_dir, capsys):

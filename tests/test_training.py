@@ -217,6 +217,26 @@ def test_answer_loss_equals_the_models_own_loss(tiny_model, data_dir):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
 
 
+def losses_and_gradients(trainer, stage, batch, targets):
+    """One forward and backward pass of ``batch``: the stage's losses and the parameters'
+    gradients."""
+    parts = trainer.losses(stage, batch, targets)
+    trainer.total_loss(stage, parts).backward()
+    grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in parts.items()}, grads
+
+
+def assert_same_losses_and_gradients(want, got):
+    """Two :func:`losses_and_gradients`: the same losses and gradients, within float error."""
+    (losses, grads), (got_losses, got_grads) = want, got
+    assert losses.keys() == got_losses.keys()
+    for k in losses:
+        torch.testing.assert_close(got_losses[k], losses[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert grads.keys() == got_grads.keys() and grads
+    for n in grads:
+        torch.testing.assert_close(got_grads[n], grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 @pytest.mark.parametrize("router", ["token", "token_prefix"])
 @pytest.mark.parametrize("stage", [*STAGES, BASELINE], ids=lambda s: s.key)
 def test_a_padded_batch_needs_no_attention_mask(stage, router, tiny_llama, data_dir, monkeypatch):
@@ -245,21 +265,13 @@ def test_a_padded_batch_needs_no_attention_mask(stage, router, tiny_llama, data_
             return b["attention_mask"] if masked else seen[-1][0]
 
         monkeypatch.setattr(training, "model_mask", mask)
-        parts = trainer.losses(stage, batch, targets)
+        results.append(losses_and_gradients(trainer, stage, batch, targets))
         assert seen and all(m is None for m, _ in seen)  # what training gives: no mask
         attention = {a for _, a in seen}
         assert attention == {"sdpa"} if masked else training.CAUSAL in attention
         assert config._attn_implementation == "sdpa"  # the model's own again after the pass
-        trainer.total_loss(stage, parts).backward()
-        grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results.append(({k: v.detach() for k, v in parts.items()}, grads))
-    (want, want_grads), (got, got_grads) = results
-    assert want.keys() == got.keys() and set(stage.losses) <= want.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert want_grads.keys() == got_grads.keys() and want_grads
-    for n in want_grads:
-        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    assert set(stage.losses) <= results[0][0].keys()
+    assert_same_losses_and_gradients(*results)
 
 
 @pytest.mark.parametrize("stage", [*STAGES, BASELINE], ids=lambda s: s.key)

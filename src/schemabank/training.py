@@ -197,14 +197,13 @@ class Trainer:
         mode = t.compile_mode or ("default" if t.capture_step else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
+        self._chunk_nll = None  # "layers": the compiled LM loss head
         if t.compile and t.compile_scope == "step":
             self._compiled_losses = compile_step(self.forward_losses, device, mode)
         elif t.compile:
             self._regions = compile_layers(model, device, mode, t.compile_region_layers)
-        # "layers": the LM loss's vocabulary projection and cross-entropy compiled too, without
-        # CUDA graphs of its own (its row count changes from step to step)
-        self._chunk_nll = None
-        if t.compile and t.compile_scope != "step":
+            # the LM loss's vocabulary projection and cross-entropy compiled too, without CUDA
+            # graphs of its own (its row count changes from step to step)
             self._chunk_nll = compile_chunk_nll(device, mode)
         self.graphs = (  # the step replays CUDA graphs: mark each step's start
             t.compile and device.type == "cuda" and compile_mode(device, mode) in CUDA_GRAPH_MODES
