@@ -97,6 +97,31 @@ def test_bench_profiles_each_models_steps(tiny_llama, data_dir, tmp_path, capsys
     assert "--profile-steps: must be >= 0" in capsys.readouterr().err
 
 
+def test_device_gaps_sums_the_gpus_idle_time_by_gap_size():
+    """The GPU's idle time between its activities (overlapping ones merged), per step, by the
+    gap's size, and the largest gaps with the activities around them."""
+    from schemabank.profiling import device_gaps
+
+    spans = [  # (start_us, end_us, name), unsorted; b overlaps a, c starts inside b
+        (0, 10, "a"),
+        (5, 30, "b"),
+        (20, 31, "c"),
+        (32, 40, "d"),  # 1 us after c
+        (60, 70, "e"),  # 20 us after d
+        (2070, 2080, "f"),  # 2 ms after e
+        (2080, 2090, "g"),  # no gap
+    ]
+    g = device_gaps(spans[::-1], steps=2, top=2)
+    assert g["activities"] == 3.5
+    assert g["idle_ms_by_gap"] == pytest.approx(
+        {"<5us": 0.0005, "5-50us": 0.01, "50-1000us": 0.0, ">1000us": 1.0}
+    )
+    assert g["gaps_by_size"] == {"<5us": 0.5, "5-50us": 0.5, "50-1000us": 0.0, ">1000us": 0.5}
+    assert g["idle_ms"] == pytest.approx(1.0105)
+    assert g["largest_gaps"] == [[2.0, "e", "f"], [0.02, "d", "e"]]
+    assert device_gaps([], steps=3)["idle_ms"] == 0
+
+
 def same_length_data(root: Path) -> Path:
     """A data folder whose training problems are one problem repeated: every batch has one
     padded shape, so a compiled model compiles once (in the warmup)."""

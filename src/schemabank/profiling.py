@@ -43,11 +43,49 @@ def prepare_for_cuda_graphs(device: torch.device) -> None:
             pass
 
 
+# The bounds (µs) of the idle-gap sizes :func:`device_gaps` sums separately: the gaps between
+# the kernels of a CUDA graph are about a microsecond; a gap of a millisecond is the host late.
+GAP_BOUNDS_US = (5, 50, 1000)
+
+
+def device_gaps(spans: list[tuple[float, float, str]], steps: int = 1, top: int = 5) -> dict:
+    """Where the GPU idled between its first activity and its last, from its activities'
+    ``(start_us, end_us, name)`` spans (kernels, copies; overlapping ones merged): per step
+    (of ``steps``), the activities, the idle time, and the idle time and number of gaps by size
+    (below and above each of :data:`GAP_BOUNDS_US`); and the ``top`` largest gaps of the whole
+    profile, each ``[ms, the activity before, the activity after]``."""
+    n = max(steps, 1)
+    labels = [f"<{GAP_BOUNDS_US[0]}us"]
+    labels += [f"{a}-{b}us" for a, b in pairwise(GAP_BOUNDS_US)] + [f">{GAP_BOUNDS_US[-1]}us"]
+    idle = dict.fromkeys(labels, 0.0)
+    count = dict.fromkeys(labels, 0)
+    gaps = []
+    end, before = None, None
+    for start, stop, name in sorted(spans):
+        if end is not None and start > end:
+            gap = start - end
+            label = labels[sum(gap >= bound for bound in GAP_BOUNDS_US)]
+            idle[label] += gap
+            count[label] += 1
+            gaps.append((gap, before, name))
+        if end is None or stop >= end:
+            end, before = stop, name
+    largest = sorted(gaps, key=lambda g: g[0], reverse=True)[:top]
+    return {
+        "activities": len(spans) / n,
+        "idle_ms": sum(idle.values()) / 1000 / n,
+        "idle_ms_by_gap": {k: v / 1000 / n for k, v in idle.items()},
+        "gaps_by_size": {k: v / n for k, v in count.items()},
+        "largest_gaps": [[gap / 1000, a, b] for gap, a, b in largest],
+    }
+
+
 def summarise(prof, steps: int, wall: float, top: int = 8) -> dict:
     """A finished profile of ``steps`` steps that took ``wall`` seconds, per step: the wall time
     (the profiler's overhead included), the GPU's busy time (its kernels' and copies' time
     summed, ``device_ms``; 0 without CUDA), the kernels and CUDA graphs launched from the host,
-    and the ``top`` kernels by device time and host operations by host time (ms a step)."""
+    the ``top`` kernels by device time and host operations by host time (ms a step), and on
+    CUDA where the GPU idled between its first and last activity (:func:`device_gaps`)."""
     from torch.autograd import DeviceType
 
     events = prof.key_averages()
@@ -66,6 +104,11 @@ def summarise(prof, steps: int, wall: float, top: int = 8) -> dict:
         best = sorted(entries, key=key, reverse=True)[:top]
         return [[e.key, key(e) / 1000 / n] for e in best if key(e) > 0]
 
+    spans = [
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in prof.events()
+        if e.device_type == DeviceType.CUDA and e.name not in OVERHEAD
+    ]
     return {
         "steps": steps,
         "wall_ms": 1000 * wall / n,
@@ -74,6 +117,7 @@ def summarise(prof, steps: int, wall: float, top: int = 8) -> dict:
         "graph_launches": calls(GRAPH_LAUNCHES),
         "top_device_ms": ranked(gpu, dev_us),
         "top_host_ms": ranked(host, lambda e: e.self_cpu_time_total),
+        **({"gaps": device_gaps(spans, steps)} if spans else {}),
     }
 
 
@@ -84,6 +128,13 @@ def summary_line(name: str, p: dict) -> str:
         f"{name} profiled over {p['steps']} steps: {p['wall_ms']:.1f} ms a step, GPU busy "
         f"{p['device_ms']:.1f} ms{busy}, {p['kernel_launches']:.0f} kernel and "
         f"{p['graph_launches']:.0f} CUDA-graph launches from the host"
+        + (
+            f"; GPU idle {p['gaps']['idle_ms']:.1f} ms between {p['gaps']['activities']:.0f} "
+            f"activities ({p['gaps']['idle_ms_by_gap'][f'<{GAP_BOUNDS_US[0]}us']:.1f} ms in "
+            f"gaps under {GAP_BOUNDS_US[0]} us)"
+            if "gaps" in p
+            else ""
+        )
     )
 
 
