@@ -237,21 +237,23 @@ def collate(
     ``T`` the longest example rounded up to a multiple of ``pad_to_multiple_of`` when given.
 
     Each of ids and labels is filled from one flat array (a Python loop per token, at numpy's
-    speed), since the training step waits for it."""
-    lengths = torch.tensor([len(ids) for ids, _ in examples])
+    speed) through numpy's boolean indexing (torch's took 2 ms a batch of 192 on the H200's
+    host), since the training step waits for it."""
+    lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int64)
     if any(len(lab) != len(ids) for ids, lab in examples):
         raise ValueError("collate: every example's ids and labels must have the same length")
     T = padded_length(int(lengths.max()), pad_to_multiple_of)
-    mask = torch.arange(T) < lengths[:, None]  # (B, T)
+    mask = np.arange(T) < lengths[:, None]  # (B, T)
+    total = int(lengths.sum())
 
     def padded(rows, fill: int) -> torch.Tensor:
-        out = torch.full(mask.shape, fill, dtype=torch.long)
-        out[mask] = torch.from_numpy(np.fromiter(chain.from_iterable(rows), dtype=np.int64))
-        return out
+        out = np.full(mask.shape, fill, dtype=np.int64)
+        out[mask] = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=total)
+        return torch.from_numpy(out)
 
     return {
         "input_ids": padded((ids for ids, _ in examples), pad_id),
-        "attention_mask": mask.long(),
+        "attention_mask": torch.from_numpy(mask.astype(np.int64)),
         "labels": padded((lab for _, lab in examples), -100),
     }
 
