@@ -257,10 +257,9 @@ class TrainingConfig:
     attention_backend: str | None = None
     """The SDPA kernel a padded training batch's causal attention runs (the only one allowed for
     it): ``flash``, ``cudnn``, ``efficient`` or ``math``; ``torch``: torch's choice (its flash
-    kernel on the H200 with torch 2.11). ``null``: ``cudnn`` for batches in few shapes
-    (``compile``, ``capture_step`` or ``pad_to_multiple_of``; cuDNN builds a plan per shape) on a
-    Hopper GPU (compute capability 9) with cuDNN 9.15.1 or later when torch says its cuDNN kernel
-    takes the model's attention, else torch's choice. On the H200 ``cudnn`` halved attention's time at batch 192
+    kernel on the H200 with torch 2.11). ``null``: ``cudnn`` on a Hopper GPU (compute
+    capability 9) with cuDNN 9.15.1 or later when torch says its cuDNN kernel takes the model's
+    attention, else torch's choice. On the H200 ``cudnn`` halved attention's time at batch 192
     and took 4.6% off the study's compiled step (docs/performance.md). A kernel that cannot take the inputs stops the step with
     torch's "No available kernel" error, which says why (torch 2.11's ``efficient`` takes no
     grouped-query attention). Only for models on SDPA, without ``packing`` (a warning says when

@@ -764,17 +764,14 @@ CUDNN_ATTENTION_SINCE = 91501  # cuDNN 9.15.1: its SDPA was wrong at some length
 def attention_kernel(cfg: Config, model, device: torch.device, dtype: torch.dtype) -> str | None:
     """The SDPA kernel of the training batches' attention (:func:`padded_attention`; None:
     torch's choice): ``training.attention_backend`` as set (``torch``: torch's choice), or when
-    null, ``cudnn`` for batches in few shapes (``compile``, ``capture_step`` or
-    ``pad_to_multiple_of``: cuDNN builds its kernel's plan once per shape) on a Hopper GPU
-    (compute capability 9, as the H200 where it was measured) with cuDNN 9.15.1 or later, if
-    torch says its cuDNN kernel takes the model's causal attention in ``dtype`` (the training's:
-    bf16 under autocast), else torch's choice."""
-    t = cfg.training
-    if t.attention_backend is not None:
-        return None if t.attention_backend == "torch" else t.attention_backend
+    null, ``cudnn`` on a Hopper GPU (compute capability 9, as the H200 where it was measured)
+    with cuDNN 9.15.1 or later, if torch says its cuDNN kernel takes the model's causal
+    attention in ``dtype`` (the training's: bf16 under autocast), else torch's choice."""
+    backend = cfg.training.attention_backend
+    if backend is not None:
+        return None if backend == "torch" else backend
     if (
-        not (t.compile or t.capture_step or t.pad_to_multiple_of)
-        or device.type != "cuda"
+        device.type != "cuda"
         or torch.cuda.get_device_capability(device)[0] != 9
         or (torch.backends.cudnn.version() or 0) < CUDNN_ATTENTION_SINCE
     ):
