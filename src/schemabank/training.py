@@ -185,7 +185,10 @@ class Trainer:
         )
         if t.capture_step and not self.captured:
             print("training.capture_step: not on CUDA, the step runs uncaptured", file=sys.stderr)
-        self._attention_kernels: dict[torch.dtype, str | None] = {}  # see attention_backend
+        # the SDPA kernel of the training batches' attention (None: torch's choice)
+        self.attention_backend = attention_kernel(
+            cfg, model, device, torch.bfloat16 if bf16 else next(model.parameters()).dtype
+        )
         unused = unused_attention_backend(cfg, model)
         if unused:
             print(f"training.attention_backend: {unused}; it is not used", file=sys.stderr)
@@ -395,18 +398,6 @@ class Trainer:
             tok_total,
             padded,
         )
-
-    @property
-    def attention_backend(self) -> str | None:
-        """The SDPA kernel of the training batches' attention (:func:`attention_kernel`; None:
-        torch's choice), for the training's precision now (bf16 under autocast, else the
-        weights' dtype), found once per precision."""
-        dtype = torch.bfloat16 if self.bf16 else next(self.model.parameters()).dtype
-        if dtype not in self._attention_kernels:
-            self._attention_kernels[dtype] = attention_kernel(
-                self.cfg, self.model, self.device, dtype
-            )
-        return self._attention_kernels[dtype]
 
     def _mean_gain(self) -> torch.Tensor | None:
         """The banks' mean gain (detached), for the log; None without banks."""
