@@ -60,8 +60,6 @@ def test_bench_measures_training_and_evaluation(tiny_llama, data_dir):
     assert r["evaluation"]["perplexity"]["tokens"] == 200
     assert r["environment"]["torch"] and r["settings"]["train_batch_size"] == 4
     assert r["settings"]["attention_backend"] is None and r["settings"]["capture_step"] is False
-    assert r["training"]["baseline"]["attention_kernel"] == "torch"  # null resolved on the CPU
-    assert "attention_kernel" not in r["training"]["peft_eager"]
     text = "\n".join(format_bench(r))
     assert "schemabank_stage3" in text and "gsm8k: 3 problems" in text
     assert "baseline / peft_eager step time" in text

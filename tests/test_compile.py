@@ -310,38 +310,7 @@ def test_a_compiled_step_on_padded_batches_builds_no_attention_mask(
 def test_each_attention_backend_is_registered_and_checked():
     from schemabank.config import ATTENTION_BACKENDS
 
-    assert ("torch", *training.SDPA_KERNELS) == ATTENTION_BACKENDS
-
-
-def test_the_default_attention_kernel_is_cudnn_on_hopper_where_it_takes_the_model(
-    tiny_llama, data_dir, monkeypatch
-):
-    """``training.attention_backend`` null: cuDNN's kernel on a Hopper GPU with cuDNN 9.15.1 or
-    later when torch says that kernel takes the model's attention; else torch's choice (None),
-    as on the CPU; set, the kernel named (``torch``: torch's choice)."""
-    t = make_trainer(tiny_llama, data_dir)
-    assert t.attention_backend is None  # the CPU: torch's choice
-    cuda, bf16 = torch.device("cuda"), torch.bfloat16
-    asked = []
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
-    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
-    monkeypatch.setattr(
-        training, "cudnn_takes", lambda model, device, dtype: asked.append(dtype) or takes
-    )
-    takes = True
-    assert training.attention_kernel(t.cfg, t.model, cuda, bf16) == "cudnn" and asked == [bf16]
-    takes = False
-    assert training.attention_kernel(t.cfg, t.model, cuda, bf16) is None
-    takes = True
-    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91500)  # before 9.15.1
-    assert training.attention_kernel(t.cfg, t.model, cuda, bf16) is None
-    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))  # an A100
-    assert training.attention_kernel(t.cfg, t.model, cuda, bf16) is None
-    assert len(asked) == 2  # asked torch only where the rest allowed cuDNN's kernel
-    for backend, kernel in (("torch", None), ("flash", "flash"), ("math", "math")):
-        c = make_trainer(tiny_llama, data_dir, training={"attention_backend": backend}).cfg
-        assert training.attention_kernel(c, t.model, cuda, bf16) == kernel
+    assert tuple(training.SDPA_KERNELS) == ATTENTION_BACKENDS
 
 
 @pytest.mark.parametrize("backend", ["math", "flash"])
@@ -421,26 +390,6 @@ def test_a_compiled_step_on_an_attention_backend_gives_the_eager_step(
         _assert_same_training(eager, compiled, STAGES[2], steps=2)
     finally:
         torch._dynamo.reset()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
-def test_cudnn_takes_smollm2s_attention_in_bf16_on_cuda():
-    """torch's answer for the default kernel (:func:`training.cudnn_takes`) at SmolLM2-135M's
-    attention (9 query heads on 3 key-value heads of 64): yes in bf16 on a Hopper GPU with
-    cuDNN 9.15.1 or later, and no in fp32 (cuDNN's SDPA takes half precision only)."""
-    import types
-
-    model = types.SimpleNamespace(
-        config=types.SimpleNamespace(
-            num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_size=576
-        )
-    )
-    cuda = torch.device("cuda")
-    hopper = torch.cuda.get_device_capability(cuda)[0] == 9
-    recent = (torch.backends.cudnn.version() or 0) >= training.CUDNN_ATTENTION_SINCE
-    if hopper and recent:
-        assert training.cudnn_takes(model, cuda, torch.bfloat16)
-    assert not training.cudnn_takes(model, cuda, torch.float32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")

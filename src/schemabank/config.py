@@ -51,8 +51,7 @@ COMPILE_SCOPES = ("step", "layers")  # training.compile_scope
 # training.compile_mode: torch.compile's modes
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that record CUDA graphs
-# training.attention_backend: torch's choice, or one SDPA kernel
-ATTENTION_BACKENDS = ("torch", "flash", "cudnn", "efficient", "math")
+ATTENTION_BACKENDS = ("flash", "cudnn", "efficient", "math")  # training.attention_backend
 ROUTINGS = ("learned", "oracle")
 TRACKERS = ("tensorboard", "wandb", "trackio")  # see schemabank.tracking
 ROUTER_INPUTS = ("token", "prefix_mean", "token_prefix")  # see schemabank.method.router
@@ -256,11 +255,10 @@ class TrainingConfig:
     ``compile`` or ``capture_step``, else no rounding."""
     attention_backend: str | None = None
     """The SDPA kernel a padded training batch's causal attention runs (the only one allowed for
-    it): ``flash``, ``cudnn``, ``efficient`` or ``math``; ``torch``: torch's choice (its flash
-    kernel on the H200 with torch 2.11). ``null``: ``cudnn`` on a Hopper GPU (compute
-    capability 9) with cuDNN 9.15.1 or later when torch says its cuDNN kernel takes the model's
-    attention, else torch's choice. On the H200 ``cudnn`` halved attention's time at batch 192
-    and took 4.6% off the study's compiled step (docs/performance.md). A kernel that cannot take the inputs stops the step with
+    it): ``flash``, ``cudnn``, ``efficient`` or ``math``. ``null``: torch's choice (its flash
+    kernel on the H200 with torch 2.11). On the H200 ``cudnn`` halved attention's time at batch
+    192 and took 4.6% off the study's compiled step (docs/performance.md); not the default, as no
+    run has measured its accuracy. A kernel that cannot take the inputs stops the step with
     torch's "No available kernel" error, which says why (torch 2.11's ``efficient`` takes no
     grouped-query attention). Only for models on SDPA, without ``packing`` (a warning says when
     it is not used); evaluation keeps the model's attention. The choice is part of the compiled

@@ -35,10 +35,8 @@ Top-level keys (``format: schemabank-results-v1``):
   (:func:`schemabank.evaluation.routing_fit`);
 - ``training``: total steps, per stage (steps, learning rate, time, final loss; for a stage 1
   with ``patience``, ``heldout``: its ``evals`` as [step, routing cross-entropy] pairs,
-  ``best``, and ``steps_run`` when it ended early), time, ``resumed`` (whether it continued
-  from a saved training state) and ``attention_kernel`` (the SDPA kernel of the training
-  batches' attention, ``training.attention_backend`` resolved; ``torch``: torch's choice); null
-  for evaluations;
+  ``best``, and ``steps_run`` when it ended early), time, and ``resumed`` (whether it continued
+  from a saved training state); null for evaluations;
 - ``timings``: seconds for setup, training, GSM8K, perplexity and the whole run;
 - ``environment``: python, torch, transformers, peft and schemabank versions (``schemabank``
   from the installed distribution, else the package's ``__version__``: never empty),

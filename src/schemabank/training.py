@@ -185,10 +185,6 @@ class Trainer:
         )
         if t.capture_step and not self.captured:
             print("training.capture_step: not on CUDA, the step runs uncaptured", file=sys.stderr)
-        # the SDPA kernel of the training batches' attention (None: torch's choice)
-        self.attention_backend = attention_kernel(
-            cfg, model, device, torch.bfloat16 if bf16 else next(model.parameters()).dtype
-        )
         unused = unused_attention_backend(cfg, model)
         if unused:
             print(f"training.attention_backend: {unused}; it is not used", file=sys.stderr)
@@ -234,7 +230,7 @@ class Trainer:
             oracle = self.banks.restricted(targets > 0)  # each problem's tags' schemas only
         weights = {"ortho": b.lambda_ortho, "balance": b.lambda_balance, "z": b.lambda_z}
         optimised = tuple(k for k, w in weights.items() if k in stage.losses and w > 0)
-        attention = padded_attention(self.model, batch, self.attention_backend)
+        attention = padded_attention(self.model, batch, self.cfg.training.attention_backend)
         with capture, oracle, self._compiled_layers(), attention:
             if self._compiled_losses is not None:
                 # one graph for every length (a CUDA graph per length), or for every number of
@@ -749,45 +745,11 @@ for _backend in SDPA_KERNELS:
     AttentionInterface.register(f"{CAUSAL}_{_backend}", causal_attention_on(_backend))
 
 
-CUDNN_ATTENTION_SINCE = 91501  # cuDNN 9.15.1: its SDPA was wrong at some lengths before
-
-
-def attention_kernel(cfg: Config, model, device: torch.device, dtype: torch.dtype) -> str | None:
-    """The SDPA kernel of the training batches' attention (:func:`padded_attention`; None:
-    torch's choice): ``training.attention_backend`` as set (``torch``: torch's choice), or when
-    null, ``cudnn`` on a Hopper GPU (compute capability 9, as the H200 where it was measured)
-    with cuDNN 9.15.1 or later, if torch says its cuDNN kernel takes the model's causal
-    attention in ``dtype`` (the training's: bf16 under autocast), else torch's choice."""
-    backend = cfg.training.attention_backend
-    if backend is not None:
-        return None if backend == "torch" else backend
-    if (
-        device.type != "cuda"
-        or torch.cuda.get_device_capability(device)[0] != 9
-        or (torch.backends.cudnn.version() or 0) < CUDNN_ATTENTION_SINCE
-    ):
-        return None
-    return "cudnn" if cudnn_takes(model, device, dtype) else None
-
-
-def cudnn_takes(model, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's cuDNN SDPA kernel takes ``model``'s causal attention (its heads, key-value
-    heads and head size) in ``dtype`` on ``device``, asked of torch on a probe of 128 positions."""
-    c = unwrapped(model).config
-    heads = c.num_attention_heads
-    kv = getattr(c, "num_key_value_heads", None) or heads
-    dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    q = torch.empty(1, heads, 128, dim, device=device, dtype=dtype)
-    k = torch.empty(1, kv, 128, dim, device=device, dtype=dtype)
-    params = torch.backends.cuda.SDPAParams(q, k, k, None, 0.0, True, kv != heads)
-    return torch.backends.cuda.can_use_cudnn_attention(params)
-
-
 def unused_attention_backend(cfg: Config, model) -> str | None:
     """Why ``training.attention_backend`` would never reach the training batches' attention
     (:func:`padded_attention`), or None when it does or is not set."""
     t = cfg.training
-    if t.attention_backend in (None, "torch"):
+    if t.attention_backend is None:
         return None
     attention = unwrapped(model).config._attn_implementation
     if attention != "sdpa":
@@ -1282,7 +1244,6 @@ def _run(
                 "stages": stages,
                 "time_s": train_time,
                 "resumed": resume,
-                "attention_kernel": trainer.attention_backend or "torch",
             },
             timings={
                 "setup_s": t_loaded - t_start,

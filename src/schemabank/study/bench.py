@@ -448,8 +448,6 @@ def bench_training(
             "batches_sha256": batches_digest(m.seen),
             "timing": "contiguous" if contiguous else "interleaved",
         }
-        if isinstance(m, _Ours):  # training.attention_backend resolved
-            out[name]["attention_kernel"] = m.trainer.attention_backend or "torch"
         if profile:  # run after the timed steps: its steps add to no count and no digest
             out[name]["profile"] = profiles[name]
     for name in peers:
