@@ -100,7 +100,7 @@ def test_bench_profiles_each_models_steps(tiny_llama, data_dir, tmp_path, capsys
 def test_device_gaps_sums_the_gpus_idle_time_by_gap_size():
     """The GPU's idle time between its activities (overlapping ones merged), per step, by the
     gap's size, and the largest gaps with the activities around them."""
-    from schemabank.profiling import device_gaps
+    from schemabank.profiling import device_gaps, summary_line
 
     spans = [  # (start_us, end_us, name), unsorted; b overlaps a, c starts inside b
         (0, 10, "a"),
@@ -120,6 +120,10 @@ def test_device_gaps_sums_the_gpus_idle_time_by_gap_size():
     assert g["idle_ms"] == pytest.approx(1.0105)
     assert g["largest_gaps"] == [[2.0, "e", "f"], [0.02, "d", "e"]]
     assert device_gaps([], steps=3)["idle_ms"] == 0
+    p = {"steps": 2, "wall_ms": 4.0, "device_ms": 2.0, "kernel_launches": 0, "graph_launches": 1}
+    line = summary_line("stage 3", {**p, "gaps": g})
+    assert line.endswith("; GPU idle 1.0 ms between 4 activities (0.0 ms in gaps under 5 us)")
+    assert "idle" not in summary_line("stage 3", p)  # off CUDA: no device activities
 
 
 def same_length_data(root: Path) -> Path:

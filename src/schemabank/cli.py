@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="run the global steps FIRST to FIRST+N-1 under torch.profiler, with the loop's work "
-        "around them, and write their time per step (wall, GPU busy, launches, top operations) "
+        "around them, and write their time per step (wall, GPU busy and idle, launches, top "
+        "operations) "
         "to the run's profile.json, e.g. 700:5 (repeatable, for windows that do not overlap). "
         "On CUDA with training.compile, a profiled run and an unprofiled one do not reuse each "
         "other's compiled graphs from the cache (docs/performance.md)",
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="then step each model this many more times under torch.profiler: the GPU's busy "
-        "time, the host's launches and the top operations a step (in the JSON's 'profile')",
+        "and idle time, the host's launches and the top operations a step (in the JSON's "
+        "'profile')",
     )
     b.add_argument("--output", help="write the figures as JSON here")
     _add_common(b)

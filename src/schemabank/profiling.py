@@ -124,17 +124,17 @@ def summarise(prof, steps: int, wall: float, top: int = 8) -> dict:
 def summary_line(name: str, p: dict) -> str:
     """One line of a :func:`summarise` result, for the terminal."""
     busy = f" ({100 * p['device_ms'] / p['wall_ms']:.0f}%)" if p["device_ms"] else ""
+    idle = ""
+    if "gaps" in p:
+        g, small = p["gaps"], GAP_BOUNDS_US[0]
+        idle = (
+            f"; GPU idle {g['idle_ms']:.1f} ms between {g['activities']:.0f} activities "
+            f"({g['idle_ms_by_gap'][f'<{small}us']:.1f} ms in gaps under {small} us)"
+        )
     return (
         f"{name} profiled over {p['steps']} steps: {p['wall_ms']:.1f} ms a step, GPU busy "
         f"{p['device_ms']:.1f} ms{busy}, {p['kernel_launches']:.0f} kernel and "
-        f"{p['graph_launches']:.0f} CUDA-graph launches from the host"
-        + (
-            f"; GPU idle {p['gaps']['idle_ms']:.1f} ms between {p['gaps']['activities']:.0f} "
-            f"activities ({p['gaps']['idle_ms_by_gap'][f'<{GAP_BOUNDS_US[0]}us']:.1f} ms in "
-            f"gaps under {GAP_BOUNDS_US[0]} us)"
-            if "gaps" in p
-            else ""
-        )
+        f"{p['graph_launches']:.0f} CUDA-graph launches from the host{idle}"
     )
 
 
