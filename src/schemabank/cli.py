@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="run the global steps FIRST to FIRST+N-1 under torch.profiler, with the loop's work "
         "around them, and write their time per step (wall, GPU busy and idle, launches, top "
-        "operations) "
-        "to the run's profile.json, e.g. 700:5 (repeatable, for windows that do not overlap). "
+        "operations) to the run's profile.json, e.g. 700:5 (repeatable, for windows that do not overlap). "
         "On CUDA with training.compile, a profiled run and an unprofiled one do not reuse each "
         "other's compiled graphs from the cache (docs/performance.md)",
     )
