@@ -192,12 +192,17 @@ def test_capture_step_refuses_what_it_cannot_capture(tiny_llama, keys, message):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled-layers"])
-def test_captured_step_on_cuda_gives_the_uncaptured_step(tiny_llama, data_dir, compiled):
-    """On a GPU, through real CUDA graphs (and inductor without CUDA graphs of its own): the
-    uncaptured step's losses, gradient norms and parameters over stages 2 and 3, steps that run,
-    capture and replay. In fp32 (bf16's fused kernels round differently)."""
-    keys = {"compile": True, "compile_scope": "layers"} if compiled else {}
+@pytest.mark.parametrize(
+    "keys",
+    [{}, {"compile": True}, {"compile": True, "compile_combo_kernels": True}],
+    ids=["eager", "compiled-layers", "compiled-layers-combo-kernels"],
+)
+def test_captured_step_on_cuda_gives_the_uncaptured_step(tiny_llama, data_dir, keys):
+    """On a GPU, through real CUDA graphs (and inductor without CUDA graphs of its own, its
+    kernels one by one or combined): the uncaptured step's losses, gradient norms and parameters
+    over stages 2 and 3, steps that run, capture and replay. In fp32 (bf16's fused kernels round
+    differently)."""
+    keys = {**keys, "compile_scope": "layers"} if keys else {}
     plain = make_trainer(tiny_llama, data_dir, device="cuda", training=PAD, **SECTIONS)
     capt = make_trainer(
         tiny_llama,

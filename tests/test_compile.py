@@ -525,11 +525,34 @@ def test_the_configured_compile_mode_reaches_every_compiled_layer(
     trainer = make_trainer(
         tiny_llama,
         data_dir,
-        training={"compile": True, "compile_scope": "layers", "compile_mode": requested},
+        training={
+            "compile": True,
+            "compile_scope": "layers",
+            "compile_mode": requested,
+            "compile_combo_kernels": True,  # inductor's option on a GPU only
+        },
     )
     want = None if requested in (None, "default") else requested
     assert len(modes) == len(trainer._regions) + 1 > 1 and set(modes) == {want}
     assert trainer.graphs is False
+
+
+@pytest.mark.parametrize(
+    ("mode", "combo", "want"),
+    [
+        ("reduce-overhead", False, {"mode": "reduce-overhead"}),
+        (None, True, {"options": {"combo_kernels": True}}),
+        ("reduce-overhead", True, {"options": {"triton.cudagraphs": True, "combo_kernels": True}}),
+    ],
+)
+def test_combo_kernels_join_the_modes_options(monkeypatch, mode, combo, want):
+    """``training.compile_combo_kernels`` reaches ``torch.compile`` as inductor's option, with the
+    mode's own options spelled out (``torch.compile`` takes a mode or options, not both); another
+    backend (the tests' ``aot_eager``) gets the mode alone."""
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "inductor")
+    assert training.compile_args(mode, combo) == want
+    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+    assert training.compile_args(mode, combo) == {"mode": mode}
 
 
 @pytest.mark.parametrize(
@@ -584,7 +607,7 @@ def test_a_layer_region_runs_its_layers_in_the_decoders_loop():
             lambda m, a, out: (out[0] + 10, None) if isinstance(out, tuple) else out + 10
         )
         want = loop(layers, torch.ones(2))
-        region = training.LayerRegion(list(layers), None)
+        region = training.LayerRegion(list(layers), {"mode": None})
         region.compiled = region.forward  # the same call, uncompiled
         calls = [region.first, region.passed_on, region.passed_on]
         for layer, call in zip(layers, calls, strict=True):
@@ -601,7 +624,7 @@ def test_layer_regions_share_compiled_code_only_when_alike():
     own, as has one with another hook function, and one of other layers or of another length."""
 
     def region(*layers):
-        return training.LayerRegion(list(layers), None)
+        return training.LayerRegion(list(layers), {"mode": None})
 
     def lin():
         return torch.nn.Linear(2, 2)

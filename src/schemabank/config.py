@@ -230,6 +230,10 @@ class TrainingConfig:
     43.3 to 46.5 ms at the median, against 50 to 62 ms one by one), for a longer compilation:
     with an empty cache it added about 5.5 minutes to a run on the H200, while a warm run loads
     it from the cache (136.4 s a run, 133.8 s one by one; docs/performance.md)."""
+    compile_combo_kernels: bool = False
+    """With ``compile`` on a GPU: inductor's combo kernels (``combo_kernels``), which launch
+    independent small kernels of a compiled graph as one, such as the casts of a layer's LoRA
+    weights to bf16 and of their gradients back. The same numbers; a longer compilation."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA

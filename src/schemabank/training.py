@@ -198,13 +198,14 @@ class Trainer:
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
         self._chunk_nll = None  # "layers": the compiled LM loss head
+        combo = t.compile_combo_kernels and device.type == "cuda"
         if t.compile and t.compile_scope == "step":
-            self._compiled_losses = compile_step(self.forward_losses, device, mode)
+            self._compiled_losses = compile_step(self.forward_losses, device, mode, combo)
         elif t.compile:
-            self._regions = compile_layers(model, device, mode, t.compile_region_layers)
+            self._regions = compile_layers(model, device, mode, t.compile_region_layers, combo)
             # the LM loss's vocabulary projection and cross-entropy compiled too, without CUDA
             # graphs of its own (its row count changes from step to step)
-            self._chunk_nll = compile_chunk_nll(device, mode)
+            self._chunk_nll = compile_chunk_nll(device, mode, combo)
         self.graphs = (  # the step replays CUDA graphs: mark each step's start
             t.compile and device.type == "cuda" and compile_mode(device, mode) in CUDA_GRAPH_MODES
         )
@@ -856,26 +857,37 @@ def compile_mode(device: torch.device, requested: str | None = None) -> str | No
     return "reduce-overhead" if device.type == "cuda" else None
 
 
-def compile_step(fn, device: torch.device, mode: str | None = None):
+def compile_args(mode: str | None, combo: bool = False) -> dict:
+    """``torch.compile``'s keyword arguments for ``mode`` (:func:`compile_mode`'s), with inductor's
+    combo kernels when ``combo`` (``training.compile_combo_kernels``): ``torch.compile`` takes a
+    mode or options, not both, so then the mode's options are spelled out."""
+    if not combo or COMPILE_BACKEND != "inductor":
+        return {"mode": mode}
+    options = torch._inductor.list_mode_options(mode) if mode else {}
+    return {"options": {**options, "combo_kernels": True}}
+
+
+def compile_step(fn, device: torch.device, mode: str | None = None, combo: bool = False):
     """``fn`` (:meth:`Trainer.forward_losses`) under ``torch.compile`` in :func:`compile_mode`
     (on CUDA by default ``reduce-overhead``: its forward and backward replayed as CUDA graphs).
     The batch length is symbolic (:meth:`Trainer.losses` marks it), so each stage compiles once,
     and CUDA graphs are recorded once per length; the recompilation limit is raised to hold the
     stages."""
     _raise_recompile_limit()
-    return torch.compile(fn, backend=COMPILE_BACKEND, mode=compile_mode(device, mode))
+    return torch.compile(
+        fn, backend=COMPILE_BACKEND, **compile_args(compile_mode(device, mode), combo)
+    )
 
 
-def compile_chunk_nll(device: torch.device, mode: str | None = None):
+def compile_chunk_nll(device: torch.device, mode: str | None = None, combo: bool = False):
     """:func:`~schemabank.models.chunk_nll_sum` under ``torch.compile`` in :func:`compile_mode`,
     but never with CUDA graphs (its row count changes from step to step): inductor fuses the
     logits' float cast, the log-softmax and their backward, which eager runs as separate passes
     over the (N, V) logits. The row count is symbolic from the first call: one compilation a
     stage (the stage's ``torch._dynamo.reset`` drops it) serves every count."""
     mode = compile_mode(device, mode)
-    compiled = torch.compile(
-        chunk_nll_sum, backend=COMPILE_BACKEND, mode=None if mode in CUDA_GRAPH_MODES else mode
-    )
+    mode = None if mode in CUDA_GRAPH_MODES else mode
+    compiled = torch.compile(chunk_nll_sum, backend=COMPILE_BACKEND, **compile_args(mode, combo))
 
     def chunk_fn(hidden, weight, bias, targets):
         for x in (hidden, targets):  # one graph for every row count (one or none excepted)
@@ -886,7 +898,11 @@ def compile_chunk_nll(device: torch.device, mode: str | None = None):
 
 
 def compile_layers(
-    model, device: torch.device, mode: str | None = None, region_layers: int = 1
+    model,
+    device: torch.device,
+    mode: str | None = None,
+    region_layers: int = 1,
+    combo: bool = False,
 ) -> list[tuple[torch.nn.Module, object]]:
     """The decoder layers' calls compiled (regional compilation) in :func:`compile_mode` (on CUDA
     by default ``reduce-overhead``), to be switched on by :meth:`Trainer._compiled_layers`: a
@@ -903,16 +919,16 @@ def compile_layers(
     epsilons, LoRA scalings) into CPU scalar tensors, which split each layer's graph around CPU
     ops and make CUDA-graph recording crash (torch 2.11)."""
     _raise_recompile_limit()
-    mode = compile_mode(device, mode)
+    args = compile_args(compile_mode(device, mode), combo)
     layers = list(decoder_layers(model))
     if region_layers <= 1:
         return [
-            (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, mode=mode))
+            (layer, torch.compile(layer._call_impl, backend=COMPILE_BACKEND, **args))
             for layer in layers
         ]
     out: list[tuple[torch.nn.Module, object]] = []
     for i in range(0, len(layers), region_layers):
-        region = LayerRegion(layers[i : i + region_layers], mode)
+        region = LayerRegion(layers[i : i + region_layers], args)
         out.append((region.layers[0], region.first))
         out.extend((layer, region.passed_on) for layer in region.layers[1:])
     return out
@@ -941,7 +957,7 @@ class LayerRegion:
     decoder's own loop is unchanged. Not a module: it holds the model's layers without
     registering them again."""
 
-    def __init__(self, layers: list[torch.nn.Module], mode: str | None):
+    def __init__(self, layers: list[torch.nn.Module], args: dict):
         self.layers = list(layers)
         self.tuples = False  # the layers return tuples (hidden_states, ...), as older models do
         # Dynamo keeps compiled graphs per code object and does not guard on module hooks, so a
@@ -951,7 +967,7 @@ class LayerRegion:
         key = _hook_signature(self.layers)
         self.code = _REGION_CODES.setdefault(key, LayerRegion.forward.__code__.replace())
         forward = types.MethodType(types.FunctionType(self.code, globals(), "forward"), self)
-        self.compiled = torch.compile(forward, backend=COMPILE_BACKEND, mode=mode)
+        self.compiled = torch.compile(forward, backend=COMPILE_BACKEND, **args)
 
     def forward(self, hidden_states, *args, **kwargs):
         out = hidden_states
