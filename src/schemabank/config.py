@@ -233,7 +233,10 @@ class TrainingConfig:
     compile_combo_kernels: bool = False
     """With ``compile`` on a GPU: inductor's combo kernels (``combo_kernels``), which launch
     independent small kernels of a compiled graph as one, such as the casts of a layer's LoRA
-    weights to bf16 and of their gradients back. The same numbers; a longer compilation."""
+    weights to bf16 and of their gradients back. The same numbers. On the H200 at batch 192
+    (step captured, cuDNN's attention) stage 3's step took 110.4 against 111.7 ms and the
+    baseline's 109.0 against 111.3 ms, compiling 1 to 7 s longer; off by default until whole runs
+    have measured it (docs/performance.md)."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
@@ -261,8 +264,11 @@ class TrainingConfig:
     """The SDPA kernel a padded training batch's causal attention runs (the only one allowed for
     it): ``flash``, ``cudnn``, ``efficient`` or ``math``. ``null``: torch's choice (its flash
     kernel on the H200 with torch 2.11). On the H200 ``cudnn`` halved attention's time at batch
-    192 and took 4.6% off the study's compiled step (docs/performance.md); not the default, as no
-    run has measured its accuracy. A kernel that cannot take the inputs stops the step with
+    192 and took 4.6% off the study's compiled step (docs/performance.md). Not the default: in
+    whole ``sb_b32_split50`` runs on the H200 its steps took 39.7 to 39.9 against 42.1 to 42.4
+    ms at the median and the strict scores stayed within the seeds' range, but its plans, built
+    for each new batch shape, made a warm run's three first steps 34.0 against 14.3 s (the run
+    127.4 against 97.2 s, two machines). A kernel that cannot take the inputs stops the step with
     torch's "No available kernel" error, which says why (torch 2.11's ``efficient`` takes no
     grouped-query attention). Only for models on SDPA, without ``packing`` (a warning says when
     it is not used); evaluation keeps the model's attention. The choice is part of the compiled
