@@ -886,7 +886,7 @@ def compile_chunk_nll(device: torch.device, mode: str | None = None, combo: bool
     over the (N, V) logits. The row count is symbolic from the first call: one compilation a
     stage (the stage's ``torch._dynamo.reset`` drops it) serves every count."""
     mode = compile_mode(device, mode)
-    mode = None if mode in CUDA_GRAPH_MODES else mode
+    mode = None if mode in CUDA_GRAPH_MODES else mode  # never CUDA graphs of its own
     compiled = torch.compile(chunk_nll_sum, backend=COMPILE_BACKEND, **compile_args(mode, combo))
 
     def chunk_fn(hidden, weight, bias, targets):
@@ -958,6 +958,7 @@ class LayerRegion:
     registering them again."""
 
     def __init__(self, layers: list[torch.nn.Module], args: dict):
+        # args: torch.compile's keyword arguments (compile_args)
         self.layers = list(layers)
         self.tuples = False  # the layers return tuples (hidden_states, ...), as older models do
         # Dynamo keeps compiled graphs per code object and does not guard on module hooks, so a
