@@ -235,8 +235,10 @@ class TrainingConfig:
     independent small kernels of a compiled graph as one, such as the casts of a layer's LoRA
     weights to bf16 and of their gradients back. The same numbers. On the H200 at batch 192
     (step captured, cuDNN's attention) stage 3's step took 110.4 against 111.7 ms and the
-    baseline's 109.0 against 111.3 ms, compiling 1 to 7 s longer; off by default until whole runs
-    have measured it (docs/performance.md)."""
+    baseline's 109.0 against 111.3 ms, compiling 1 to 7 s longer; in whole ``sb_b32_split50``
+    runs the median step took 40.6 to 40.7 ms against 42.1 to 42.4 ms without (another machine),
+    stage 3 compiling 5.5 s longer with an empty cache. Off by default until one machine has
+    compared both settings' warm runs (docs/performance.md)."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
