@@ -12,6 +12,10 @@
 #                  (ATTN picks the decoder's attention, EVAL_BATCH the batch)
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
+#   warm-ab        a same-machine A/B of the run: cold then warm without AB (more arguments,
+#                  e.g. AB="--set training.compile_combo_kernels=true"), then cold then warm with
+#                  it, each pair on its own empty cache under CACHES (default /tmp/sb_ab; A in
+#                  a/, B in b/)
 #   cache-check    the run twice (start from an empty TORCHINDUCTOR_CACHE_DIR), each under
 #                  TORCH_LOGS naming every compiled graph's cache hit, miss or bypass, then
 #                  scripts/cache_report.py: each run's counts (the second should hit everywhere)
@@ -113,6 +117,15 @@ case $PART in
     timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
   run-cold) timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold" ;;
   run-warm) timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
+  warm-ab)
+    : "${AB:?AB: the arguments of run B, e.g. --set training.compile_combo_kernels=true}"
+    for v in a b; do
+      X=""
+      [ $v = b ] && X="$AB"
+      rm -rf "${CACHES:-/tmp/sb_ab}/$v"
+      TORCHINDUCTOR_CACHE_DIR="${CACHES:-/tmp/sb_ab}/$v" timed "ab_${v}_cold" $SBC train --config $SB $FAST $X --output-dir "$OUT/$v/cold"
+      TORCHINDUCTOR_CACHE_DIR="${CACHES:-/tmp/sb_ab}/$v" timed "ab_${v}_warm" $SBC train --config $SB $FAST $X --output-dir "$OUT/$v/warm"
+    done ;;
   cache-check)
     export TORCH_LOGS=${CACHE_LOGS:-+torch._inductor.codecache,+torch._functorch._aot_autograd.autograd_cache}
     timed cache_first $SBC train --config $SB $FAST --output-dir "$OUT/cache_first"
