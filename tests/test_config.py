@@ -191,6 +191,16 @@ def test_invalid_value_names_the_key(tmp_path, key, value, fragment):
     assert "cfg.yaml" in message  # names the file too
 
 
+def test_fused_lora_a_needs_lora_without_dropout(tmp_path):
+    data = with_change("training.fuse_lora_a", True)
+    data.setdefault("lora", {})["lora_dropout"] = 0.1
+    assert "training.fuse_lora_a: needs lora.lora_dropout 0" in config_error(
+        write_yaml(tmp_path, data)
+    )
+    data["lora"]["lora_dropout"] = 0.0
+    assert load_config(write_yaml(tmp_path, data)).training.fuse_lora_a
+
+
 def test_ablation_of_is_recorded_in_results():
     from schemabank.results import _experiment
 

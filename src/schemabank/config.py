@@ -239,6 +239,12 @@ class TrainingConfig:
     runs the median step took 40.6 to 40.7 ms against 42.1 to 42.4 ms without (another machine),
     stage 3 compiling 5.5 s longer with an empty cache. Off by default until one machine has
     compared both settings' warm runs (docs/performance.md)."""
+    fuse_lora_a: bool = False
+    """Compute the LoRA A of the projections that read the same input (q/k/v, gate/up) as one
+    matmul each way instead of three (two), in the training forward passes: the same numbers
+    within float error, fewer and larger matmuls (:mod:`schemabank.method.shared_lora`). Meant for ``compile``, which
+    drops each module's own product; eager, that product still runs. Needs ``lora.lora_dropout``
+    0. Off by default until measured on a GPU."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
@@ -503,6 +509,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"lora.lora_alpha: must be > 0, got {cfg.lora.lora_alpha}")
     if not 0.0 <= cfg.lora.lora_dropout < 1.0:
         p.append(f"lora.lora_dropout: must be in [0, 1), got {cfg.lora.lora_dropout}")
+    if cfg.training.fuse_lora_a and cfg.lora.lora_dropout > 0:
+        p.append("training.fuse_lora_a: needs lora.lora_dropout 0 (each projection's own dropout)")
     if cfg.lora.match_params and e.mode != "baseline":
         p.append("lora.match_params: only applies to experiment.mode baseline")
     for key, v in (("num_schemas", b.num_schemas), ("rank", b.rank), ("attr_dim", b.attr_dim)):

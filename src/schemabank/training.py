@@ -39,6 +39,7 @@ from .data import Problem, load_gsm8k, load_wikitext, split_dev
 from .errors import CheckpointError, SchemaBankError, TrainingError
 from .evaluation import TokenizedText, check_context, evaluate_run, write_samples
 from .files import atomic_write_text, check_writable, write_json
+from .method import shared_lora
 from .method.adapter import adapter_parameters, build_adapter
 from .method.attach import decoder_layers
 from .method.bank import balance_loss, routing_ce, z_loss
@@ -206,6 +207,9 @@ class Trainer:
             # the LM loss's vocabulary projection and cross-entropy compiled too, without CUDA
             # graphs of its own (its row count changes from step to step)
             self._chunk_nll = compile_chunk_nll(device, mode, combo)
+        self._fuse_lora_a = t.fuse_lora_a and shared_lora.share_lora_inputs(model) > 0
+        if self._fuse_lora_a:  # code compiled for another trainer in this process lacks the hooks
+            torch._dynamo.reset()
         self.graphs = (  # the step replays CUDA graphs: mark each step's start
             t.compile and device.type == "cuda" and compile_mode(device, mode) in CUDA_GRAPH_MODES
         )
@@ -254,11 +258,13 @@ class Trainer:
     @contextmanager
     def _compiled_layers(self):
         """With ``compile_scope: layers``, the decoder layers run compiled inside this context
-        (the training forward passes) and eager everywhere else (evaluation, held-out routing)."""
+        (the training forward passes) and eager everywhere else (evaluation, held-out routing);
+        with ``fuse_lora_a``, the shared LoRA A products are made here alone."""
         for layer, fn in self._regions:
             layer._compiled_call_impl = fn  # what nn.Module.compile sets: __call__ runs it
         try:
-            yield
+            with shared_lora.fused() if self._fuse_lora_a else nullcontext():
+                yield
         finally:
             for layer, _ in self._regions:
                 layer._compiled_call_impl = None
