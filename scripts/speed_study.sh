@@ -41,7 +41,8 @@
 # consecutive layers compiled as one region, fewer graphs to replay and record), STEP_GRAPH=true
 # (training.capture_step: the whole step captured as one CUDA graph per stage and length), SDPA
 # (training.attention_backend: the SDPA kernel of the training batches' attention), COMBO=true
-# (training.compile_combo_kernels: inductor's combo kernels, small independent kernels as one), PEERS
+# (training.compile_combo_kernels: inductor's combo kernels, small independent kernels as one),
+# FUSE=true (training.fuse_lora_a: q/k/v's and gate/up's LoRA A as one matmul each), PEERS
 # (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none),
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
@@ -77,7 +78,8 @@ TRAIN=""
 [ -n "${STEP_GRAPH:-}" ] && TRAIN="$TRAIN --set training.capture_step=$STEP_GRAPH"
 [ -n "${SDPA:-}" ] && TRAIN="$TRAIN --set training.attention_backend=$SDPA"
 [ -n "${COMBO:-}" ] && TRAIN="$TRAIN --set training.compile_combo_kernels=$COMBO"
-SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}${REGION:+_region$REGION}${STEP_GRAPH:+_captured}${SDPA:+_$SDPA}${COMBO:+_combo}"  # the benches' file names say their settings
+[ -n "${FUSE:-}" ] && TRAIN="$TRAIN --set training.fuse_lora_a=$FUSE"
+SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}${REGION:+_region$REGION}${STEP_GRAPH:+_captured}${SDPA:+_$SDPA}${COMBO:+_combo}${FUSE:+_fuse}"  # the benches' file names say their settings
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
 for w in ${PROFILE_RUN:-}; do FAST="$FAST --profile-steps $w"; done
 FAST="$FAST ${EXTRA:-}"
