@@ -587,29 +587,22 @@ ALL_LINEAR = {
 
 
 @pytest.mark.parametrize(
-    ("mode", "stage", "scope"),
-    [
-        ("baseline", BASELINE, "layers"),
-        ("schemabank", STAGES[1], "layers"),
-        ("schemabank", STAGES[2], "step"),
-    ],
-    ids=["baseline-layers", "stage2-layers", "stage3-step"],
+    ("mode", "stage"),
+    [("baseline", BASELINE), ("schemabank", STAGES[2])],
+    ids=["baseline", "stage3"],
 )
-def test_fused_lora_a_gives_the_eager_step(aot_eager, tiny_llama, data_dir, mode, stage, scope):
-    """``training.fuse_lora_a``: the compiled pass with q/k/v's and gate/up's LoRA A as one
-    matmul each gives the eager pass's losses and gradients (within float error: the sums run in
-    another order); the modules and their state dict stay PEFT's, and outside the training
-    forward (evaluation) nothing is shared."""
+def test_fused_lora_a_gives_the_eager_step(aot_eager, tiny_llama, data_dir, mode, stage):
+    """``training.fuse_lora_a``: the compiled layers with q/k/v's and gate/up's LoRA A as one
+    matmul each give the eager pass's losses and gradients (within float error: the sums may
+    run in another order); the modules and their state dict stay PEFT's, and outside the
+    training forward (evaluation) nothing is shared."""
     results = []
     for keys in (
         {"pad_to_multiple_of": 64},
-        {"compile": True, "compile_scope": scope, "fuse_lora_a": True},
+        {"compile": True, "compile_scope": "layers", "fuse_lora_a": True},
     ):
         t = make_trainer(tiny_llama, data_dir, mode=mode, lora=ALL_LINEAR, training=keys)
-        wake_up(t)
-        t.enter_stage(stage)
-        batch, targets, _ = t.batches.make_batch(stage, 0.5)
-        results.append((t, losses_and_gradients(t, stage, batch, targets)))
+        results.append((t, _one_pass(t, stage)))
     (eager, want), (fused, got) = results
     assert fused._fuse_lora_a and not eager._fuse_lora_a
     assert_same_losses_and_gradients(want, got)
@@ -622,54 +615,63 @@ def test_fused_lora_a_gives_the_eager_step(aot_eager, tiny_llama, data_dir, mode
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-6)
 
 
+def _one_pass(trainer, stage):
+    wake_up(trainer)
+    trainer.enter_stage(stage)
+    batch, targets, _ = trainer.batches.make_batch(stage, 0.5)
+    return losses_and_gradients(trainer, stage, batch, targets)
+
+
 def test_fused_lora_a_makes_fewer_matmuls(monkeypatch, tiny_llama, data_dir):
     """The compiled step's forward and backward graphs (after AOTAutograd's partitioner, as
     inductor gets them) with ``fuse_lora_a``: per layer two fewer matmuls for q/k/v's LoRA A
     and one fewer for gate/up's in the forward pass; in the backward, as many fewer for the
     weights' gradients and for the inputs' (but the first layer's attention's: the embedding
-    is frozen). No graph breaks; the fused trainer, made after the other, does not reuse its
-    compiled code."""
+    is frozen). The same losses and gradients, no graph breaks; the fused trainer, made after
+    the other, does not reuse its compiled code."""
     from functorch.compile import make_boxed_func
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
-    graphs = []
+    graphs = {"fw": [], "bw": []}
 
-    def keep(gm, _):
-        graphs.append(gm)
-        return make_boxed_func(gm.forward)
+    def keeper(kind):
+        def keep(gm, _):
+            graphs[kind].append(gm)
+            return make_boxed_func(gm.forward)
+
+        return keep
 
     def backend(gm, inputs):
         return aot_module_simplified(
-            gm, inputs, keep, keep, partition_fn=min_cut_rematerialization_partition
+            gm,
+            inputs,
+            keeper("fw"),
+            keeper("bw"),
+            partition_fn=min_cut_rematerialization_partition,
         )
 
+    def matmuls(kind):
+        mm = torch.ops.aten.mm.default
+        return sum(n.target == mm for g in graphs[kind] for n in g.graph.nodes)
+
     monkeypatch.setattr(training, "COMPILE_BACKEND", backend)
-    counts = {}
     torch._dynamo.reset()
+    counts, passes = [], []
     for fuse in (False, True):  # the fused trainer after the other: it must not reuse its code
-        graphs.clear()
+        for kind in graphs:
+            graphs[kind].clear()
         torch._dynamo.utils.counters.clear()
-        t = make_trainer(
-            tiny_llama,
-            data_dir,
-            lora=ALL_LINEAR,
-            training={"compile": True, "compile_scope": "step", "fuse_lora_a": fuse},
-        )
-        wake_up(t)
-        _records(t, STAGES[2], 1)
+        keys = {"compile": True, "compile_scope": "step", "fuse_lora_a": fuse}
+        t = make_trainer(tiny_llama, data_dir, mode="baseline", lora=ALL_LINEAR, training=keys)
+        passes.append(_one_pass(t, BASELINE))
         assert not torch._dynamo.utils.counters["graph_break"]
-        counts[fuse] = [
-            sum(
-                n.op == "call_function" and n.target == torch.ops.aten.mm.default
-                for n in g.graph.nodes
-            )
-            for g in graphs
-        ]
-    (fw, bw), (fw_fused, bw_fused) = counts[False], counts[True]
+        counts.append((matmuls("fw"), matmuls("bw")))
+    (fw, bw), (fw_fused, bw_fused) = counts
     layers = 2
     assert fw - fw_fused == 3 * layers
     assert bw - bw_fused == 6 * layers - 2  # the first attention's input needs no gradient
+    assert_same_losses_and_gradients(*passes)
 
 
 def test_a_layer_region_runs_its_layers_in_the_decoders_loop():
