@@ -85,6 +85,15 @@ def test_the_compiled_loss_head_gives_the_eager_loss_and_gradients(aot_eager, ti
     torch.testing.assert_close(head_nll_sum(lora, h, y, 8192, compiled), want)
 
 
+def _one_pass(trainer, stage):
+    """One forward and backward pass of a batch of ``stage`` (:func:`losses_and_gradients`),
+    every adapter parameter on a gradient path."""
+    wake_up(trainer)
+    trainer.enter_stage(stage)
+    batch, targets, _ = trainer.batches.make_batch(stage, 0.5)
+    return losses_and_gradients(trainer, stage, batch, targets)
+
+
 def _records(trainer, stage, steps):
     trainer.enter_stage(stage)
     out = []
@@ -338,10 +347,7 @@ def test_an_attention_backend_runs_only_its_kernel(tiny_llama, data_dir, monkeyp
     for keys in ({}, {"attention_backend": backend}):
         enabled.clear()
         t = make_trainer(tiny_llama, data_dir, training=keys)
-        wake_up(t)
-        t.enter_stage(STAGES[2])
-        batch, targets, _ = t.batches.make_batch(STAGES[2], 0.5)
-        results.append(losses_and_gradients(t, STAGES[2], batch, targets))
+        results.append(_one_pass(t, STAGES[2]))
         kernels.append(list(enabled))
     default, chosen = kernels
     assert default and all(all(e.values()) for e in default)  # torch's choice: all allowed
@@ -613,13 +619,6 @@ def test_fused_lora_a_gives_the_eager_step(aot_eager, tiny_llama, data_dir, mode
     with torch.no_grad():
         logits = [t.model(input_ids=ids).logits for t in (eager, fused)]
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-6)
-
-
-def _one_pass(trainer, stage):
-    wake_up(trainer)
-    trainer.enter_stage(stage)
-    batch, targets, _ = trainer.batches.make_batch(stage, 0.5)
-    return losses_and_gradients(trainer, stage, batch, targets)
 
 
 def test_fused_lora_a_makes_fewer_matmuls(monkeypatch, tiny_llama, data_dir):

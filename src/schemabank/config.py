@@ -242,9 +242,9 @@ class TrainingConfig:
     fuse_lora_a: bool = False
     """Compute the LoRA A of the projections that read the same input (q/k/v, gate/up) as one
     matmul each way instead of three (two), in the training forward passes: the same numbers
-    within float error, fewer and larger matmuls (:mod:`schemabank.method.shared_lora`). Meant for ``compile``, which
-    drops each module's own product; eager, that product still runs. Needs ``lora.lora_dropout``
-    0. Off by default until measured on a GPU."""
+    within float error, fewer and larger matmuls (:mod:`schemabank.method.shared_lora`). Meant
+    for ``compile``, which drops each module's own product; eager, that product still runs.
+    Needs ``lora.lora_dropout`` 0. Off by default until measured on a GPU."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
