@@ -13,7 +13,7 @@
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
 #   warm-ab        a same-machine A/B of the run: cold then warm without AB (more arguments,
-#                  e.g. AB="--set training.compile_combo_kernels=true"), then cold then warm with
+#                  e.g. AB="--set training.fuse_lora_a=true"), then cold then warm with
 #                  it, each pair on its own empty cache under CACHES (default /tmp/sb_ab; A in
 #                  a/, B in b/)
 #   cache-check    the run twice (start from an empty TORCHINDUCTOR_CACHE_DIR), each under
@@ -40,8 +40,9 @@
 # nothing recorded for each new length), REGION (training.compile_region_layers: that many
 # consecutive layers compiled as one region, fewer graphs to replay and record), STEP_GRAPH=true
 # (training.capture_step: the whole step captured as one CUDA graph per stage and length), SDPA
-# (training.attention_backend: the SDPA kernel of the training batches' attention), COMBO=true
-# (training.compile_combo_kernels: inductor's combo kernels, small independent kernels as one),
+# (training.attention_backend: the SDPA kernel of the training batches' attention), COMBO
+# (training.compile_combo_kernels: inductor's combo kernels, small independent kernels as one;
+# on by default, COMBO=false turns them off, COMBO=true names them in the benches' file names),
 # FUSE=true (training.fuse_lora_a: q/k/v's and gate/up's LoRA A as one matmul each), PEERS
 # (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none),
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
@@ -79,7 +80,8 @@ TRAIN=""
 [ -n "${SDPA:-}" ] && TRAIN="$TRAIN --set training.attention_backend=$SDPA"
 [ -n "${COMBO:-}" ] && TRAIN="$TRAIN --set training.compile_combo_kernels=$COMBO"
 [ -n "${FUSE:-}" ] && TRAIN="$TRAIN --set training.fuse_lora_a=$FUSE"
-SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}${REGION:+_region$REGION}${STEP_GRAPH:+_captured}${SDPA:+_$SDPA}${COMBO:+_combo}${FUSE:+_fuse}"  # the benches' file names say their settings
+case "${COMBO:-}" in true) CS=_combo ;; false) CS=_nocombo ;; *) CS="" ;; esac
+SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}${REGION:+_region$REGION}${STEP_GRAPH:+_captured}${SDPA:+_$SDPA}$CS${FUSE:+_fuse}"  # the benches' file names say their settings
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
 for w in ${PROFILE_RUN:-}; do FAST="$FAST --profile-steps $w"; done
 FAST="$FAST ${EXTRA:-}"
@@ -120,7 +122,7 @@ case $PART in
   run-cold) timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold" ;;
   run-warm) timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
   warm-ab)
-    : "${AB:?AB: the arguments of run B, e.g. --set training.compile_combo_kernels=true}"
+    : "${AB:?AB: the arguments of run B, e.g. --set training.fuse_lora_a=true}"
     for v in a b; do
       X=""
       [ $v = b ] && X="$AB"

@@ -230,21 +230,24 @@ class TrainingConfig:
     43.3 to 46.5 ms at the median, against 50 to 62 ms one by one), for a longer compilation:
     with an empty cache it added about 5.5 minutes to a run on the H200, while a warm run loads
     it from the cache (136.4 s a run, 133.8 s one by one; docs/performance.md)."""
-    compile_combo_kernels: bool = False
+    compile_combo_kernels: bool = True
     """With ``compile`` on a GPU: inductor's combo kernels (``combo_kernels``), which launch
     independent small kernels of a compiled graph as one, such as the casts of a layer's LoRA
-    weights to bf16 and of their gradients back. The same numbers. On the H200 at batch 192
-    (step captured, cuDNN's attention) stage 3's step took 110.4 against 111.7 ms and the
-    baseline's 109.0 against 111.3 ms, compiling 1 to 7 s longer; in whole ``sb_b32_split50``
-    runs the median step took 40.6 to 40.7 ms against 42.1 to 42.4 ms without (another machine),
-    stage 3 compiling 5.5 s longer with an empty cache. Off by default until one machine has
-    compared both settings' warm runs (docs/performance.md)."""
+    weights to bf16 and of their gradients back. The same numbers. On the H200, whole
+    ``sb_b32_split50`` runs on one machine (fast path, seed 42): median step 41.1 against
+    42.3 ms, the warm run 100.3 against 113.4 s, the cold one 171.9 against 161.3 s (more to
+    compile); at batch 192 stage 3's step 110.4 against 111.7 ms (docs/performance.md).
+    ``false``: inductor's default, one launch a kernel."""
     fuse_lora_a: bool = False
     """Compute the LoRA A of the projections that read the same input (q/k/v, gate/up) as one
     matmul each way instead of three (two), in the training forward passes: the same numbers
     within float error, fewer and larger matmuls (:mod:`schemabank.method.shared_lora`). Meant
     for ``compile``, which drops each module's own product; eager, that product still runs.
-    Needs ``lora.lora_dropout`` 0. Off by default until measured on a GPU."""
+    Needs ``lora.lora_dropout`` 0. On the H200 with the step captured: batch 192's stage-3 step
+    104.7 against 111.8 ms (367,082 against 343,919 tok/s), a whole ``sb_b32_split50`` run's
+    median step 38.3 against 41.1 ms and its warm run 95.4 against 100.3 s, scores in the
+    seeds' range (docs/performance.md). Off by default until its captured step's GPU test has
+    run."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA
