@@ -50,12 +50,12 @@ SECTIONS = {"schemabank": {"lambda_balance": 0.1, "lambda_z": 0.1}}
 PAD = {"pad_to_multiple_of": 64}  # few shapes: the tiny batches come in one or two lengths
 
 
-def _pair(tiny_llama, data_dir, mode="schemabank", captured=None, **sections):
+def _pair(tiny_llama, data_dir, mode="schemabank", captured=None, device="cpu", **sections):
     """An uncaptured trainer and a captured one (``captured``: more training keys)."""
     sections = {**(SECTIONS if mode == "schemabank" else {}), **sections}
-    plain = make_trainer(tiny_llama, data_dir, mode=mode, training=PAD, **sections)
+    plain = make_trainer(tiny_llama, data_dir, mode=mode, device=device, training=PAD, **sections)
     keys = {**PAD, "capture_step": True, **(captured or {})}
-    capt = make_trainer(tiny_llama, data_dir, mode=mode, training=keys, **sections)
+    capt = make_trainer(tiny_llama, data_dir, mode=mode, device=device, training=keys, **sections)
     for t in (plain, capt):
         wake_up(t)
     return plain, capt
@@ -203,18 +203,10 @@ def test_captured_step_on_cuda_gives_the_uncaptured_step(tiny_llama, data_dir, k
     over stages 2 and 3, steps that run, capture and replay. In fp32 (bf16's fused kernels round
     differently)."""
     keys = {**keys, "compile_scope": "layers"} if keys else {}
-    plain = make_trainer(tiny_llama, data_dir, device="cuda", training=PAD, **SECTIONS)
-    capt = make_trainer(
-        tiny_llama,
-        data_dir,
-        device="cuda",
-        training={**PAD, "capture_step": True, **keys},
-        **SECTIONS,
-    )
+    plain, capt = _pair(tiny_llama, data_dir, captured=keys, device="cuda")
     assert capt.captured and not capt.graphs
     for t in (plain, capt):
         t.bf16 = False
-        wake_up(t)
     pools = []
     for stage in STAGES[1:]:
         _assert_same_records(_records(plain, stage, 5), _records(capt, stage, 5), 1e-4)
@@ -240,17 +232,11 @@ def test_captured_fused_step_on_cuda_gives_the_eager_step_from_the_same_weights(
     updates otherwise: the fused matmuls sum in another order, and this tiny model at this
     learning rate turns float-level differences into large ones (so do compiled layers without
     the fusion: measured on an H200, results/bench/speed_2026-12-03g)."""
-    keys = {"capture_step": True, "compile": True, "compile_scope": "layers", "fuse_lora_a": True}
-    plain, capt = (
-        make_trainer(
-            tiny_llama, data_dir, device="cuda", training={**PAD, **k}, lora=ALL_LINEAR, **SECTIONS
-        )
-        for k in ({}, keys)
-    )
+    keys = {"compile": True, "compile_scope": "layers", "fuse_lora_a": True}
+    plain, capt = _pair(tiny_llama, data_dir, captured=keys, device="cuda", lora=ALL_LINEAR)
     assert capt._fuse_lora_a and capt.captured
     for t in (plain, capt):
         t.bf16 = False
-        wake_up(t)
     steps = 5
     for stage in STAGES[1:]:
         for t in (plain, capt):
