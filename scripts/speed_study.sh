@@ -43,7 +43,8 @@
 # (training.attention_backend: the SDPA kernel of the training batches' attention), COMBO
 # (training.compile_combo_kernels: inductor's combo kernels, small independent kernels as one;
 # on by default, COMBO=false turns them off, COMBO=true names them in the benches' file names),
-# FUSE=true (training.fuse_lora_a: q/k/v's and gate/up's LoRA A as one matmul each), PEERS
+# FUSE (training.fuse_lora_a: q/k/v's and gate/up's LoRA A as one matmul each; on by default
+# with compile, FUSE=false turns it off, FUSE=true names it in the benches' file names), PEERS
 # (bench-layers and bench-b192: --peers; bench-layers defaults to all, bench-b192 to none),
 # PROFILE (the training benches: --profile-steps, that many steps of each model profiled after the
 # timed ones: the GPU's busy time, the host's launches, the top operations), PROFILE_RUN (the runs:
@@ -81,7 +82,8 @@ TRAIN=""
 [ -n "${COMBO:-}" ] && TRAIN="$TRAIN --set training.compile_combo_kernels=$COMBO"
 [ -n "${FUSE:-}" ] && TRAIN="$TRAIN --set training.fuse_lora_a=$FUSE"
 case "${COMBO:-}" in true) CS=_combo ;; false) CS=_nocombo ;; *) CS="" ;; esac
-SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}${REGION:+_region$REGION}${STEP_GRAPH:+_captured}${SDPA:+_$SDPA}$CS${FUSE:+_fuse}"  # the benches' file names say their settings
+case "${FUSE:-}" in true) FS=_fuse ;; false) FS=_nofuse ;; *) FS="" ;; esac
+SUFFIX="${MICRO:+_micro$MICRO}${PAD:+_pad$PAD}${PACK:+_pack}${MODE:+_$MODE}${REGION:+_region$REGION}${STEP_GRAPH:+_captured}${SDPA:+_$SDPA}$CS$FS"  # the benches' file names say their settings
 FAST="--set training.compile=${COMPILE:-true} --set training.compile_scope=${SCOPE:-layers} $DEC $TRAIN"
 for w in ${PROFILE_RUN:-}; do FAST="$FAST --profile-steps $w"; done
 FAST="$FAST ${EXTRA:-}"

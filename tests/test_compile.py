@@ -621,6 +621,37 @@ def test_fused_lora_a_gives_the_eager_step(aot_eager, tiny_llama, data_dir, mode
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("keys", "lora", "fused"),
+    [
+        ({"compile": True}, ALL_LINEAR, True),
+        ({"compile": True}, {}, True),  # q and v read one input
+        ({}, ALL_LINEAR, False),
+        ({"compile": True, "fuse_lora_a": False}, ALL_LINEAR, False),
+        ({"compile": True}, {**ALL_LINEAR, "lora_dropout": 0.1}, False),
+    ],
+    ids=["compiled", "compiled-q-v", "eager", "off", "dropout"],
+)
+def test_lora_a_is_fused_where_it_applies_with_compile(tiny_llama, data_dir, keys, lora, fused):
+    """``training.fuse_lora_a`` null (the default): on with ``compile``, for the projections
+    that share an input and have no dropout of their own; never a config error."""
+    t = make_trainer(tiny_llama, data_dir, lora=lora, training=keys)
+    assert t._fuse_lora_a is fused
+    hooked = [m for m in t.model.modules() if hasattr(m, "_shared_product")]
+    assert bool(hooked) is fused
+
+
+def test_compiled_code_is_dropped_when_the_fusion_changes(monkeypatch):
+    """Dynamo does not guard on module hooks: a compiled trainer whose LoRA A fusion differs
+    from the last one's drops the process's compiled code; alike trainers keep it."""
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(training, "_fused_code", None)
+    for fused in (True, True, False, False, True):
+        training._compiled_for_fusion(fused)
+    assert len(resets) == 2
+
+
 def test_fused_lora_a_makes_fewer_matmuls(monkeypatch, tiny_llama, data_dir):
     """The compiled step's forward and backward graphs (after AOTAutograd's partitioner, as
     inductor gets them) with ``fuse_lora_a``: per layer two fewer matmuls for q/k/v's LoRA A

@@ -238,16 +238,17 @@ class TrainingConfig:
     42.3 ms, the warm run 100.3 against 113.4 s, the cold one 171.9 against 161.3 s (more to
     compile); at batch 192 stage 3's step 110.4 against 111.7 ms (docs/performance.md).
     ``false``: inductor's default, one launch a kernel."""
-    fuse_lora_a: bool = False
+    fuse_lora_a: bool | None = None
     """Compute the LoRA A of the projections that read the same input (q/k/v, gate/up) as one
     matmul each way instead of three (two), in the training forward passes: the same numbers
-    within float error, fewer and larger matmuls (:mod:`schemabank.method.shared_lora`). Meant
-    for ``compile``, which drops each module's own product; eager, that product still runs.
-    Needs ``lora.lora_dropout`` 0. On the H200 with the step captured: batch 192's stage-3 step
-    104.7 against 111.8 ms (367,082 against 343,919 tok/s), a whole ``sb_b32_split50`` run's
-    median step 38.3 against 41.1 ms and its warm run 95.4 against 100.3 s, scores in the
-    seeds' range (docs/performance.md). Off by default until its captured step's GPU test has
-    run."""
+    within float error, fewer and larger matmuls (:mod:`schemabank.method.shared_lora`).
+    ``null``: on with ``compile`` (which drops each module's own product; eager, that product
+    still runs), for the projections it applies to (an active adapter each, no
+    ``lora.lora_dropout``, no DoRA). ``true`` also needs ``lora.lora_dropout`` 0; ``false``: off.
+    On the H200 with the step captured: batch 192's stage-3 step 104.7 against 111.8 ms
+    (367,082 against 343,919 tok/s), a whole ``sb_b32_split50`` run's median step 38.3 against
+    41.1 ms and its warm run 95.4 against 100.3 s, scores in the seeds' range
+    (docs/performance.md)."""
     compile_mode: str | None = None
     """``torch.compile``'s mode for ``compile``. ``null``: ``reduce-overhead`` on CUDA and the
     default elsewhere. ``reduce-overhead`` and ``max-autotune`` replay the compiled code as CUDA

@@ -207,9 +207,10 @@ class Trainer:
             # the LM loss's vocabulary projection and cross-entropy compiled too, without CUDA
             # graphs of its own (its row count changes from step to step)
             self._chunk_nll = compile_chunk_nll(device, mode, combo)
-        self._fuse_lora_a = t.fuse_lora_a and shared_lora.share_lora_inputs(model) > 0
-        if self._fuse_lora_a:  # code compiled for another trainer in this process lacks the hooks
-            torch._dynamo.reset()
+        fuse = t.compile if t.fuse_lora_a is None else t.fuse_lora_a  # null: with compile
+        self._fuse_lora_a = fuse and shared_lora.share_lora_inputs(model) > 0
+        if t.compile:
+            _compiled_for_fusion(self._fuse_lora_a)
         self.graphs = (  # the step replays CUDA graphs: mark each step's start
             t.compile and device.type == "cuda" and compile_mode(device, mode) in CUDA_GRAPH_MODES
         )
@@ -850,6 +851,20 @@ ANSWER_POSITION_MULTIPLE = 512
 COMPILE_PAD_MULTIPLE = 64
 # torch.compile's backend for training.compile (tests use "aot_eager": the same graphs, no codegen).
 COMPILE_BACKEND = "inductor"
+
+
+_fused_code: bool | None = None  # whether this process's compiled layers fuse LoRA A (None: none)
+
+
+def _compiled_for_fusion(fused: bool) -> None:
+    """Drop the process's compiled code (``torch._dynamo.reset``) when a compiled trainer's LoRA
+    A fusion differs from that of the one before: Dynamo does not guard on module hooks
+    (``skip_nnmodule_hook_guards``), so alike layers would run the other's code, without the
+    fusion's hooks or with them."""
+    global _fused_code
+    if _fused_code is not None and _fused_code != fused:
+        torch._dynamo.reset()
+    _fused_code = fused
 
 
 def compile_mode(device: torch.device, requested: str | None = None) -> str | None:
