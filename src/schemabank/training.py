@@ -853,7 +853,8 @@ COMPILE_PAD_MULTIPLE = 64
 COMPILE_BACKEND = "inductor"
 
 
-_fused_code: bool | None = None  # whether this process's compiled layers fuse LoRA A (None: none)
+# whether the last compiled trainer of this process fuses LoRA A (None: no compiled trainer yet)
+_fused_code: bool | None = None
 
 
 def _compiled_for_fusion(fused: bool) -> None:
