@@ -21,6 +21,7 @@ from test_training import (
 from schemabank import training
 from schemabank.batching import answer_positions
 from schemabank.data import DataOrder, collate, pack, packed_attention_mask
+from schemabank.method import shared_lora
 from schemabank.method.stages import BASELINE, STAGES
 from schemabank.state import load_state, save_state
 from schemabank.training import answer_loss, masked_answer_loss
@@ -619,6 +620,16 @@ def test_fused_lora_a_gives_the_eager_step(aot_eager, tiny_llama, data_dir, mode
     with torch.no_grad():
         logits = [t.model(input_ids=ids).logits for t in (eager, fused)]
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-6)
+    # after training the hooks go (as run's evaluation has it), and the model stays the same
+    shared_lora.unshare_lora_inputs(fused.model)
+
+    def hooks(model):
+        return [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+
+    assert hooks(fused.model) == hooks(eager.model)
+    assert not any(hasattr(m, "_shared_product") for m in fused.model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused.model(input_ids=ids).logits, logits[1])
 
 
 @pytest.mark.parametrize(

@@ -1248,6 +1248,7 @@ def _run(
         train_time += time.perf_counter() - t_train
         t_trained = time.perf_counter()
         set_trainable(model, ())
+        shared_lora.unshare_lora_inputs(model)  # evaluation runs without the training's hooks
         if main:
             try:
                 save_checkpoint(run_dir / "checkpoint", model, banks, info)

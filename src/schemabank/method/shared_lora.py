@@ -13,8 +13,8 @@ the parent (the attention or the MLP) computes the concatenated product and hand
 module its columns; a forward hook on each LoRA A module returns them in place of its own
 product, which a compiler then drops as unused; a forward hook on the parent clears them. They
 act only inside :func:`fused` (the trainer's compiled forward passes); elsewhere each returns at
-once and PEFT computes as usual. Without a compiler the module's own product still runs, so the
-setting is meant for ``training.compile``.
+once and PEFT computes as usual; after training :func:`unshare_lora_inputs` removes them. Without
+a compiler the module's own product still runs, so the setting is meant for ``training.compile``.
 """
 
 from __future__ import annotations
@@ -90,14 +90,30 @@ def share_lora_inputs(model: nn.Module) -> int:
             if hasattr(parent, "_shared_lora_names"):
                 raise ValueError(f"{type(parent).__name__} has two groups of LoRA projections")
             parent._shared_lora_names = tuple(found)
-            parent.register_forward_pre_hook(_compute, with_kwargs=True)
-            parent.register_forward_hook(_clear)
+            hooks = [
+                parent.register_forward_pre_hook(_compute, with_kwargs=True),
+                parent.register_forward_hook(_clear),
+            ]
             for name in found:
                 module = _lora_a(getattr(parent, name))
                 module._shared_product = None
-                module.register_forward_hook(_take)
+                hooks.append(module.register_forward_hook(_take))
+            parent._shared_lora_hooks = hooks
             groups += 1
     return groups
+
+
+def unshare_lora_inputs(model: nn.Module) -> None:
+    """Remove :func:`share_lora_inputs`' hooks and attributes from ``model`` (after training:
+    each hook costs a Python call a module a forward pass, the generation loop's included)."""
+    for parent in model.modules():
+        if not hasattr(parent, "_shared_lora_hooks"):
+            continue
+        for handle in parent._shared_lora_hooks:
+            handle.remove()
+        for name in parent._shared_lora_names:
+            del _lora_a(getattr(parent, name))._shared_product
+        del parent._shared_lora_hooks, parent._shared_lora_names
 
 
 def _shareable(layer) -> bool:
