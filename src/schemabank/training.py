@@ -3,8 +3,8 @@
 A run is ``setup → train (stage by stage) → save_checkpoint → evaluate → write results``. Both
 modes share the data order (seeded), the batch size and the learning-rate schedule over the global
 step; what each stage trains and optimises comes from the table in :mod:`schemabank.method.stages`.
-One AdamW optimiser holds every adapter parameter; a stage freezes what it does not train
-(frozen parameters get no gradient, so AdamW leaves them and their moments alone).
+One AdamW optimiser holds every adapter parameter; a stage's backward pass reaches only the
+parameters it trains (the others get no gradient, so AdamW leaves them and their moments alone).
 
 Launched as several processes (torchrun, accelerate launch), each computes its share of every
 global batch and the gradients are summed (see :mod:`schemabank.distributed`); rank 0 alone
@@ -43,7 +43,14 @@ from .method import shared_lora
 from .method.adapter import adapter_parameters, build_adapter
 from .method.attach import decoder_layers
 from .method.bank import balance_loss, routing_ce, z_loss
-from .method.stages import BASELINE, STAGES, Stage, grouped_parameters, set_trainable
+from .method.stages import (
+    BASELINE,
+    STAGES,
+    Stage,
+    grouped_parameters,
+    param_group,
+    set_trainable,
+)
 from .method.tags import dropout_for_step
 from .models import (
     attention_implementation,
@@ -195,6 +202,9 @@ class Trainer:
         self._step_graph_pool = None  # the captured steps' memory, shared (they run in turn)
         self._shapes_seen: set[tuple] = set()  # run uncaptured once (compiled, warmed up)
         self._stage_entered: str | None = None  # the stage last entered (compiled, captured for)
+        # the groups that keep requires_grad through the run (enter_stage), and those last set
+        self._run_groups = {g for stage, _, _ in stage_plan(cfg) for g in stage.trainable}
+        self._grad_groups: set[str] | None = None
         mode = t.compile_mode or ("default" if t.capture_step else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
@@ -381,7 +391,7 @@ class Trainer:
             parts = self.losses(stage, batch, chunk_targets, positions)
             parts = {k: v * share[k] for k, v in parts.items()}
             loss = self.total_loss(stage, parts)
-            loss.backward()
+            loss.backward(inputs=self._trainable)  # the stage's own parameters
             for k, v in [("loss", loss), *parts.items()]:
                 totals[k] = totals[k] + v.detach() if k in totals else v.detach()
         stop = None
@@ -493,7 +503,7 @@ class Trainer:
             torch._foreach_zero_(grads)
             parts = self.losses(stage, batch, targets, positions)
             loss = self.total_loss(stage, parts)
-            loss.backward()
+            loss.backward(inputs=self._trainable)  # the stage's own parameters
             out = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._trainable, max_norm).detach()
             out["gain"] = self._mean_gain()
@@ -548,29 +558,35 @@ class Trainer:
             torch.cuda.empty_cache()
 
     def enter_stage(self, stage: Stage) -> None:
-        """Unfreeze exactly the stage's parameter groups; training mode. A stage other than the
-        last one releases the last stage's captured steps (:meth:`release_step_graphs`); with
-        compiled code, it also drops every compiled graph of the process
-        (``torch._dynamo.reset``), so that the stage is traced anew. A captured step's
-        gradients stay in place from step to step: the stage's trainable parameters keep theirs
-        or get zeros here, the others none, so the optimiser leaves them alone."""
+        """Train exactly the stage's parameter groups; training mode. Every group that a stage of
+        the run trains keeps ``requires_grad`` from stage to stage, and the stage's backward pass
+        stops at its own groups (``backward(inputs=...)``): the others get no gradient, so AdamW
+        leaves them and their moments alone, and the autograd engine skips the work that only
+        they need. Compiled code therefore serves every stage: torch 2.11's Dynamo did not
+        recompile a layer when a parameter's ``requires_grad`` changed (a bank's router, frozen
+        in stage 2, got no gradient in stage 3's graphs), so a compiled trainer whose
+        ``requires_grad`` pattern does change (a stage outside the run's plan) drops every
+        compiled graph of the process (``torch._dynamo.reset``) and traces the stage anew. A
+        stage other than the last one releases the last stage's captured steps
+        (:meth:`release_step_graphs`). A captured step's gradients stay in place from step to
+        step: the stage's parameters keep theirs or get zeros here, the others none."""
         compiled = bool(self._regions) or self._compiled_losses is not None
+        groups = self._run_groups | set(stage.trainable)
         if self._stage_entered not in (None, stage.key):
             self.release_step_graphs()  # the last stage's: never replayed again
-            if compiled:
-                # torch 2.11's Dynamo kept a bank's router frozen in stage 3's graphs after
-                # stage 2 (no recompilation when its requires_grad changed): compile each stage
-                # afresh
+            if compiled and groups != self._grad_groups:
                 torch._dynamo.reset()
-        self._stage_entered = stage.key
-        set_trainable(self.model, stage.trainable)
-        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if self.captured:  # the graphs hold on to the gradients: keep those that exist
-            for p in self.model.parameters():
-                if not p.requires_grad:
-                    p.grad = None
-                elif p.grad is None:
-                    p.grad = torch.zeros_like(p)
+        self._stage_entered, self._grad_groups = stage.key, groups
+        set_trainable(self.model, groups)
+        own = [
+            (param_group(name) in stage.trainable, p) for name, p in self.model.named_parameters()
+        ]
+        self._trainable = [p for trained, p in own if trained]
+        for trained, p in own:
+            if not trained:
+                p.grad = None  # a stage before's (a captured step keeps its gradients)
+            elif self.captured and p.grad is None:  # the graphs hold on to the gradients
+                p.grad = torch.zeros_like(p)
         self.model.train()
 
     def train_stage(
