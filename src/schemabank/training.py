@@ -921,8 +921,8 @@ def compile_chunk_nll(device: torch.device, mode: str | None = None, combo: bool
     """:func:`~schemabank.models.chunk_nll_sum` under ``torch.compile`` in :func:`compile_mode`,
     but never with CUDA graphs (its row count changes from step to step): inductor fuses the
     logits' float cast, the log-softmax and their backward, which eager runs as separate passes
-    over the (N, V) logits. The row count is symbolic from the first call: one compilation a
-    stage (the stage's ``torch._dynamo.reset`` drops it) serves every count."""
+    over the (N, V) logits. The row count is symbolic from the first call: one compilation
+    serves every count, in every stage with an LM loss."""
     mode = compile_mode(device, mode)
     mode = None if mode in CUDA_GRAPH_MODES else mode  # never CUDA graphs of its own
     compiled = torch.compile(chunk_nll_sum, backend=COMPILE_BACKEND, **compile_args(mode, combo))
