@@ -201,10 +201,9 @@ class Trainer:
         self._step_graphs: dict[tuple, StepGraph] = {}  # per stage and batch shapes
         self._step_graph_pool = None  # the captured steps' memory, shared (they run in turn)
         self._shapes_seen: set[tuple] = set()  # run uncaptured once (compiled, warmed up)
-        self._stage_entered: str | None = None  # the stage last entered (compiled, captured for)
-        # the groups that keep requires_grad through the run (enter_stage), and those last set
+        self._stage_entered: Stage | None = None  # the stage last entered (compiled, captured for)
+        # the groups that keep requires_grad through the run (enter_stage)
         self._run_groups = {g for stage, _, _ in stage_plan(cfg) for g in stage.trainable}
-        self._grad_groups: set[str] | None = None
         mode = t.compile_mode or ("default" if t.capture_step else None)
         self._compiled_losses = None  # compile_scope "step": the compiled forward_losses
         self._regions: list[tuple[torch.nn.Module, object]] = []  # "layers": (layer, compiled)
@@ -571,13 +570,12 @@ class Trainer:
         (:meth:`release_step_graphs`). A captured step's gradients stay in place from step to
         step: the stage's parameters keep theirs or get zeros here, the others none."""
         compiled = bool(self._regions) or self._compiled_losses is not None
-        groups = self._run_groups | set(stage.trainable)
-        if self._stage_entered not in (None, stage.key):
+        last, self._stage_entered = self._stage_entered, stage
+        if last is not None and last.key != stage.key:
             self.release_step_graphs()  # the last stage's: never replayed again
-            if compiled and groups != self._grad_groups:
+            if compiled and self._grad_groups(last) != self._grad_groups(stage):
                 torch._dynamo.reset()
-        self._stage_entered, self._grad_groups = stage.key, groups
-        set_trainable(self.model, groups)
+        set_trainable(self.model, self._grad_groups(stage))
         own = [
             (param_group(name) in stage.trainable, p) for name, p in self.model.named_parameters()
         ]
@@ -588,6 +586,10 @@ class Trainer:
             elif self.captured and p.grad is None:  # the graphs hold on to the gradients
                 p.grad = torch.zeros_like(p)
         self.model.train()
+
+    def _grad_groups(self, stage: Stage) -> set[str]:
+        """The groups that require gradients while ``stage`` trains (:meth:`enter_stage`)."""
+        return self._run_groups | set(stage.trainable)
 
     def train_stage(
         self,
