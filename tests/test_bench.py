@@ -445,16 +445,17 @@ def test_cover_shapes_warms_up_every_timed_shape():
     warm, timed = cover_shapes([a, a2], [b, a, c, b2, ab])
     assert timed == [b, a, c, b2, ab]
     assert warm == [a, a2, a, b, b, b, c, c, c, ab, ab, ab]
+    m = training.ANSWER_POSITION_MULTIPLE
     assert [batch_shape(x) for x in warm[2::3]] == [
-        (((2, 64), 512),),
-        (((2, 128), 512),),
-        (((2, 192), 512),),
-        (((2, 64), 512), ((2, 128), 512)),
+        (((2, 64), m),),
+        (((2, 128), m),),
+        (((2, 192), m),),
+        (((2, 64), m), ((2, 128), m)),
     ]
-    # a captured step's graph also depends on the answer tokens (padded to a multiple of 512)
-    more = batch(64, answers=600)
-    assert batch_shape(more) == (((2, 64), 1024),)
-    assert batch_shape(batch(64, answers=512)) == batch_shape(a)
+    # a captured step's graph also depends on the answer tokens (padded to a multiple of m)
+    more = batch(64, answers=m + 88)
+    assert batch_shape(more) == (((2, 64), 2 * m),)
+    assert batch_shape(batch(64, answers=m)) == batch_shape(a)
     assert cover_shapes([a] * 3, [more]) == ([a] * 3 + [more] * 3, [more])
     assert cover_shapes([a], [b], visits=1) == ([a, b], [b])  # the rule before: once
     assert cover_shapes([], [b, c]) == ([], [b, c])

@@ -264,7 +264,7 @@ class TrainingConfig:
     replay: one graph to record a new length instead of one per compiled graph, and a step that
     launches one graph. With ``compile`` the compiled code runs without CUDA graphs of its own
     (``compile_mode`` ``null`` means ``default``). The LM loss's vocabulary projection runs on
-    the answer positions, their number padded up to a multiple of 512 (a shape too), and batch
+    the answer positions, their number padded up to a multiple of 1,024 (a shape too), and batch
     lengths are rounded as by ``pad_to_multiple_of``; the losses and gradients are the
     uncaptured step's. Needs one micro-batch a step and one process. Elsewhere than CUDA the
     step runs uncaptured."""

@@ -861,9 +861,11 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
     return total / (labels != -100).sum().clamp_min(1)
 
 
-# A captured step's answer positions are padded up to a multiple of this (few shapes; each
-# batch of the study has some 2,000 to 5,000 answer tokens).
-ANSWER_POSITION_MULTIPLE = 512
+# A captured step's answer positions are padded up to a multiple of this: each new (length,
+# answer count) pair is a shape to compile and record once per stage. A batch of the study has
+# some 3,000 to 5,500 answer tokens: 1,024 gives its run 24 shapes (512 gave 35) for some 12% more
+# positions in the vocabulary projection (docs/performance.md).
+ANSWER_POSITION_MULTIPLE = 1024
 # The compiled or captured step's default length rounding (training.pad_to_multiple_of): few
 # batch shapes.
 COMPILE_PAD_MULTIPLE = 64
