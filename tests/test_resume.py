@@ -242,3 +242,32 @@ def test_resume_problems_are_one_line_errors(tiny_llama, data_dir, tmp_path, cap
     assert "optimizer.safetensors" in error("--resume", run_dir, "--data-dir", data_dir)
     (run_dir / STATE_DIR / "trainer_state.json").unlink()
     assert "no training state" in error("--resume", run_dir, "--data-dir", data_dir)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+        ),
+    ],
+)
+def test_state_tensors_reach_the_host_whole(device):
+    """The state's tensors are copied to the host together (one wait on a GPU): every copy is
+    contiguous, on the CPU and equal to the bit to its tensor, a non-contiguous one and a
+    scalar (AdamW's step) included."""
+    from schemabank.state import _on_host
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "w": torch.randn(64, 32, generator=g).to(device),
+        "t": torch.randn(32, 64, generator=g).to(device).t(),
+        "step": torch.tensor(7.0).to(device),
+        "big": torch.randn(1 << 20, generator=g).to(device),
+    }
+    host = _on_host(tensors)
+    assert list(host) == list(tensors)
+    for n, t in tensors.items():
+        assert host[n].device.type == "cpu" and host[n].is_contiguous()
+        assert torch.equal(host[n], t.cpu()), n

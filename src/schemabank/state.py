@@ -37,22 +37,35 @@ def _named_trainables(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for ps in grouped_parameters(model).values() for n, p in ps}
 
 
+def _on_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Host copies of ``tensors`` (contiguous): every copy from a GPU queued at once (into pinned
+    memory) and then one wait for them all, instead of a wait per tensor (a state holds some
+    1,500 of them)."""
+    out = {n: t.detach().contiguous().to("cpu", non_blocking=True) for n, t in tensors.items()}
+    if any(t.is_cuda for t in tensors.values()):
+        torch.cuda.synchronize()
+    return out
+
+
 def save_state(run_dir: Path, trainer, extra: dict) -> Path:
     """Write the trainer's full state to ``<run_dir>/state`` (atomically)."""
     target = Path(run_dir) / STATE_DIR
     with atomic_dir(target) as tmp:
         params = _named_trainables(trainer.model)
-        save_file(
-            {n: p.detach().contiguous().cpu() for n, p in params.items()},
-            tmp / "trainable.safetensors",
-        )
         opt = trainer.optimizer.state_dict()
-        opt_tensors = {
-            f"{i}.{k}": v.detach().contiguous().cpu()
-            for i, st in opt["state"].items()
-            for k, v in st.items()
-            if isinstance(v, torch.Tensor)
-        }
+        host = _on_host(
+            {
+                **{f"p.{n}": p for n, p in params.items()},
+                **{
+                    f"o.{i}.{k}": v
+                    for i, st in opt["state"].items()
+                    for k, v in st.items()
+                    if isinstance(v, torch.Tensor)
+                },
+            }
+        )
+        save_file({n: host[f"p.{n}"] for n in params}, tmp / "trainable.safetensors")
+        opt_tensors = {n[2:]: t for n, t in host.items() if n.startswith("o.")}
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         rng = {
             "data_gen": trainer.batches.order.gen.get_state(),
