@@ -255,7 +255,7 @@ def test_resume_problems_are_one_line_errors(tiny_llama, data_dir, tmp_path, cap
 )
 def test_state_tensors_reach_the_host_whole(device):
     """The state's tensors are copied to the host together (one wait on a GPU): every copy is
-    contiguous, on the CPU and equal to the bit to its tensor, a non-contiguous one and a
+    contiguous, on the CPU and equal, bit for bit, to its tensor, a non-contiguous one and a
     scalar (AdamW's step) included."""
     from schemabank.state import _on_host
 

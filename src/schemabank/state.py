@@ -42,8 +42,8 @@ def _on_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     memory) and then one wait for them all, instead of a wait per tensor (a state holds some
     1,500 of them)."""
     out = {n: t.detach().contiguous().to("cpu", non_blocking=True) for n, t in tensors.items()}
-    if any(t.is_cuda for t in tensors.values()):
-        torch.cuda.synchronize()
+    for device in {t.device for t in tensors.values() if t.is_cuda}:
+        torch.cuda.synchronize(device)
     return out
 
 
