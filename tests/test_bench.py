@@ -494,6 +494,37 @@ def test_step_times_script(tmp_path, capsys):
         module.main([str(tmp_path / "absent")])
 
 
+def test_step_shapes_script_counts_what_a_captured_step_meets(tiny_llama, data_dir, capsys):
+    """scripts/step_shapes.py: every step of the run counted once under its (stage, batch shape,
+    answer positions), lengths padded to the multiple, answer positions to theirs (none in stage
+    1, which has no LM loss); a coarser answer multiple never gives more shapes; a broken
+    config is one line and a non-zero exit."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "step_shapes.py"
+    spec = importlib.util.spec_from_file_location("step_shapes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = config_from_dict(tiny_config(tiny_llama))
+    tok, _ = load_base_model(
+        resolve_base_model(str(tiny_llama)), torch.device("cpu"), torch.float32
+    )
+    train = load_gsm8k("train", data_dir)
+    r = module.step_shapes(cfg, tok, train, 16, 8)
+    shapes = r["shapes"]
+    assert sum(shapes.values()) == cfg.training.total_steps
+    for (stage, (batch, length), positions), _ in shapes.items():
+        assert batch == cfg.training.batch_size and length % 16 == 0
+        assert (positions is None) == (stage == "router_pretrain")
+        assert positions is None or positions % 8 == 0
+    assert r["padded_answer_positions"] >= r["answer_positions"] > 0
+    coarse = module.step_shapes(cfg, tok, train, 16, 4096)["shapes"]
+    assert {p for _, _, p in coarse} == {None, 4096} and len(coarse) <= len(shapes)
+    assert module.report(r)[0].startswith(f"{len(shapes)} step shapes")
+    with pytest.raises(SystemExit, match="error: "):
+        module.main(["--config", str(data_dir / "absent.yaml")])
+
+
 def test_padding_script_rounds_lengths_as_the_compiled_step_pads():
     """batching.padded_tokens with ``multiple`` (what scripts/padding.py counts): without one the
     tokens as before; with one, each micro-batch's length rounded up to it
