@@ -15,7 +15,7 @@ stage 1's tag dropout, each batch padded to a multiple of ``--pad``, by default
 those met at least twice (captured), the batch lengths and the answer-position counts (the LM
 loss's positions, padded to a multiple of ``--answer-multiple``, by default
 :data:`~schemabank.training.ANSWER_POSITION_MULTIPLE`), and the answer positions a step projects
-on average against the real ones.
+on average against the real ones. Padded batches only (``training.packing`` is not counted).
 """
 
 from __future__ import annotations
