@@ -12,10 +12,11 @@ compiled) and captured the next time: what a run's first steps of each shape cos
 (docs/performance.md). The script draws the run's batches as the trainer does (its data order,
 stage 1's tag dropout, each batch padded to a multiple of ``--pad``, by default
 ``training.pad_to_multiple_of`` or the compiled step's 64) and counts, per stage, the shapes,
-those met at least twice (captured), the batch lengths and the answer-position counts (the LM
+those met at least twice (captured), the batch shapes and the answer-position counts (the LM
 loss's positions, padded to a multiple of ``--answer-multiple``, by default
 :data:`~schemabank.training.ANSWER_POSITION_MULTIPLE`), and the answer positions a step projects
-on average against the real ones. Padded batches only (``training.packing`` is not counted).
+on average against the real ones. The batches are the trainer's own
+(:meth:`~schemabank.batching.Batches.to_device`), packed rows included with ``training.packing``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from collections import Counter
 
 import torch
 
-from schemabank.batching import Batches, answer_positions
+from schemabank.batching import Batches
 from schemabank.config import load_config
-from schemabank.data import collate, load_gsm8k, split_dev
+from schemabank.data import load_gsm8k, split_dev
 from schemabank.errors import SchemaBankError
 from schemabank.method.tags import dropout_for_step
 from schemabank.models import load_base_model, resolve_base_model
@@ -46,14 +47,14 @@ def step_shapes(cfg, tokenizer, train_set, pad: int, multiple: int) -> dict:
         batches.prepare(stage)
         for i in range(steps):
             p_drop = dropout_for_step(i, steps, schedule) if stage.tagged else 1.0
-            examples, _, _ = batches.next_examples(stage, p_drop)
-            host = collate(examples, tokenizer.pad_token_id, pad)
-            positions = None
-            if "lm" in stage.losses:
-                positions = len(answer_positions(host["labels"], multiple))
-                real.append(len(answer_positions(host["labels"])))
+            examples, targets, n_ans = batches.next_examples(stage, p_drop)
+            lm = "lm" in stage.losses
+            batch, _, found = batches.to_device(examples, targets, multiple, positions=lm)
+            positions = None if found is None else len(found)
+            if lm:
+                real.append(sum(n_ans))
                 padded.append(positions)
-            shapes[(stage.label, tuple(host["input_ids"].shape), positions)] += 1
+            shapes[(stage.label, tuple(batch["input_ids"].shape), positions)] += 1
     return {
         "shapes": shapes,
         "answer_positions": sum(real) / len(real) if real else 0.0,
@@ -70,11 +71,11 @@ def report(result: dict) -> list[str]:
     ]
     for stage in dict.fromkeys(label for label, _, _ in shapes):
         mine = {k: n for k, n in shapes.items() if k[0] == stage}
-        lengths = sorted({s[1] for _, s, _ in mine})
+        batch_shapes = sorted({s for _, s, _ in mine})
         counts = sorted({p for _, _, p in mine if p is not None})
         lines.append(
-            f"  {stage:18s} {len(mine):3d} shapes over {sum(mine.values())} steps; lengths "
-            f"{lengths}" + (f"; answer positions {counts}" if counts else "")
+            f"  {stage:18s} {len(mine):3d} shapes over {sum(mine.values())} steps; batch shapes "
+            f"{batch_shapes}" + (f"; answer positions {counts}" if counts else "")
         )
     if result["answer_positions"]:
         lines.append(

@@ -52,21 +52,15 @@ def save_state(run_dir: Path, trainer, extra: dict) -> Path:
     target = Path(run_dir) / STATE_DIR
     with atomic_dir(target) as tmp:
         params = _named_trainables(trainer.model)
+        save_file(_on_host(params), tmp / "trainable.safetensors")
         opt = trainer.optimizer.state_dict()
-        host = _on_host(
-            {
-                **{f"p.{n}": p for n, p in params.items()},
-                **{
-                    f"o.{i}.{k}": v
-                    for i, st in opt["state"].items()
-                    for k, v in st.items()
-                    if isinstance(v, torch.Tensor)
-                },
-            }
-        )
-        save_file({n: host[f"p.{n}"] for n in params}, tmp / "trainable.safetensors")
-        opt_tensors = {n[2:]: t for n, t in host.items() if n.startswith("o.")}
-        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        opt_tensors = {
+            f"{i}.{k}": v
+            for i, st in opt["state"].items()
+            for k, v in st.items()
+            if isinstance(v, torch.Tensor)
+        }
+        save_file(_on_host(opt_tensors), tmp / "optimizer.safetensors")
         rng = {
             "data_gen": trainer.batches.order.gen.get_state(),
             "tag_gen": trainer.batches.tag_rng.get_state(),

@@ -862,7 +862,7 @@ def masked_answer_loss(model, batch: dict) -> torch.Tensor:
 
 
 # A captured step's answer positions are padded up to a multiple of this: each new (length,
-# answer count) pair is a shape to compile and record once per stage. A batch of the study has
+# answer count) pair is a shape to run uncaptured once and record once per stage. A batch of the study has
 # some 3,000 to 5,500 answer tokens: 1,024 gives its run 24 shapes (512 gave 35) for some 12% more
 # positions in the vocabulary projection (docs/performance.md).
 ANSWER_POSITION_MULTIPLE = 1024
