@@ -9,6 +9,8 @@ generation."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from test_training import (
@@ -844,3 +846,36 @@ def test_compiled_code_serves_every_stage(aot_eager, tiny_llama, data_dir, monke
     compiled.enter_stage(BASELINE)
     compiled.enter_stage(STAGES[0])
     assert len(resets) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+def test_a_compiled_run_on_cuda_leaves_the_workers_out_once_its_cache_is_warm(
+    tiny_llama, data_dir, tmp_path, monkeypatch
+):
+    """A compiled run on a GPU marks its compile cache warm after training; the same config's
+    next run then compiles without inductor's worker pool, and another config's keeps it."""
+    from conftest import tiny_config
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from schemabank.config import config_from_dict
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    getattr(cache_dir, "cache_clear", lambda: None)()  # some versions keep the first answer
+    left_out = []
+    real = training.compile_workers_unless_warm
+
+    @contextlib.contextmanager
+    def recorded(marker):
+        with real(marker) as out:
+            left_out.append(out)
+            yield out
+
+    monkeypatch.setattr(training, "compile_workers_unless_warm", recorded)
+    compiled = {"compile": True, "compile_scope": "layers", "device": "cuda"}
+    quick = {"limit": 1, "max_new_tokens": 2, "ppl_windows": [16], "ppl_max_tokens": 40}
+    for name, r in (("a", 2), ("b", 2), ("c", 4)):
+        cfg = tiny_config(tiny_llama, training=compiled, eval=quick, lora={"r": r})
+        training.run(config_from_dict(cfg), output_dir=tmp_path / name, data_dir=data_dir)
+    assert left_out == [False, True, False]
+    assert len(list((tmp_path / "cache" / "schemabank_warm").iterdir())) == 2

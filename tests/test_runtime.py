@@ -82,3 +82,35 @@ def test_cudagraph_skips_are_reported(capsys):
         assert "the step runs without CUDA graphs (2 graph(s) skipped" in capsys.readouterr().err
     finally:
         counters["inductor"]["cudagraph_skips"] -= 2
+
+
+def test_a_warm_cache_marker_leaves_out_the_compile_workers(tmp_path, monkeypatch):
+    """A run's marker names its config's graphs: found, inductor compiles in the process (no
+    worker pool) inside the context and gets its own choice back after it; a changed section,
+    a missing marker or an explicit TORCHINDUCTOR_COMPILE_THREADS keep the pool."""
+    import torch._inductor.config as inductor_config
+
+    from schemabank.config import Config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    monkeypatch.setattr(inductor_config, "compile_threads", 8)
+    cpu = torch.device("cpu")
+    cfg = Config()
+    marker = runtime.warm_cache_marker(cfg, "abc", cpu)
+    assert marker.parent == tmp_path / "schemabank_warm"
+    cfg.experiment.seed = 7  # the seed and the name change no graph
+    assert runtime.warm_cache_marker(cfg, "abc", cpu) == marker
+    cfg.lora.r *= 2
+    assert runtime.warm_cache_marker(cfg, "abc", cpu) != marker
+    assert runtime.warm_cache_marker(Config(), "other base", cpu) != marker
+
+    with runtime.compile_workers_unless_warm(marker) as left_out:  # cold: no marker yet
+        assert not left_out and inductor_config.compile_threads == 8
+    runtime.mark_cache_warm(marker)
+    with runtime.compile_workers_unless_warm(marker) as left_out:
+        assert left_out and inductor_config.compile_threads == 1
+    assert inductor_config.compile_threads == 8
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "4")
+    with runtime.compile_workers_unless_warm(marker) as left_out:
+        assert not left_out and inductor_config.compile_threads == 8

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
+import os
 import platform
 import random
 import subprocess
@@ -81,6 +83,59 @@ def warn_cudagraph_skips(before: int, what: str) -> None:
             "TORCH_LOGS=cudagraphs says why), so it is slower than it could be",
             file=sys.stderr,
         )
+
+
+def warm_cache_marker(cfg, base_sha256: str, device: torch.device) -> Path:
+    """The file in inductor's cache directory that a run's finished training leaves behind
+    (:func:`mark_cache_warm`): its name a digest of what the compiled graphs depend on (torch's
+    and triton's versions, the GPU, this source, the base model's weights, and the ``model``,
+    ``lora``, ``schemabank``, ``training`` and ``data`` sections of ``cfg``, a
+    :class:`~schemabank.config.Config`). A run that finds its own knows the cache is warm."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    sections = cfg.to_dict()
+    key = {
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "source": source_sha256(),
+        "base_sha256": base_sha256,
+        "mode": cfg.experiment.mode,
+        **{k: sections[k] for k in ("model", "lora", "schemabank", "training", "data")},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(cache_dir()) / "schemabank_warm" / digest[:32]
+
+
+def mark_cache_warm(marker: Path) -> None:
+    """Leave ``marker`` (:func:`warm_cache_marker`) once the training has compiled its graphs;
+    a cache that cannot be written only costs the next run its speed-up."""
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+
+@contextlib.contextmanager
+def compile_workers_unless_warm(marker: Path | None):
+    """Inside, inductor compiles in this process, without its pool of compile workers (a sidecar
+    and a worker a core, started on the first compilation and each importing torch), when
+    ``marker`` exists: the cache then holds the run's graphs and kernels, and the pool would only
+    cost its start and its shutdown (about 5 s of a warm run on an H200 host,
+    docs/log.md#speed). A cold cache, a changed config or an explicit
+    ``TORCHINDUCTOR_COMPILE_THREADS`` keeps inductor's own choice; so does a marker left by a
+    cache that has since lost graphs: they compile, more slowly, in this process. Yields whether
+    the pool was left out."""
+    if marker is None or "TORCHINDUCTOR_COMPILE_THREADS" in os.environ or not marker.exists():
+        yield False
+        return
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.compile_threads
+    inductor_config.compile_threads = 1
+    try:
+        yield True
+    finally:
+        inductor_config.compile_threads = before
 
 
 def seed_everything(seed: int) -> None:

@@ -21,7 +21,7 @@ import sys
 import time
 import types
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import torch
@@ -65,10 +65,13 @@ from .profiling import StepWindow, prepare_for_cuda_graphs, summary_line
 from .results import build_results
 from .runtime import (
     autocast,
+    compile_workers_unless_warm,
     cudagraph_skips,
     environment,
+    mark_cache_warm,
     seed_everything,
     use_bf16,
+    warm_cache_marker,
     warn_cudagraph_skips,
     weight_dtype,
 )
@@ -1197,12 +1200,16 @@ def _run(
         run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, model, banks, tok, train_set, device, bf16, heldout=dev_set[:256])
     trainer.run_dir = run_dir
+    compiled = cfg.training.compile and device.type == "cuda"
+    marker = warm_cache_marker(cfg, info.sha256, device) if compiled else None
+    workers = ExitStack()  # inductor's compile workers left out while the cache is warm
     if main and cfg.training.report_to:
         trainer.trackers = make_trackers(cfg.training.report_to, run_dir, cfg.to_dict())
     if main and profile_steps:
         trainer.profiles = [StepWindow(first, n, device) for first, n in profile_steps]
         prepare_for_cuda_graphs(device)  # before the compiled step records any
     try:
+        workers.enter_context(compile_workers_unless_warm(marker))
         train_time = 0.0
         if resume:
             meta = load_state(run_dir, trainer)
@@ -1267,6 +1274,8 @@ def _run(
                 done += length
         train_time += time.perf_counter() - t_train
         t_trained = time.perf_counter()
+        if marker is not None:  # every stage's graphs are in the compile cache now
+            mark_cache_warm(marker)
         set_trainable(model, ())
         shared_lora.unshare_lora_inputs(model)  # evaluation runs without the training's hooks
         if main:
@@ -1327,5 +1336,6 @@ def _run(
                 tracker.log(eval_values(results), trainer.step)
         return run_dir
     finally:
+        workers.close()
         for tracker in trainer.trackers:
             tracker.close()
