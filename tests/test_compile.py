@@ -9,8 +9,6 @@ generation."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from test_training import (
@@ -850,32 +848,33 @@ def test_compiled_code_serves_every_stage(aot_eager, tiny_llama, data_dir, monke
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
 def test_a_compiled_run_on_cuda_leaves_the_workers_out_once_its_cache_is_warm(
-    tiny_llama, data_dir, tmp_path, monkeypatch
+    tiny_llama, data_dir, tmp_path
 ):
     """A compiled run on a GPU marks its compile cache warm after training; the same config's
-    next run then compiles without inductor's worker pool, and another config's keeps it."""
+    next run then compiles without inductor's worker pool (results.json says so), and another
+    config's keeps it. Each run in its own process, as the CLI runs them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
     from conftest import tiny_config
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    from schemabank.config import config_from_dict
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    getattr(cache_dir, "cache_clear", lambda: None)()  # some versions keep the first answer
-    left_out = []
-    real = training.compile_workers_unless_warm
-
-    @contextlib.contextmanager
-    def recorded(marker):
-        with real(marker) as out:
-            left_out.append(out)
-            yield out
-
-    monkeypatch.setattr(training, "compile_workers_unless_warm", recorded)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("TORCHINDUCTOR_COMPILE_THREADS", None)
     compiled = {"compile": True, "compile_scope": "layers", "device": "cuda"}
     quick = {"limit": 1, "max_new_tokens": 2, "ppl_windows": [16], "ppl_max_tokens": 40}
+    warm = []
     for name, r in (("a", 2), ("b", 2), ("c", 4)):
         cfg = tiny_config(tiny_llama, training=compiled, eval=quick, lora={"r": r})
-        training.run(config_from_dict(cfg), output_dir=tmp_path / name, data_dir=data_dir)
-    assert left_out == [False, True, False]
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        out = tmp_path / name
+        args = ["train", "--config", str(tmp_path / f"{name}.yaml"), "--output-dir", str(out)]
+        args += ["--data-dir", str(data_dir)]
+        proc = subprocess.run([sys.executable, "-m", "schemabank", *args], env=env)
+        assert proc.returncode == 0
+        (results,) = out.glob("*/results.json")
+        warm.append(json.loads(results.read_text())["training"]["compile_cache_warm"])
+    assert warm == [False, True, False]
     assert len(list((tmp_path / "cache" / "schemabank_warm").iterdir())) == 2

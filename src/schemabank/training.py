@@ -1209,7 +1209,7 @@ def _run(
         trainer.profiles = [StepWindow(first, n, device) for first, n in profile_steps]
         prepare_for_cuda_graphs(device)  # before the compiled step records any
     try:
-        workers.enter_context(compile_workers_unless_warm(marker))
+        warm_cache = workers.enter_context(compile_workers_unless_warm(marker))
         train_time = 0.0
         if resume:
             meta = load_state(run_dir, trainer)
@@ -1313,6 +1313,9 @@ def _run(
                 "stages": stages,
                 "time_s": train_time,
                 "resumed": resume,
+                # compiled on CUDA: whether a finished run had marked the compile cache warm
+                # (then without inductor's compile workers); None otherwise
+                "compile_cache_warm": warm_cache if marker is not None else None,
             },
             timings={
                 "setup_s": t_loaded - t_start,
