@@ -215,8 +215,10 @@ class TrainingConfig:
     ``mode="reduce-overhead"`` (CUDA graphs, few kernel launches), elsewhere inductor's default
     (``compile_mode`` chooses).
     The loss and gradients are the eager step's; compiling costs time once per stage and batch
-    shape (cached on disk for the next run). ``false``: the eager step. Measured speed:
-    ``docs/performance.md``."""
+    shape (cached on disk for the next run). On CUDA a run whose config already finished a
+    training on this cache compiles without inductor's pool of compile workers
+    (``training.compile_cache_warm`` in results.json). ``false``: the eager step. Measured
+    speed: ``docs/performance.md``."""
     compile_scope: str = "step"
     """What ``compile`` compiles: ``step``, the whole forward pass and the losses (one graph per
     stage; the LM loss over every position, fixed shapes); ``layers``, each decoder layer on its own (regional compilation: the layers are
