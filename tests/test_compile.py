@@ -9,8 +9,15 @@ generation."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+import yaml
+from conftest import tiny_config
 from test_training import (
     assert_same_losses_and_gradients,
     losses_and_gradients,
@@ -853,14 +860,6 @@ def test_a_compiled_run_on_cuda_leaves_the_workers_out_once_its_cache_is_warm(
     """A compiled run on a GPU marks its compile cache warm after training; the same config's
     next run then compiles without inductor's worker pool (results.json says so), and another
     config's keeps it. Each run in its own process, as the CLI runs them."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-    from conftest import tiny_config
-
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     env.pop("TORCHINDUCTOR_COMPILE_THREADS", None)
     compiled = {"compile": True, "compile_scope": "layers", "device": "cuda"}
