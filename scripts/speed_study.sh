@@ -12,6 +12,9 @@
 #                  (ATTN picks the decoder's attention, EVAL_BATCH the batch)
 #   run            the whole sb_b32_split50 run on the fast path, twice: cold caches, then warm
 #   run-cold, run-warm   one of the two
+#   run-plain      schemabank train --config sb_b32_split50.yaml with no --set at all (on one CUDA
+#                  device its defaults are the fast path: training.compile, capture_step, the
+#                  static decoder captured, shrinking, merged LoRA; the issue's own command)
 #   warm-ab        a same-machine A/B of the run: cold then warm without AB (more arguments,
 #                  e.g. AB="--set training.fuse_lora_a=true"), then cold then warm with
 #                  it, each pair on its own empty cache under CACHES (default /tmp/sb_ab; A in
@@ -68,16 +71,18 @@ SB=configs/gsm8k/sb_b32_split50.yaml
 LORA=configs/gsm8k/lora_b32_lr5e-4_r32_all.yaml
 DEC="--set eval.decoder=static --set eval.compile_decoder=${COMPILE_DECODER:-true} --set eval.decoder_attention=${ATTN:-grouped}"
 [ -n "${CAPTURE:-}" ] && DEC="$DEC --set eval.decoder_capture=$CAPTURE"
-[ -n "${SHRINK:-}" ] && DEC="$DEC --set eval.decoder_shrink=$SHRINK"
-[ -n "${MERGE:-}" ] && DEC="$DEC --set eval.merge_lora=$MERGE"
+DEC="$DEC --set eval.decoder_shrink=${SHRINK:-false}"  # unset: off, as before the CUDA defaults
+DEC="$DEC --set eval.merge_lora=${MERGE:-false}"
 [ -n "${EVAL_BATCH:-}" ] && DEC="$DEC --set eval.batch_size=$EVAL_BATCH"
+# the eager step and HF generate, which a CUDA device's defaults (the fast path) no longer are
+EAGER="--set training.compile=false --set training.capture_step=false --set eval.decoder=hf --set eval.merge_lora=false"
 TRAIN=""
 [ -n "${MICRO:-}" ] && TRAIN="$TRAIN --set training.micro_batch_size=$MICRO"
 [ -n "${PAD:-}" ] && TRAIN="$TRAIN --set training.pad_to_multiple_of=$PAD"
 [ -n "${PACK:-}" ] && TRAIN="$TRAIN --set training.packing=$PACK"
 [ -n "${MODE:-}" ] && TRAIN="$TRAIN --set training.compile_mode=$MODE"
 [ -n "${REGION:-}" ] && TRAIN="$TRAIN --set training.compile_region_layers=$REGION"
-[ -n "${STEP_GRAPH:-}" ] && TRAIN="$TRAIN --set training.capture_step=$STEP_GRAPH"
+TRAIN="$TRAIN --set training.capture_step=${STEP_GRAPH:-false}"
 [ -n "${SDPA:-}" ] && TRAIN="$TRAIN --set training.attention_backend=$SDPA"
 [ -n "${COMBO:-}" ] && TRAIN="$TRAIN --set training.compile_combo_kernels=$COMBO"
 [ -n "${FUSE:-}" ] && TRAIN="$TRAIN --set training.fuse_lora_a=$FUSE"
@@ -98,7 +103,7 @@ timed() {  # NAME COMMAND...: wall time of the command, appended to $OUT/times.t
   return $rc
 }
 case $PART in
-  bench-eager) timed bench_eager $SBC bench --config $SB $BENCH --output "$OUT/bench_eager.json" ;;
+  bench-eager) timed bench_eager $SBC bench --config $SB $BENCH $EAGER --output "$OUT/bench_eager.json" ;;
   bench-layers)
     timed "bench_layers$SUFFIX" $SBC bench --config $SB $BENCH --set training.compile=true \
       --set training.compile_scope=layers $DEC $TRAIN ${ONLY:+--only $ONLY} --peers ${PEERS:-all} \
@@ -123,6 +128,7 @@ case $PART in
     timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
   run-cold) timed run_cold $SBC train --config $SB $FAST --output-dir "$OUT/cold" ;;
   run-warm) timed run_warm $SBC train --config $SB $FAST --output-dir "$OUT/warm" ;;
+  run-plain) timed run_plain $SBC train --config $SB --output-dir "$OUT/plain" ;;  # the defaults alone
   warm-ab)
     : "${AB:?AB: the arguments of run B, e.g. --set training.fuse_lora_a=true}"
     for v in a b; do

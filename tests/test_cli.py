@@ -30,7 +30,7 @@ from conftest import TEST, tiny_config
 from safetensors.torch import load_file
 
 from schemabank.cli import main
-from schemabank.config import config_from_dict, load_config
+from schemabank.config import config_from_dict, for_device, load_config
 from schemabank.models import hash_model_dir
 from schemabank.telemetry import read_jsonl
 
@@ -380,7 +380,7 @@ def test_results_json(runs, mode):
     assert env["device"] == "cpu"
 
     assert r["base_model"]["name"] == run.cfg["model"]["base_model"]
-    assert r["config"] == config_from_dict(run.cfg).to_dict()
+    assert r["config"] == for_device(config_from_dict(run.cfg), "cpu").to_dict()  # as decided
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -463,8 +463,9 @@ def test_routing_and_parameters_baseline(runs):
 @pytest.mark.parametrize("mode", MODES)
 def test_config_yaml_is_the_config_used(runs, mode):
     run = runs[mode]
-    assert load_config(run.dir / "config.yaml") == config_from_dict(run.cfg)
-    assert load_config(run.dir / "config.yaml") == load_config(run.config_path)
+    # the config with its null speed keys decided for the device (the CPU: eager)
+    assert load_config(run.dir / "config.yaml") == for_device(config_from_dict(run.cfg), "cpu")
+    assert load_config(run.dir / "config.yaml") == for_device(load_config(run.config_path), "cpu")
 
 
 @pytest.mark.parametrize("mode", MODES)

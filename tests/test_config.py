@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemabank.config import Config, config_from_dict, dump_config, load_config
+from schemabank.config import Config, config_from_dict, dump_config, for_device, load_config
 from schemabank.errors import ConfigError, SchemaBankError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -524,3 +524,47 @@ def test_run_config_is_the_runs_own_with_overrides(tmp_path):
     told = []
     bare = run_config(tmp_path / "none", [], told.append)
     assert bare == Config() and "has no config.yaml" in told[0]
+
+
+def _speed(cfg: Config) -> tuple:
+    t, ev = cfg.training, cfg.eval
+    return (
+        t.compile,
+        t.capture_step,
+        ev.decoder,
+        ev.compile_decoder,
+        ev.decoder_shrink,
+        ev.merge_lora,
+    )
+
+
+def test_null_speed_keys_are_the_fast_path_on_one_cuda_device_and_eager_elsewhere():
+    """The defaults: on one CUDA device the measured fast path (compiled layers, the step
+    captured, the static decoder captured and shrinking, the LoRA merged while decoding); on the
+    CPU or in several processes the eager step and HF generate. The scope is the layers'."""
+    cfg = config_from_dict({})
+    assert _speed(cfg) == (None, None, None, None, None, None)
+    assert cfg.training.compile_scope == "layers"
+    assert _speed(for_device(cfg, "cuda")) == (True, True, "static", True, True, True)
+    assert _speed(for_device(cfg, "cpu")) == (False, False, "hf", False, False, False)
+    assert _speed(for_device(cfg, "cuda", world=2)) == (False, False, "hf", False, False, False)
+    resolved = for_device(cfg, "cuda")
+    assert config_from_dict(yaml.safe_load(dump_config(resolved))) == resolved  # as recorded
+    assert for_device(resolved, "cpu") == resolved  # a run's recorded choice is kept
+
+
+def test_a_speed_key_the_config_sets_is_kept_and_the_rest_follow_it():
+    def on(device, **sections):
+        return _speed(for_device(config_from_dict(sections), device))
+
+    assert on("cuda", training={"compile": False}) == (False, True, "static", True, True, True)
+    assert on("cuda", eval={"decoder": "hf"}) == (True, True, "hf", False, False, True)
+    assert on("cuda", eval={"compile_decoder": False})[3:5] == (False, False)
+    assert on("cuda", eval={"decoder_capture": "compile"})[2:5] == ("static", True, False)
+    # the step is captured only where it can be: one micro-batch, no CUDA graphs of compile's
+    assert on("cuda", training={"batch_size": 32, "micro_batch_size": 8})[1] is False
+    assert on("cuda", training={"compile_mode": "reduce-overhead"})[1] is False
+    assert on("cpu", training={"compile": True}) == (True, False, "hf", False, False, False)
+    assert on("cpu", eval={"decoder_shrink": True})[2:5] == ("static", False, True)
+    with pytest.raises(ConfigError, match="eval.compile_decoder: needs eval.decoder static"):
+        config_from_dict({"eval": {"decoder": "hf", "compile_decoder": True}})

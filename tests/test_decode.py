@@ -11,7 +11,7 @@ import torch
 from conftest import TRAIN, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from schemabank.config import config_from_dict
+from schemabank.config import config_from_dict, for_device
 from schemabank.decode import STOP_OVERLAP, CapturedStep, StaticDecoder, stop_test
 from schemabank.errors import ConfigError
 from schemabank.evaluation import _kept_tokens, evaluate_gsm8k, generate, route_tokens
@@ -435,17 +435,22 @@ def test_decoder_keys_are_validated(tiny_llama):
         tiny_config(tiny_llama, eval={"decoder": "static", "compile_decoder": True})
     )
     assert ok.eval.decoder == "static" and ok.eval.compile_decoder
-    assert config_from_dict(tiny_config(tiny_llama)).eval.decoder == "hf"
+    default = config_from_dict(tiny_config(tiny_llama))
+    assert default.eval.decoder is None  # decided by the device: hf on the CPU, static on CUDA
+    assert for_device(default, "cpu").eval.decoder == "hf"
+    assert for_device(default, "cuda").eval.decoder == "static"
     with pytest.raises(ConfigError, match="eval.decoder: must be one of hf, static"):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder": "fast"}))
     with pytest.raises(ConfigError, match="eval.compile_decoder: needs eval.decoder static"):
-        config_from_dict(tiny_config(tiny_llama, eval={"compile_decoder": True}))
+        config_from_dict(tiny_config(tiny_llama, eval={"decoder": "hf", "compile_decoder": True}))
     with pytest.raises(
         ConfigError, match="eval.decoder_attention: must be one of model, grouped or null"
     ):
         config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "flash"}))
     with pytest.raises(ConfigError, match="eval.decoder_attention: needs eval.decoder static"):
-        config_from_dict(tiny_config(tiny_llama, eval={"decoder_attention": "grouped"}))
+        config_from_dict(
+            tiny_config(tiny_llama, eval={"decoder": "hf", "decoder_attention": "grouped"})
+        )
     graph = {"decoder": "static", "compile_decoder": True, "decoder_capture": "graph"}
     assert config_from_dict(tiny_config(tiny_llama, eval=graph)).eval.decoder_capture == "graph"
     assert config_from_dict(tiny_config(tiny_llama)).eval.decoder_capture is None  # graph
@@ -457,7 +462,7 @@ def test_decoder_keys_are_validated(tiny_llama):
     assert config_from_dict(tiny_config(tiny_llama, eval=shrink)).eval.decoder_shrink
     assert config_from_dict(tiny_config(tiny_llama, eval={**graph, **shrink})).eval.decoder_shrink
     with pytest.raises(ConfigError, match="eval.decoder_shrink: needs eval.decoder static"):
-        config_from_dict(tiny_config(tiny_llama, eval={"decoder_shrink": True}))
+        config_from_dict(tiny_config(tiny_llama, eval={"decoder": "hf", "decoder_shrink": True}))
     with pytest.raises(ConfigError, match="eval.decoder_shrink: not with eval.decoder_capture"):
         config_from_dict(
             tiny_config(tiny_llama, eval={**graph, **shrink, "decoder_capture": "compile"})

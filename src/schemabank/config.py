@@ -210,16 +210,17 @@ class TrainingConfig:
     """Gradient clipping: the largest norm of all trainable gradients together."""
     max_length: int = 512
     """Training sequences are truncated to this many tokens."""
-    compile: bool = False
+    compile: bool | None = None
     """Run the step's forward and backward through ``torch.compile``: on CUDA with
     ``mode="reduce-overhead"`` (CUDA graphs, few kernel launches), elsewhere inductor's default
     (``compile_mode`` chooses).
     The loss and gradients are the eager step's; compiling costs time once per stage and batch
     shape (cached on disk for the next run). On CUDA a run whose config already finished a
     training on this cache compiles without inductor's pool of compile workers
-    (``training.compile_cache_warm`` in results.json). ``false``: the eager step. Measured
-    speed: ``docs/performance.md``."""
-    compile_scope: str = "step"
+    (``training.compile_cache_warm`` in results.json). ``false``: the eager step. ``null``: on
+    a CUDA device in one process (the fast path, with ``capture_step`` and the ``eval`` section's
+    captured decoder: :func:`for_device`), off elsewhere. Measured speed: ``docs/performance.md``."""
+    compile_scope: str = "layers"
     """What ``compile`` compiles: ``step``, the whole forward pass and the losses (one graph per
     stage; the LM loss over every position, fixed shapes); ``layers``, each decoder layer on its own (regional compilation: the layers are
     alike, so one compiles and the rest reuse it, a far shorter compilation; the embedding stays
@@ -258,7 +259,7 @@ class TrainingConfig:
     layer's forward and backward graph, 4 to 6 s a new length on the H200
     (docs/performance.md). ``default`` and ``max-autotune-no-cudagraphs`` record nothing and
     launch each compiled kernel from the host."""
-    capture_step: bool = False
+    capture_step: bool | None = None
     """On CUDA, capture the whole training step (forward, backward and gradient clipping) as one
     CUDA graph per stage and batch shape, directly (``torch.cuda.CUDAGraph``, as gpt-fast does),
     and replay it; the optimiser steps after it, outside the graph. A shape's first step runs
@@ -269,7 +270,8 @@ class TrainingConfig:
     the answer positions, their number padded up to a multiple of 1,024 (a shape too), and batch
     lengths are rounded as by ``pad_to_multiple_of``; the losses and gradients are the
     uncaptured step's. Needs one micro-batch a step and one process. Elsewhere than CUDA the
-    step runs uncaptured."""
+    step runs uncaptured. ``null``: on a CUDA device in one process, with one micro-batch a step
+    and a ``compile_mode`` that records no CUDA graphs of its own; off elsewhere."""
     pad_to_multiple_of: int | None = None
     """Pad each batch's length up to a multiple of this many tokens, so that batches come in few
     shapes (what a compiled or captured step needs; the loss is unchanged). ``null``: 64 with
@@ -340,13 +342,15 @@ class EvalConfig:
     """Routing at evaluation: ``learned`` or ``oracle`` (see ``schemabank.routing``); ``null``:
     as the run was trained. ``schemabank eval --checkpoint RUN --set eval.routing=oracle``
     evaluates a learned-router run with oracle routing."""
-    decoder: str = "hf"
+    decoder: str | None = None
     """GSM8K generation loop: ``hf`` (Hugging Face ``generate``) or ``static`` (greedy over a
     static KV cache, :mod:`schemabank.decode`, the gpt-fast recipe: the same tokens as
-    ``generate`` on the CPU tests (fp32), less host work a token)."""
-    compile_decoder: bool = False
+    ``generate`` on the CPU tests (fp32), less host work a token). ``null``: ``static`` on a
+    CUDA device (or when another key of the static decoder is set), ``hf`` elsewhere."""
+    compile_decoder: bool | None = None
     """Capture the ``static`` decoder's single-token step as a CUDA graph, replayed once a token
-    (CUDA only, eager elsewhere); how: ``decoder_capture``."""
+    (CUDA only, eager elsewhere); how: ``decoder_capture``. ``null``: on a CUDA device with the
+    ``static`` decoder, off elsewhere."""
     decoder_capture: str | None = None
     """How ``compile_decoder`` captures the step (``null``: ``graph``): ``graph``, the eager step
     captured as it is (:class:`schemabank.decode.CapturedStep`: nothing traced or compiled, a
@@ -354,19 +358,20 @@ class EvalConfig:
     ``torch.compile(mode="reduce-overhead")`` (inductor's fused kernels: faster steps, after a
     compilation of minutes, seconds in every new process even from a warm cache; bf16 tokens that
     differ from the eager decoder's). docs/performance.md compares them."""
-    decoder_shrink: bool = False
+    decoder_shrink: bool | None = None
     """Let the ``static`` decoder drop the rows that have finished (EOS or the stop string) from
     its batch as it goes, once a quarter of them have: the long tail of a batch decodes fewer
     rows a step. Not with ``decoder_capture: compile`` (its step keeps one batch size). The
     same tokens on the CPU tests; on a GPU some may differ (kernels round differently at
-    another batch size)."""
-    merge_lora: bool = False
+    another batch size). ``null``: on a CUDA device with the ``static`` decoder captured as a
+    graph, off elsewhere."""
+    merge_lora: bool | None = None
     """Merge the LoRA weights into the base weights while GSM8K is generated (either decoder),
     and put the base weights back exactly afterwards (:func:`schemabank.method.adapter.merged_lora`):
     each adapted linear layer runs one matmul instead of three, so a decoding step launches
     fewer kernels. The same tokens on the CPU tests (fp32); in bf16 the merged weights round
     differently, and some greedy decodes may change. Perplexity and the routing fit stay
-    unmerged."""
+    unmerged. ``null``: on a CUDA device, off elsewhere."""
     decoder_attention: str | None = None
     """Attention of the ``static`` decoder's new tokens: ``grouped`` (grouped-query heads folded
     into one matmul over the cache as stored, no copy of the cache per query head;
@@ -664,20 +669,20 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.ppl_windows: every window must be >= 2 tokens, got {ev.ppl_windows}")
     if ev.ppl_max_tokens is not None and ev.ppl_max_tokens < 2:
         p.append(f"eval.ppl_max_tokens: must be >= 2 or null, got {ev.ppl_max_tokens}")
-    if ev.decoder not in DECODERS:
-        p.append(f"eval.decoder: must be one of {', '.join(DECODERS)}, got {ev.decoder!r}")
-    elif ev.compile_decoder and ev.decoder != "static":
+    if ev.decoder is not None and ev.decoder not in DECODERS:
+        p.append(f"eval.decoder: must be one of {', '.join(DECODERS)} or null, got {ev.decoder!r}")
+    elif ev.compile_decoder and ev.decoder == "hf":
         p.append("eval.compile_decoder: needs eval.decoder static (HF generate is not captured)")
     if ev.decoder_capture is not None and ev.decoder_capture not in DECODER_CAPTURES:
         p.append(
             f"eval.decoder_capture: must be one of {', '.join(DECODER_CAPTURES)} or null, "
             f"got {ev.decoder_capture!r}"
         )
-    elif ev.decoder_capture is not None and not ev.compile_decoder:
+    elif ev.decoder_capture is not None and ev.compile_decoder is False:
         p.append("eval.decoder_capture: needs eval.compile_decoder true (nothing is captured)")
-    if ev.decoder_shrink and ev.decoder != "static":
+    if ev.decoder_shrink and ev.decoder == "hf":
         p.append("eval.decoder_shrink: needs eval.decoder static")
-    elif ev.decoder_shrink and ev.compile_decoder and ev.decoder_capture == "compile":
+    elif ev.decoder_shrink and ev.compile_decoder is not False and ev.decoder_capture == "compile":
         p.append(
             "eval.decoder_shrink: not with eval.decoder_capture compile (its step keeps one "
             "batch size); use graph"
@@ -687,7 +692,7 @@ def validate(cfg: Config) -> list[str]:
             f"eval.decoder_attention: must be one of {', '.join(DECODER_ATTENTIONS)} or null, "
             f"got {ev.decoder_attention!r}"
         )
-    elif ev.decoder_attention is not None and ev.decoder != "static":
+    elif ev.decoder_attention is not None and ev.decoder == "hf":
         p.append("eval.decoder_attention: needs eval.decoder static (HF generate uses the model's)")
     if ev.num_samples < 0:
         p.append(f"eval.num_samples: must be >= 0, got {ev.num_samples}")
@@ -727,6 +732,44 @@ def run_config(run_dir: Path, overrides: list[str] = (), warn=None) -> Config:
             "no dev split, experiment name); --set changes them"
         )
     return config_from_dict(apply_overrides(Config().to_dict(), list(overrides)), "default config")
+
+
+def for_device(cfg: Config, device_type: str, world: int = 1) -> Config:
+    """``cfg`` with its ``null`` speed keys decided for a run on ``device_type`` (``cuda``,
+    ``cpu``, ...) in ``world`` processes: on one CUDA device the fast path (the step compiled,
+    layer by layer, and captured whole; GSM8K generated by the static decoder, captured, shrinking
+    its batch, with the LoRA weights merged), elsewhere the eager step and HF ``generate``. A key
+    the config sets keeps its value. What a run records in its config.yaml and results.json."""
+    t, ev = cfg.training, cfg.eval
+    fast = device_type == "cuda" and world == 1
+    compile_ = fast if t.compile is None else t.compile
+    one_micro_batch = t.micro_batch_size is None or t.micro_batch_size >= t.batch_size
+    capture = t.capture_step
+    if capture is None:
+        capture = fast and one_micro_batch and t.compile_mode not in CUDA_GRAPH_MODES
+    static_keys = (ev.compile_decoder, ev.decoder_shrink, ev.decoder_attention, ev.decoder_capture)
+    decoder = ev.decoder
+    if decoder is None:
+        decoder = "static" if fast or any(k for k in static_keys) else "hf"
+    static = decoder == "static"
+    compile_decoder = ev.compile_decoder
+    if compile_decoder is None:  # a capture asked for says compile it
+        compile_decoder = static and (fast or ev.decoder_capture is not None)
+    shrink = ev.decoder_shrink
+    if shrink is None:
+        shrink = static and fast and compile_decoder and ev.decoder_capture != "compile"
+    merge = fast if ev.merge_lora is None else ev.merge_lora
+    return dataclasses.replace(
+        cfg,
+        training=dataclasses.replace(t, compile=compile_, capture_step=capture),
+        eval=dataclasses.replace(
+            ev,
+            decoder=decoder,
+            compile_decoder=compile_decoder,
+            decoder_shrink=shrink,
+            merge_lora=merge,
+        ),
+    )
 
 
 def check_config(cfg: Config) -> Config:

@@ -41,7 +41,7 @@ from transformers import GenerationConfig
 
 from . import distributed, metrics
 from .checkpoint import load_checkpoint
-from .config import Config, EvalConfig
+from .config import Config, EvalConfig, for_device
 from .data import (
     Problem,
     collate,
@@ -940,6 +940,7 @@ def _evaluate_checkpoint(
     checkpoint: Path, cfg: Config, device: torch.device, data_dir, samples_path
 ) -> dict:
     t0 = time.perf_counter()
+    cfg = for_device(cfg, device.type, distributed.world_size())  # null speed keys decided
     bf16 = use_bf16(cfg.training.precision, device)
     test, shots, dev, wikitext = load_eval_data(cfg.eval, data_dir, cfg.data.dev_size)
     with distributed.main_first():
@@ -989,6 +990,7 @@ def _evaluate_base_model(
     samples_path: Path | None,
 ) -> dict:
     t0 = time.perf_counter()
+    ecfg = for_device(Config(eval=ecfg), device.type, distributed.world_size()).eval
     bf16 = use_bf16(precision, device)
     test, shots, _, wikitext = load_eval_data(ecfg, data_dir)
     info = resolve_base_model(name)

@@ -34,7 +34,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from . import distributed, steplog
 from .batching import Batches, answer_positions, split_batch
 from .checkpoint import save_checkpoint
-from .config import CUDA_GRAPH_MODES, Config, check_config, dump_config
+from .config import CUDA_GRAPH_MODES, Config, check_config, dump_config, for_device
 from .data import Problem, load_gsm8k, load_wikitext, split_dev
 from .errors import CheckpointError, SchemaBankError, TrainingError
 from .evaluation import TokenizedText, check_context, evaluate_run, write_samples
@@ -219,7 +219,7 @@ class Trainer:
             # the LM loss's vocabulary projection and cross-entropy compiled too, without CUDA
             # graphs of its own (its row count changes from step to step)
             self._chunk_nll = compile_chunk_nll(device, mode, combo)
-        fuse = t.compile if t.fuse_lora_a is None else t.fuse_lora_a  # null: with compile
+        fuse = bool(t.compile) if t.fuse_lora_a is None else t.fuse_lora_a  # null: with compile
         self._fuse_lora_a = fuse and shared_lora.share_lora_inputs(model) > 0
         if t.compile:
             _compiled_for_fusion(self._fuse_lora_a)
@@ -1167,6 +1167,7 @@ def _run(
     profile_steps: Sequence[tuple[int, int]],
 ) -> Path:
     t_start = time.perf_counter()
+    cfg = for_device(cfg, device.type, distributed.world_size())  # null speed keys decided
     main = distributed.is_main()
     bf16 = use_bf16(cfg.training.precision, device)
     data_dir = data_dir or cfg.data.dir

@@ -20,7 +20,7 @@ import torch
 
 from .. import steplog
 from ..batching import split_batch
-from ..config import Config
+from ..config import Config, for_device
 from ..data import load_gsm8k, load_wikitext, padded_length
 from ..decode import DEFAULT_ATTENTION, DEFAULT_CAPTURE
 from ..evaluation import evaluate_gsm8k, evaluate_perplexity, generation_options
@@ -580,6 +580,7 @@ def run_bench(
     :func:`bench_training`). Returns the figures
     with the settings and environment they were measured in."""
     device = pick_device(cfg.training.device)
+    cfg = for_device(cfg, device.type)  # null speed keys decided
     bf16 = use_bf16(cfg.training.precision, device)
     if peers is None:
         peers = "all" if device.type == "cuda" else "eager"
