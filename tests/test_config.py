@@ -568,3 +568,23 @@ def test_a_speed_key_the_config_sets_is_kept_and_the_rest_follow_it():
     assert on("cpu", eval={"decoder_shrink": True})[2:5] == ("static", False, True)
     with pytest.raises(ConfigError, match="eval.compile_decoder: needs eval.decoder static"):
         config_from_dict({"eval": {"decoder": "hf", "compile_decoder": True}})
+
+
+def test_the_study_config_on_one_cuda_device_is_the_measured_fast_path():
+    """The issue's plain command (``schemabank train --config sb_b32_split50.yaml``) on one
+    CUDA device runs what the README's speed figures measured with the keys set by
+    ``scripts/speed_study.sh`` (its FAST arguments with STEP_GRAPH, MERGE and SHRINK true);
+    the decoder's attention and batch are the nulls those figures named (grouped, one batch)."""
+    path = REPO / "configs" / "gsm8k" / "sb_b32_split50.yaml"
+    fast = [
+        "training.compile=true",
+        "training.compile_scope=layers",
+        "training.capture_step=true",
+        "eval.decoder=static",
+        "eval.compile_decoder=true",
+        "eval.decoder_shrink=true",
+        "eval.merge_lora=true",
+    ]
+    plain = for_device(load_config(path), "cuda")
+    assert plain == for_device(load_config(path, fast), "cuda")
+    assert plain.eval.decoder_attention is None and plain.eval.batch_size is None
