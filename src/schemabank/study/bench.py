@@ -4,8 +4,10 @@ On real GSM8K batches and the same device: training tokens/s and step time of th
 and of SchemaBank stage 3 (the most expensive stage) at the same batch, peak GPU memory, the time
 and generated tokens/s of the GSM8K evaluation (routing statistics included), and the time of the
 perplexities. Prints a table and returns a JSON-able dict with the device, versions and settings.
-The generation loop is the config's (``--set eval.decoder=static --set eval.compile_decoder=true``
-times the static-cache decoder with its step captured; :mod:`schemabank.decode`).
+The training step and the generation loop are the config's, decided for the device as a run's
+are (:func:`~schemabank.config.for_device`: on one CUDA device the compiled, captured step and
+the captured static decoder, :mod:`schemabank.decode`; ``--set training.compile=false --set
+training.capture_step=false --set eval.decoder=hf`` times the eager ones).
 """
 
 from __future__ import annotations
