@@ -105,6 +105,8 @@ def test_a_warm_cache_marker_leaves_out_the_compile_workers(tmp_path, monkeypatc
     assert runtime.warm_cache_marker(cfg, "abc", cpu) != marker
     assert runtime.warm_cache_marker(Config(), "other base", cpu) != marker
 
+    with runtime.compile_workers_unless_warm(None) as left_out:  # not compiled on CUDA
+        assert left_out is None and inductor_config.compile_threads == 8
     with runtime.compile_workers_unless_warm(marker) as left_out:  # cold: no marker yet
         assert not left_out and inductor_config.compile_threads == 8
     runtime.mark_cache_warm(marker)

@@ -750,7 +750,7 @@ def for_device(cfg: Config, device_type: str, world: int = 1) -> Config:
     static_keys = (ev.compile_decoder, ev.decoder_shrink, ev.decoder_attention, ev.decoder_capture)
     decoder = ev.decoder
     if decoder is None:
-        decoder = "static" if fast or any(k for k in static_keys) else "hf"
+        decoder = "static" if fast or any(static_keys) else "hf"
     static = decoder == "static"
     compile_decoder = ev.compile_decoder
     if compile_decoder is None:  # a capture asked for says compile it

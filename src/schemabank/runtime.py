@@ -124,8 +124,11 @@ def compile_workers_unless_warm(marker: Path | None):
     an H200 host: docs/log.md#speed). A cold cache, a changed config or an explicit
     ``TORCHINDUCTOR_COMPILE_THREADS`` keeps inductor's own choice; so does a marker left by a
     cache that has since lost graphs: they compile, more slowly, in this process. Yields whether
-    the pool was left out."""
-    if marker is None or "TORCHINDUCTOR_COMPILE_THREADS" in os.environ or not marker.exists():
+    the pool was left out; None without a marker (a run that does not compile on CUDA)."""
+    if marker is None:
+        yield None
+        return
+    if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ or not marker.exists():
         yield False
         return
     import torch._inductor.config as inductor_config

@@ -1316,7 +1316,7 @@ def _run(
                 "resumed": resume,
                 # compiled on CUDA: whether a finished run had marked the compile cache warm
                 # (then without inductor's compile workers); None otherwise
-                "compile_cache_warm": warm_cache if marker is not None else None,
+                "compile_cache_warm": warm_cache,
             },
             timings={
                 "setup_s": t_loaded - t_start,
